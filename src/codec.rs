@@ -1,0 +1,505 @@
+//! The WebSocket wire format (RFC 6455 §5): encoding client frames and decoding server frames.
+//!
+//! The decoder works on a byte slice owned by the reader thread and hands out messages that borrow
+//! from it, so a complete unfragmented message reaches the ingress without a copy. Fragmented
+//! messages are reassembled in one buffer that is reused for the life of the connection. Every rule
+//! the client must enforce on server frames is checked here, and a violation is reported with the
+//! close code the connection must be failed with; nothing in here can panic on input.
+
+use crate::frame::{CloseCode, Data};
+
+const OP_CONTINUATION: u8 = 0x0;
+pub(crate) const OP_TEXT: u8 = 0x1;
+pub(crate) const OP_BINARY: u8 = 0x2;
+pub(crate) const OP_CLOSE: u8 = 0x8;
+pub(crate) const OP_PING: u8 = 0x9;
+pub(crate) const OP_PONG: u8 = 0xA;
+
+/// The longest payload a control frame may carry.
+pub(crate) const MAX_CONTROL_PAYLOAD: usize = 125;
+
+/// Appends one complete, final, masked client frame to `out`.
+pub(crate) fn encode(opcode: u8, payload: &[u8], mask: [u8; 4], out: &mut Vec<u8>) {
+    let len = payload.len();
+    out.reserve(14 + len);
+    out.push(0x80 | opcode);
+    if len < 126 {
+        out.push(0x80 | len as u8);
+    } else if len <= u16::MAX as usize {
+        out.push(0x80 | 126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(0x80 | 127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    out.extend_from_slice(&mask);
+    let start = out.len();
+    out.extend_from_slice(payload);
+    apply_mask(&mut out[start..], mask);
+}
+
+/// Appends a close frame (code and reason, or an empty payload for `None`).
+pub(crate) fn encode_close(close: Option<(CloseCode, &str)>, mask: [u8; 4], out: &mut Vec<u8>) {
+    let mut payload = [0u8; MAX_CONTROL_PAYLOAD];
+    let len = match close {
+        None => 0,
+        Some((code, reason)) => {
+            payload[..2].copy_from_slice(&code.0.to_be_bytes());
+            let reason = truncate_utf8(reason, MAX_CONTROL_PAYLOAD - 2);
+            payload[2..2 + reason.len()].copy_from_slice(reason.as_bytes());
+            2 + reason.len()
+        }
+    };
+    encode(OP_CLOSE, &payload[..len], mask, out);
+}
+
+/// The longest prefix of `s` that fits in `max` bytes without splitting a character.
+pub(crate) fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// XORs `buf` with the 4-byte `mask`, starting at mask offset 0.
+pub(crate) fn apply_mask(buf: &mut [u8], mask: [u8; 4]) {
+    let wide = u64::from_ne_bytes([
+        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
+    ]);
+    let mut chunks = buf.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        chunk.copy_from_slice(&(u64::from_ne_bytes(word) ^ wide).to_ne_bytes());
+    }
+    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
+        *b ^= mask[i & 3];
+    }
+}
+
+/// Why the peer's bytes were rejected, with the close code to fail the connection with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Violation {
+    pub code: CloseCode,
+    pub reason: String,
+}
+
+fn violation(code: CloseCode, reason: impl Into<String>) -> Violation {
+    Violation {
+        code,
+        reason: reason.into(),
+    }
+}
+
+/// One decoded unit handed to the reader.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Decoded<'a> {
+    /// A complete data message.
+    Data(Data<'a>),
+    /// A ping and its payload.
+    Ping(&'a [u8]),
+    /// A pong and its payload.
+    Pong(&'a [u8]),
+    /// A close frame: `None` when it had no payload.
+    Close(Option<(CloseCode, &'a str)>),
+    /// A non-final fragment was buffered; nothing to deliver yet.
+    Fragment,
+}
+
+/// The result of one [`Decoder::decode`] call.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Step<'a> {
+    /// Not enough bytes yet. The value is the total size of the frame once its header is
+    /// known (so the caller can make room), or 0 while even the header is incomplete.
+    Need(usize),
+    /// A frame occupying the given number of bytes was decoded.
+    Frame(usize, Decoded<'a>),
+}
+
+/// Limits applied while decoding.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    pub max_frame: usize,
+    pub max_message: usize,
+}
+
+/// Stateful decoder for server-to-client frames.
+#[derive(Debug)]
+pub(crate) struct Decoder {
+    limits: Limits,
+    /// Reassembly buffer for fragmented messages, reused across messages.
+    partial: Vec<u8>,
+    /// Opcode of the message being reassembled, if any.
+    partial_opcode: Option<u8>,
+    /// Set when `partial` holds a delivered message that must be cleared on the next call.
+    partial_delivered: bool,
+}
+
+impl Decoder {
+    pub(crate) fn new(limits: Limits) -> Self {
+        Decoder {
+            limits,
+            partial: Vec::new(),
+            partial_opcode: None,
+            partial_delivered: false,
+        }
+    }
+
+    /// Decodes the next frame at the start of `buf`.
+    ///
+    /// Returns [`Step::Need`] when `buf` does not hold a whole frame yet, or [`Step::Frame`] with
+    /// the number of bytes the frame occupied.
+    pub(crate) fn decode<'a>(&'a mut self, buf: &'a [u8]) -> Result<Step<'a>, Violation> {
+        if self.partial_delivered {
+            self.partial.clear();
+            self.partial_delivered = false;
+        }
+        let Some((header, header_len)) = parse_header(buf)? else {
+            return Ok(Step::Need(0));
+        };
+        if header.len > self.limits.max_frame as u64 {
+            return Err(violation(
+                CloseCode::TOO_BIG,
+                format!(
+                    "frame of {} bytes exceeds the limit of {}",
+                    header.len, self.limits.max_frame
+                ),
+            ));
+        }
+        let total = header_len + header.len as usize;
+        if buf.len() < total {
+            return Ok(Step::Need(total));
+        }
+        let payload = &buf[header_len..total];
+        let decoded = match header.opcode {
+            OP_PING => Decoded::Ping(payload),
+            OP_PONG => Decoded::Pong(payload),
+            OP_CLOSE => Decoded::Close(parse_close(payload)?),
+            OP_TEXT | OP_BINARY if header.fin => {
+                if self.partial_opcode.is_some() {
+                    return Err(violation(
+                        CloseCode::PROTOCOL_ERROR,
+                        "new data frame while a fragmented message was in progress",
+                    ));
+                }
+                Decoded::Data(to_data(header.opcode, payload)?)
+            }
+            OP_TEXT | OP_BINARY => {
+                if self.partial_opcode.is_some() {
+                    return Err(violation(
+                        CloseCode::PROTOCOL_ERROR,
+                        "new data frame while a fragmented message was in progress",
+                    ));
+                }
+                self.partial_opcode = Some(header.opcode);
+                self.append_fragment(payload)?;
+                Decoded::Fragment
+            }
+            _ => {
+                // OP_CONTINUATION (parse_header rejected every other opcode).
+                let Some(opcode) = self.partial_opcode else {
+                    return Err(violation(
+                        CloseCode::PROTOCOL_ERROR,
+                        "continuation frame without a message to continue",
+                    ));
+                };
+                self.append_fragment(payload)?;
+                if header.fin {
+                    self.partial_opcode = None;
+                    self.partial_delivered = true;
+                    Decoded::Data(to_data(opcode, &self.partial)?)
+                } else {
+                    Decoded::Fragment
+                }
+            }
+        };
+        Ok(Step::Frame(total, decoded))
+    }
+
+    fn append_fragment(&mut self, payload: &[u8]) -> Result<(), Violation> {
+        if self.partial.len() + payload.len() > self.limits.max_message {
+            return Err(violation(
+                CloseCode::TOO_BIG,
+                format!(
+                    "message exceeds the limit of {} bytes",
+                    self.limits.max_message
+                ),
+            ));
+        }
+        self.partial.extend_from_slice(payload);
+        Ok(())
+    }
+}
+
+fn to_data(opcode: u8, payload: &[u8]) -> Result<Data<'_>, Violation> {
+    if opcode == OP_TEXT {
+        std::str::from_utf8(payload).map(Data::Text).map_err(|e| {
+            violation(
+                CloseCode::INVALID_PAYLOAD,
+                format!("text message is not UTF-8: {e}"),
+            )
+        })
+    } else {
+        Ok(Data::Binary(payload))
+    }
+}
+
+fn parse_close(payload: &[u8]) -> Result<Option<(CloseCode, &str)>, Violation> {
+    match payload {
+        [] => Ok(None),
+        [_] => Err(violation(
+            CloseCode::PROTOCOL_ERROR,
+            "close frame with a 1-byte payload",
+        )),
+        [hi, lo, reason @ ..] => {
+            let code = CloseCode(u16::from_be_bytes([*hi, *lo]));
+            if !code.is_sendable() {
+                return Err(violation(
+                    CloseCode::PROTOCOL_ERROR,
+                    format!("close frame with invalid code {}", code.0),
+                ));
+            }
+            let reason = std::str::from_utf8(reason)
+                .map_err(|_| violation(CloseCode::INVALID_PAYLOAD, "close reason is not UTF-8"))?;
+            Ok(Some((code, reason)))
+        }
+    }
+}
+
+struct Header {
+    fin: bool,
+    opcode: u8,
+    len: u64,
+}
+
+/// Parses and validates a frame header; `Ok(None)` if `buf` is too short to hold it.
+fn parse_header(buf: &[u8]) -> Result<Option<(Header, usize)>, Violation> {
+    let [b0, b1, rest @ ..] = buf else {
+        return Ok(None);
+    };
+    let (fin, rsv, opcode) = (b0 & 0x80 != 0, b0 & 0x70, b0 & 0x0F);
+    if rsv != 0 {
+        return Err(violation(
+            CloseCode::PROTOCOL_ERROR,
+            "reserved bits set without an extension",
+        ));
+    }
+    if !matches!(
+        opcode,
+        OP_CONTINUATION | OP_TEXT | OP_BINARY | OP_CLOSE | OP_PING | OP_PONG
+    ) {
+        return Err(violation(
+            CloseCode::PROTOCOL_ERROR,
+            format!("reserved opcode {opcode:#x}"),
+        ));
+    }
+    if b1 & 0x80 != 0 {
+        return Err(violation(
+            CloseCode::PROTOCOL_ERROR,
+            "server sent a masked frame",
+        ));
+    }
+    let (len, header_len) = match b1 & 0x7F {
+        126 => match rest {
+            [a, b, ..] => (u64::from(u16::from_be_bytes([*a, *b])), 4),
+            _ => return Ok(None),
+        },
+        127 => match rest.get(..8) {
+            Some(bytes) => {
+                let mut be = [0u8; 8];
+                be.copy_from_slice(bytes);
+                let len = u64::from_be_bytes(be);
+                if len >> 63 != 0 {
+                    return Err(violation(
+                        CloseCode::PROTOCOL_ERROR,
+                        "64-bit length with MSB set",
+                    ));
+                }
+                (len, 10)
+            }
+            None => return Ok(None),
+        },
+        short => (u64::from(short), 2),
+    };
+    if opcode >= OP_CLOSE && (!fin || len > MAX_CONTROL_PAYLOAD as u64) {
+        return Err(violation(
+            CloseCode::PROTOCOL_ERROR,
+            "control frame fragmented or longer than 125 bytes",
+        ));
+    }
+    Ok(Some((Header { fin, opcode, len }, header_len)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            max_frame: 1 << 20,
+            max_message: 1 << 21,
+        }
+    }
+
+    /// An unmasked server frame.
+    fn server_frame(b0: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![b0];
+        match payload.len() {
+            n if n < 126 => out.push(n as u8),
+            n if n <= 0xFFFF => {
+                out.push(126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(payload);
+        out
+    }
+
+    #[test]
+    fn encode_masks_and_sizes_every_length_class() {
+        for len in [0usize, 1, 125, 126, 65535, 65536, 70000] {
+            let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let mask = [1, 2, 3, 4];
+            let mut out = Vec::new();
+            encode(OP_BINARY, &payload, mask, &mut out);
+            let header_len = match len {
+                n if n < 126 => 6,
+                n if n <= 65535 => 8,
+                _ => 14,
+            };
+            assert_eq!(out.len(), header_len + len);
+            assert_eq!(out[0], 0x82);
+            assert_eq!(out[1] & 0x80, 0x80, "client frames are masked");
+            let mut body = out[header_len..].to_vec();
+            apply_mask(&mut body, mask);
+            assert_eq!(body, payload);
+        }
+    }
+
+    #[test]
+    fn mask_matches_bytewise_definition_at_every_length() {
+        let mask = [0x6d, 0xb6, 0xb2, 0x80];
+        for len in 0..40 {
+            let data: Vec<u8> = (0..len as u8).collect();
+            let mut fast = data.clone();
+            apply_mask(&mut fast, mask);
+            let slow: Vec<u8> = data
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ mask[i % 4])
+                .collect();
+            assert_eq!(fast, slow);
+        }
+    }
+
+    #[test]
+    fn decodes_in_place_and_reports_need() {
+        let frame = server_frame(0x81, b"hello");
+        let mut d = Decoder::new(limits());
+        assert_eq!(d.decode(&frame[..1]).unwrap(), Step::Need(0));
+        assert_eq!(d.decode(&frame[..3]).unwrap(), Step::Need(frame.len()));
+        assert_eq!(
+            d.decode(&frame).unwrap(),
+            Step::Frame(7, Decoded::Data(Data::Text("hello")))
+        );
+    }
+
+    #[test]
+    fn reassembles_fragments_with_interleaved_control() {
+        let mut wire = server_frame(0x01, b"hel");
+        wire.extend(server_frame(0x89, b"p"));
+        wire.extend(server_frame(0x00, b"lo "));
+        wire.extend(server_frame(0x80, "wörld".as_bytes()));
+        let mut d = Decoder::new(limits());
+        let mut pos = 0;
+        let mut seen = Vec::new();
+        while pos < wire.len() {
+            let Step::Frame(used, dec) = d.decode(&wire[pos..]).unwrap() else {
+                panic!("short")
+            };
+            seen.push(format!("{dec:?}"));
+            pos += used;
+        }
+        assert_eq!(
+            seen,
+            [
+                "Fragment",
+                "Ping([112])",
+                "Fragment",
+                "Data(Text(\"hello wörld\"))"
+            ]
+        );
+    }
+
+    #[test]
+    fn rejects_violations_with_the_right_code() {
+        let cases: Vec<(Vec<u8>, u16)> = vec![
+            (server_frame(0x83, b""), 1002),              // reserved data opcode
+            (server_frame(0x8B, b""), 1002),              // reserved control opcode
+            (server_frame(0xC1, b"x"), 1002),             // RSV1 without extension
+            (vec![0x81, 0x81, 0, 0, 0, 0, b'x'], 1002),   // masked server frame
+            (server_frame(0x09, b""), 1002),              // fragmented ping
+            (server_frame(0x89, &[0; 126]), 1002),        // oversized ping
+            (server_frame(0x80, b"x"), 1002),             // continuation with nothing open
+            (server_frame(0x81, &[0xff, 0xfe]), 1007),    // bad UTF-8
+            (server_frame(0x88, &[3]), 1002),             // 1-byte close
+            (server_frame(0x88, &[3, 0xed]), 1002),       // code 1005 on the wire
+            (server_frame(0x88, &[3, 0xe8, 0xff]), 1007), // bad UTF-8 reason
+            (server_frame(0x82, &vec![0; (1 << 20) + 1]), 1009),
+        ];
+        for (wire, code) in cases {
+            let err = Decoder::new(limits()).decode(&wire).unwrap_err();
+            assert_eq!(err.code.0, code, "{err:?}");
+        }
+    }
+
+    #[test]
+    fn fragmented_message_over_limit_is_too_big() {
+        let mut d = Decoder::new(Limits {
+            max_frame: 100,
+            max_message: 150,
+        });
+        let a = server_frame(0x02, &[0; 100]);
+        assert!(matches!(
+            d.decode(&a).unwrap(),
+            Step::Frame(_, Decoded::Fragment)
+        ));
+        let b = server_frame(0x80, &[0; 100]);
+        assert_eq!(d.decode(&b).unwrap_err().code, CloseCode::TOO_BIG);
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        // A cheap deterministic fuzz: random byte strings either decode, ask for more, or fail.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..20_000 {
+            let len = (x % 40) as usize;
+            let mut buf = Vec::with_capacity(len);
+            for _ in 0..len {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                buf.push(x as u8);
+            }
+            let mut d = Decoder::new(Limits {
+                max_frame: 64,
+                max_message: 128,
+            });
+            let mut pos = 0;
+            while pos < buf.len() {
+                match d.decode(&buf[pos..]) {
+                    Ok(Step::Frame(used, _)) => pos += used,
+                    _ => break,
+                }
+            }
+        }
+    }
+}

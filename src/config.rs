@@ -1,0 +1,265 @@
+//! Configuration: [`Config`] holds every knob with its default written next to it;
+//! [`ClientBuilder`] is the way to set them and connect.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use syncws::Client;
+//!
+//! let client = Client::builder("wss://stream.example.com/ws")
+//!     .name("md-feed")
+//!     .header("Authorization", "Bearer secret")
+//!     .subprotocol("v2.json")
+//!     .handshake_timeout(Duration::from_secs(5))
+//!     .data_queue(256)
+//!     .connect()?;
+//! # Ok::<(), syncws::Error>(())
+//! ```
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::ClientConfig;
+use rustls::pki_types::CertificateDer;
+
+use crate::client::Client;
+use crate::connect::Dialer;
+use crate::error::{Error, Result};
+use crate::ingress::{ForwardAll, Ingress};
+use crate::target::Target;
+use crate::tls::TlsOptions;
+
+/// What the reader does when the application's event channel is full.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Overflow {
+    /// Wait for room (the default). The reader stops reading, so TCP pushes back on the server;
+    /// nothing is lost. Counted in [`Stats::events_blocked`](crate::Stats::events_blocked).
+    #[default]
+    Block,
+    /// Drop the new event and keep reading. Counted in
+    /// [`Stats::events_dropped`](crate::Stats::events_dropped). Lifecycle events are never dropped.
+    DropNewest,
+}
+
+/// Connection settings. Every field has a safe default ([`Config::default`]).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Config {
+    /// Prefix of the thread names (`NAME-reader`, `NAME-writer`, `NAME-coord`). Default `"syncws"`.
+    pub name: String,
+    /// Time allowed for the TCP connect to each resolved address. Default 5 s.
+    pub connect_timeout: Duration,
+    /// Time allowed for the whole opening: TCP, TLS and HTTP upgrade. Default 10 s.
+    pub handshake_timeout: Duration,
+    /// Time allowed for the close handshake before the socket is dropped. Default 2 s.
+    pub close_timeout: Duration,
+    /// Largest accepted inbound frame payload. Default 16 MiB; bigger frames close with 1009.
+    pub max_frame_size: usize,
+    /// Largest accepted inbound message after reassembly. Default 64 MiB; closes with 1009.
+    pub max_message_size: usize,
+    /// Initial read buffer size. Default 64 KiB; grows only for a frame that does not fit.
+    pub read_buffer_size: usize,
+    /// Capacity, in frames, of the outbound data lane. Default 1024. When full,
+    /// [`Client::send`] waits and [`Client::try_send`] returns [`Error::QueueFull`].
+    pub data_queue: usize,
+    /// Capacity of the outbound control lane (pings, pongs, close). Default 64. Pongs are dropped
+    /// (and counted) rather than fill its last slots.
+    pub control_queue: usize,
+    /// Capacity of the application's event channel. Default 4096.
+    pub event_queue: usize,
+    /// What the reader does when the event channel is full. Default [`Overflow::Block`].
+    pub overflow: Overflow,
+    /// Set `TCP_NODELAY`. Default true (latency over packet count).
+    pub nodelay: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            name: "syncws".into(),
+            connect_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(2),
+            max_frame_size: 16 << 20,
+            max_message_size: 64 << 20,
+            read_buffer_size: 64 << 10,
+            data_queue: 1024,
+            control_queue: 64,
+            event_queue: 4096,
+            overflow: Overflow::Block,
+            nodelay: true,
+        }
+    }
+}
+
+/// Builds and opens a [`Client`]. Created by [`Client::builder`].
+#[derive(Debug)]
+#[must_use = "a builder does nothing until connect() is called"]
+pub struct ClientBuilder {
+    url: String,
+    config: Config,
+    headers: Vec<(String, String)>,
+    subprotocols: Vec<String>,
+    tls: TlsOptions,
+    /// The first invalid setting, reported by `connect`.
+    invalid: Option<String>,
+}
+
+impl ClientBuilder {
+    pub(crate) fn new(url: &str) -> Self {
+        ClientBuilder {
+            url: url.to_string(),
+            config: Config::default(),
+            headers: Vec::new(),
+            subprotocols: Vec::new(),
+            tls: TlsOptions::default(),
+            invalid: None,
+        }
+    }
+
+    /// Replaces all settings at once.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Names the connection's threads (`NAME-reader`, `NAME-writer`, `NAME-coord`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.config.name = name.into();
+        self
+    }
+
+    /// Adds a header to the upgrade request (authentication tokens, API keys, `Origin`).
+    /// Names must be HTTP tokens and values must not contain line breaks; `connect` reports a
+    /// violation as [`Error::Url`].
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        let (name, value) = (name.into(), value.into());
+        let name_ok = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        let value_ok = !value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0);
+        if !(name_ok && value_ok) {
+            self.invalid
+                .get_or_insert(format!("invalid header {name:?}: {value:?}"));
+        }
+        self.headers.push((name, value));
+        self
+    }
+
+    /// Offers a subprotocol (`Sec-WebSocket-Protocol`). Call once per protocol, in preference
+    /// order; [`Client::protocol`] tells which one the server chose.
+    pub fn subprotocol(mut self, protocol: impl Into<String>) -> Self {
+        self.subprotocols.push(protocol.into());
+        self
+    }
+
+    /// See [`Config::connect_timeout`].
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.config.connect_timeout = timeout;
+        self
+    }
+
+    /// See [`Config::handshake_timeout`].
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.config.handshake_timeout = timeout;
+        self
+    }
+
+    /// See [`Config::close_timeout`].
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.config.close_timeout = timeout;
+        self
+    }
+
+    /// See [`Config::max_frame_size`].
+    pub fn max_frame_size(mut self, bytes: usize) -> Self {
+        self.config.max_frame_size = bytes;
+        self
+    }
+
+    /// See [`Config::max_message_size`].
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.config.max_message_size = bytes;
+        self
+    }
+
+    /// See [`Config::data_queue`].
+    pub fn data_queue(mut self, frames: usize) -> Self {
+        self.config.data_queue = frames;
+        self
+    }
+
+    /// See [`Config::event_queue`].
+    pub fn event_queue(mut self, events: usize) -> Self {
+        self.config.event_queue = events;
+        self
+    }
+
+    /// See [`Config::overflow`].
+    pub fn overflow(mut self, policy: Overflow) -> Self {
+        self.config.overflow = policy;
+        self
+    }
+
+    /// Trusts an extra root certificate (DER), in addition to the webpki roots. Use
+    /// [`certificates_from_pem`](crate::certificates_from_pem) to read PEM files.
+    pub fn add_root_certificate(mut self, der: impl Into<CertificateDer<'static>>) -> Self {
+        self.tls.extra_roots.push(der.into());
+        self
+    }
+
+    /// Uses this rustls configuration as is (client certificates, custom verifiers, pinned
+    /// roots). Extra root certificates and the verification opt-out are then ignored.
+    pub fn tls_config(mut self, config: Arc<ClientConfig>) -> Self {
+        self.tls.config = Some(config);
+        self
+    }
+
+    /// Sends this name in SNI and checks the certificate against it instead of the URL's host
+    /// (for connecting to an IP address or through a tunnel).
+    pub fn tls_server_name(mut self, name: impl Into<String>) -> Self {
+        self.tls.server_name = Some(name.into());
+        self
+    }
+
+    /// **Disables TLS certificate verification.** Anyone on the path can then read and change
+    /// the traffic. For tests against self-signed servers only; never in production.
+    pub fn dangerous_disable_certificate_verification(mut self) -> Self {
+        self.tls.insecure = true;
+        self
+    }
+
+    /// Connects with the default ingress, which forwards every message as
+    /// [`Event::Frame`](crate::Event::Frame).
+    pub fn connect(self) -> Result<Client<Infallible>> {
+        self.connect_with(ForwardAll)
+    }
+
+    /// Connects, running `ingress` on the reader thread for every inbound message.
+    ///
+    /// Blocks until the connection is open or has failed: at most `handshake_timeout` after DNS
+    /// resolution.
+    pub fn connect_with<I: Ingress>(self, ingress: I) -> Result<Client<I::Output>> {
+        if let Some(msg) = self.invalid {
+            return Err(Error::Url(msg));
+        }
+        let target = Target::parse(&self.url)?;
+        let tls_config = if target.tls {
+            Some(self.tls.client_config()?)
+        } else {
+            None
+        };
+        let dialer = Dialer {
+            target,
+            tls_config,
+            tls: self.tls,
+            connect_timeout: self.config.connect_timeout,
+            handshake_timeout: self.config.handshake_timeout,
+            nodelay: self.config.nodelay,
+            headers: self.headers,
+            subprotocols: self.subprotocols,
+        };
+        Client::start(dialer, self.config, ingress)
+    }
+}

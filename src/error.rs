@@ -1,0 +1,156 @@
+//! The one error type of the crate.
+//!
+//! Every fallible operation returns [`Error`]. Each variant says what happened and, in its
+//! documentation, what a caller should do about it. Nothing that arrives from the network can make
+//! syncws panic: malformed input becomes [`Error::Protocol`] (and the connection is closed with the
+//! matching close code), a refused upgrade becomes [`Error::HandshakeRejected`], and so on.
+
+use std::fmt;
+use std::io;
+
+use crate::frame::CloseCode;
+
+/// Everything that can go wrong in syncws.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The URL could not be used: bad syntax, a scheme other than `ws`/`wss`, no host.
+    /// Fix the URL; retrying will not help.
+    Url(String),
+    /// No TCP connection could be made to any resolved address of `target`. `source` is the error
+    /// of the last address tried (for example `ConnectionRefused` when nothing listens there).
+    /// Usually transient: retry later or check the endpoint.
+    Connect {
+        /// `host:port` that was dialled.
+        target: String,
+        /// The error of the last address tried.
+        source: io::Error,
+    },
+    /// A socket read or write failed after the connection was established.
+    Io(io::Error),
+    /// The TLS layer failed: certificate not valid for the host, unknown issuer, bad record, ...
+    /// Certificate errors will not go away by retrying; check the host name and trusted roots.
+    Tls(rustls::Error),
+    /// The TLS configuration given to the builder is unusable (for example a root certificate
+    /// that does not parse). Fix the configuration.
+    TlsConfig(String),
+    /// The server answered the upgrade request with a status other than `101`.
+    /// `401`/`403` mean credentials are wrong; `429`/`503` mean try again later.
+    HandshakeRejected {
+        /// The HTTP status code the server sent.
+        status: u16,
+        /// The response headers, truncated to a bounded size.
+        headers: String,
+        /// The start of the response body (what the server had sent with the headers), truncated.
+        body: String,
+    },
+    /// The server's upgrade response was not a valid WebSocket handshake (bad accept key, missing
+    /// `Upgrade` header, malformed HTTP, unrequested subprotocol). The endpoint is not speaking
+    /// WebSocket correctly.
+    InvalidHandshake(String),
+    /// The peer violated the WebSocket protocol (bad UTF-8, reserved opcode, oversized frame, ...).
+    /// syncws closed the connection with `code`.
+    Protocol {
+        /// The close code syncws sent because of the violation.
+        code: CloseCode,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The connection is closed (or closing) and cannot take the operation.
+    /// `code` is the close code when one is known.
+    Closed {
+        /// The close code of the connection, if the close handshake produced one.
+        code: Option<CloseCode>,
+    },
+    /// The bounded outbound data lane is full; the frame was not queued. Back off, or use the
+    /// blocking [`send`](crate::Client::send). Memory never grows past the configured capacity.
+    QueueFull,
+    /// An operation did not finish in time; the string names the phase (`"connect"`,
+    /// `"handshake"`, `"close"`, ...).
+    Timeout(&'static str),
+}
+
+impl Error {
+    /// True if retrying the same operation later might succeed (network trouble, a full queue,
+    /// a server asking to come back later), false for errors that need a change by the caller
+    /// (bad URL, bad certificate, bad credentials).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Connect { .. } | Error::Io(_) | Error::QueueFull | Error::Timeout(_) => true,
+            Error::HandshakeRejected { status, .. } => matches!(status, 408 | 429 | 500..=599),
+            Error::Closed { .. } | Error::Protocol { .. } => true,
+            Error::Url(_) | Error::Tls(_) | Error::TlsConfig(_) | Error::InvalidHandshake(_) => {
+                false
+            }
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Url(msg) => write!(f, "invalid URL: {msg}"),
+            Error::Connect { target, source } => {
+                write!(f, "could not connect to {target}: {source}")
+            }
+            Error::Io(e) => write!(f, "socket error: {e}"),
+            Error::Tls(e) => write!(f, "TLS error: {e}"),
+            Error::TlsConfig(msg) => write!(f, "invalid TLS configuration: {msg}"),
+            Error::HandshakeRejected { status, body, .. } => {
+                write!(f, "server refused the WebSocket upgrade with HTTP {status}")?;
+                if !body.is_empty() {
+                    write!(f, ": {body}")?;
+                }
+                Ok(())
+            }
+            Error::InvalidHandshake(msg) => write!(f, "invalid WebSocket handshake: {msg}"),
+            Error::Protocol { code, reason } => {
+                write!(
+                    f,
+                    "protocol violation by peer (closed with {code}): {reason}"
+                )
+            }
+            Error::Closed { code: Some(code) } => write!(f, "connection closed ({code})"),
+            Error::Closed { code: None } => write!(f, "connection closed"),
+            Error::QueueFull => write!(f, "outbound queue full; frame not queued"),
+            Error::Timeout(phase) => write!(f, "timed out during {phase}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Connect { source, .. } => Some(source),
+            Error::Io(e) => Some(e),
+            Error::Tls(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<rustls::Error> for Error {
+    fn from(e: rustls::Error) -> Self {
+        Error::Tls(e)
+    }
+}
+
+/// Converts an I/O error seen on an established connection, unwrapping TLS errors that rustls
+/// surfaces through `io::Error` so callers can match on [`Error::Tls`].
+pub(crate) fn from_io(e: io::Error) -> Error {
+    if e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
+        let kind = e.kind();
+        return match e
+            .into_inner()
+            .map(|inner| inner.downcast::<rustls::Error>())
+        {
+            Some(Ok(tls)) => Error::Tls(*tls),
+            Some(Err(other)) => Error::Io(io::Error::new(kind, other)),
+            None => Error::Io(kind.into()),
+        };
+    }
+    Error::Io(e)
+}
+
+/// Shorthand used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,284 @@
+//! The HTTP/1.1 upgrade (RFC 6455 §4): writing the request, reading and checking the response.
+//!
+//! The response is read into a buffer and parsed with `httparse`; whatever follows the end of the
+//! headers in that buffer is already WebSocket data (venues often send a welcome frame in the same
+//! segment as the `101`) and is handed to the reader instead of being lost.
+
+use std::io::{self, Read, Write};
+
+use tungstenite::handshake::derive_accept_key;
+
+use crate::error::{Error, Result};
+use crate::target::Target;
+
+/// Upper bound on the size of the response head.
+const MAX_RESPONSE_HEAD: usize = 16 * 1024;
+/// How much of a refusal's headers and body is kept in the error.
+const EXCERPT: usize = 1024;
+const MAX_HEADERS: usize = 64;
+
+/// What a successful upgrade yields.
+#[derive(Debug)]
+pub(crate) struct Upgraded {
+    /// Bytes received after the response head: the start of the WebSocket stream.
+    pub leftover: Vec<u8>,
+    /// The subprotocol the server selected, if any.
+    pub protocol: Option<String>,
+}
+
+/// Builds the upgrade request.
+pub(crate) fn request(
+    target: &Target,
+    key: &str,
+    headers: &[(String, String)],
+    subprotocols: &[String],
+) -> Vec<u8> {
+    let mut req = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n",
+        target.resource, target.host_header
+    );
+    if !subprotocols.is_empty() {
+        req.push_str(&format!(
+            "Sec-WebSocket-Protocol: {}\r\n",
+            subprotocols.join(", ")
+        ));
+    }
+    for (name, value) in headers {
+        req.push_str(&format!("{name}: {value}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.into_bytes()
+}
+
+/// Writes the request and reads the response; errors map I/O timeouts to
+/// [`Error::Timeout`]`("handshake")`.
+pub(crate) fn upgrade<S: Read + Write>(
+    stream: &mut S,
+    target: &Target,
+    headers: &[(String, String)],
+    subprotocols: &[String],
+) -> Result<Upgraded> {
+    let key = tungstenite::handshake::client::generate_key();
+    let req = request(target, &key, headers, subprotocols);
+    stream
+        .write_all(&req)
+        .and_then(|()| stream.flush())
+        .map_err(io_error)?;
+
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk).map_err(io_error)?;
+        if n == 0 {
+            return Err(Error::InvalidHandshake(
+                "connection closed before the upgrade response was complete".into(),
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut parsed = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut parsed);
+        let head_len = match response.parse(&buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) if buf.len() < MAX_RESPONSE_HEAD => continue,
+            Ok(httparse::Status::Partial) => {
+                return Err(Error::InvalidHandshake("response head too large".into()));
+            }
+            Err(e) => {
+                return Err(Error::InvalidHandshake(format!(
+                    "malformed HTTP response: {e}"
+                )));
+            }
+        };
+        let status = response.code.unwrap_or(0);
+        if status != 101 {
+            let mut body = buf[head_len..].to_vec();
+            let wanted = content_length(response.headers).unwrap_or(0).min(EXCERPT);
+            read_body_excerpt(stream, &mut body, wanted);
+            return Err(Error::HandshakeRejected {
+                status,
+                headers: excerpt(&headers_text(response.headers)),
+                body: excerpt(&String::from_utf8_lossy(&body)),
+            });
+        }
+        let protocol = check_101(response.headers, &key, subprotocols)?;
+        let leftover = buf[head_len..].to_vec();
+        return Ok(Upgraded { leftover, protocol });
+    }
+}
+
+/// Validates the headers of a `101` response; returns the selected subprotocol.
+fn check_101(
+    headers: &[httparse::Header<'_>],
+    key: &str,
+    subprotocols: &[String],
+) -> Result<Option<String>> {
+    let get = |name: &str| {
+        headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).trim().to_string())
+    };
+    let upgrade = get("Upgrade").unwrap_or_default();
+    if !upgrade.eq_ignore_ascii_case("websocket") {
+        return Err(Error::InvalidHandshake(format!(
+            "Upgrade header is {upgrade:?}"
+        )));
+    }
+    let connection = get("Connection").unwrap_or_default();
+    if !connection
+        .split(',')
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+    {
+        return Err(Error::InvalidHandshake(format!(
+            "Connection header is {connection:?}"
+        )));
+    }
+    let expected = derive_accept_key(key.as_bytes());
+    match get("Sec-WebSocket-Accept") {
+        Some(accept) if accept == expected => {}
+        other => {
+            return Err(Error::InvalidHandshake(format!(
+                "Sec-WebSocket-Accept is {other:?}, expected {expected:?}"
+            )));
+        }
+    }
+    let protocol = get("Sec-WebSocket-Protocol");
+    if let Some(p) = &protocol {
+        if !subprotocols.iter().any(|s| s == p) {
+            return Err(Error::InvalidHandshake(format!(
+                "server chose unrequested subprotocol {p:?}"
+            )));
+        }
+    }
+    if get("Sec-WebSocket-Extensions").is_some() {
+        return Err(Error::InvalidHandshake(
+            "server enabled an extension we did not offer".into(),
+        ));
+    }
+    Ok(protocol)
+}
+
+fn content_length(headers: &[httparse::Header<'_>]) -> Option<usize> {
+    let h = headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("Content-Length"))?;
+    std::str::from_utf8(h.value).ok()?.trim().parse().ok()
+}
+
+/// Best effort: read up to `wanted` body bytes for the error message; failures are ignored
+/// because the refusal itself is the error being reported.
+fn read_body_excerpt<S: Read>(stream: &mut S, body: &mut Vec<u8>, wanted: usize) {
+    let mut chunk = [0u8; 1024];
+    while body.len() < wanted {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => body.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+fn headers_text(headers: &[httparse::Header<'_>]) -> String {
+    headers
+        .iter()
+        .map(|h| format!("{}: {}", h.name, String::from_utf8_lossy(h.value)))
+        .collect::<Vec<_>>()
+        .join("\r\n")
+}
+
+fn excerpt(s: &str) -> String {
+    crate::codec::truncate_utf8(s, EXCERPT).to_string()
+}
+
+pub(crate) fn io_error(e: io::Error) -> Error {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Error::Timeout("handshake"),
+        _ => crate::error::from_io(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    /// A fake peer: reads are served from `input`, writes are recorded.
+    struct Fake {
+        input: Cursor<Vec<u8>>,
+        written: Vec<u8>,
+    }
+
+    impl Read for Fake {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.input.read(buf)
+        }
+    }
+
+    impl Write for Fake {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.written.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn target() -> Target {
+        Target::parse("ws://example.com:8080/feed?x=1").unwrap()
+    }
+
+    #[test]
+    fn request_carries_required_and_custom_headers() {
+        let req = request(
+            &target(),
+            "dGhlIHNhbXBsZSBub25jZQ==",
+            &[("Authorization".into(), "Bearer t".into())],
+            &["v1.json".into(), "v2.json".into()],
+        );
+        let req = String::from_utf8(req).unwrap();
+        assert!(req.starts_with("GET /feed?x=1 HTTP/1.1\r\nHost: example.com:8080\r\n"));
+        assert!(req.contains("Sec-WebSocket-Protocol: v1.json, v2.json\r\n"));
+        assert!(req.contains("Authorization: Bearer t\r\n"));
+        assert!(req.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn refusal_carries_status_headers_and_body() {
+        let mut fake = Fake {
+            input: Cursor::new(
+                b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 12\r\nX-Why: token\r\n\r\nbad token!!\n"
+                    .to_vec(),
+            ),
+            written: Vec::new(),
+        };
+        match upgrade(&mut fake, &target(), &[], &[]) {
+            Err(Error::HandshakeRejected {
+                status,
+                headers,
+                body,
+            }) => {
+                assert_eq!(status, 401);
+                assert!(headers.contains("X-Why: token"));
+                assert_eq!(body, "bad token!!\n");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn wrong_accept_key_is_invalid() {
+        let mut fake = Fake {
+            input: Cursor::new(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                  Sec-WebSocket-Accept: nope\r\n\r\n"
+                    .to_vec(),
+            ),
+            written: Vec::new(),
+        };
+        assert!(matches!(
+            upgrade(&mut fake, &target(), &[], &[]),
+            Err(Error::InvalidHandshake(_))
+        ));
+    }
+}

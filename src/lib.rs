@@ -1,0 +1,82 @@
+//! # syncws
+//!
+//! A synchronous, thread-per-connection, runtime-free WebSocket client for processes that do not
+//! run an async runtime or that pin their threads to cores: trading engines, market-data
+//! handlers, control planes.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use syncws::{Client, CloseCode, Event, Frame};
+//!
+//! let client = Client::builder("wss://stream.example.com/ws")
+//!     .header("Authorization", "Bearer token")
+//!     .connect()?;
+//! client.send(Frame::text(r#"{"op":"subscribe","channel":"trades"}"#))?;
+//! for event in client.events().iter() {
+//!     match event {
+//!         Event::Frame { frame, .. } => println!("{frame:?}"),
+//!         Event::Closed { info, .. } => {
+//!             println!("closed by {:?} with {}", info.initiator, info.code);
+//!             break;
+//!         }
+//!         _ => {}
+//!     }
+//! }
+//! client.shutdown(Duration::from_secs(1));
+//! # Ok::<(), syncws::Error>(())
+//! ```
+//!
+//! ## Shape
+//!
+//! Each connection runs three named OS threads joined by bounded crossbeam channels:
+//!
+//! - the **reader** blocks in `read`, decodes frames and runs your [`Ingress`] on each message
+//!   with the payload borrowed from its buffer; decoded values go straight to
+//!   [`Client::events`]. It answers pings itself through the writer's control lane.
+//! - the **writer** is the only thread that writes to the socket. It drains its small control
+//!   lane (pong, ping, close) before its bounded data lane and writes each batch at once.
+//! - the **coordinator** owns the connection's state: a sans-IO state machine fed with user
+//!   commands and reader/writer reports in one total order, driving the close handshake and its
+//!   deadlines.
+//!
+//! Over TLS the reader and writer each own a duplicate of the socket; the rustls state is locked
+//! only around in-memory encryption and decryption, so a blocked read never delays a write.
+//!
+//! ## Guarantees
+//!
+//! - Every queue is bounded; overflow behaviour is documented on each knob of [`Config`] and
+//!   counted in [`Stats`].
+//! - Nothing from the network panics the library; violations close the connection with the
+//!   matching close code and are reported as [`Error::Protocol`].
+//! - Close codes are preserved in both directions; [`CloseInfo`] says who initiated.
+//! - [`Client::shutdown`] (and `Drop`) bounds the close handshake and joins every thread.
+
+mod client;
+mod codec;
+mod config;
+mod connect;
+mod coordinator;
+mod driver;
+mod error;
+mod event;
+mod frame;
+mod handshake;
+mod ingress;
+mod reader;
+mod stats;
+mod target;
+mod tls;
+mod transport;
+mod writer;
+
+pub use client::Client;
+pub use config::{ClientBuilder, Config, Overflow};
+pub use error::{Error, Result};
+pub use event::{CloseInfo, Event, Initiator};
+pub use frame::{CloseCode, CloseFrame, Data, Frame};
+pub use ingress::{ForwardAll, Ingress, Verdict};
+pub use stats::Stats;
+pub use tls::certificates_from_pem;
+
+/// Re-exported so callers can build a [`ClientBuilder::tls_config`] with the same rustls version.
+pub use rustls;

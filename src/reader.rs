@@ -1,0 +1,199 @@
+//! The reader thread: blocks in `read`, decodes frames, runs the ingress, routes the rest.
+//!
+//! Per complete message it calls the user's [`Ingress`] with the payload borrowed from its read
+//! buffer and sends whatever the ingress emits straight to the application's event channel. Only
+//! what the coordinator needs goes to it: pongs, the peer's close frame, protocol violations and
+//! the end of the stream. Pings are answered here, by putting a pong with the same payload on the
+//! writer's control lane, so the answer never waits for the coordinator or for queued data.
+//!
+//! Read buffer: it starts at the configured size and grows only to hold one frame that does not
+//! fit (bounded by the frame size limit). Consumed bytes are reclaimed by moving the unread tail
+//! (at most one partial frame) to the front before each read.
+
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError, select};
+
+use crate::codec::{Decoded, Decoder, Step};
+use crate::config::Overflow;
+use crate::coordinator::{Control, Input};
+use crate::event::Event;
+use crate::frame::Frame;
+use crate::ingress::{Ingress, Verdict};
+use crate::stats::Counters;
+use crate::transport::ReadHalf;
+
+/// Pongs are only queued while the control lane has at least this much room left, so a ping
+/// flood can never crowd out the coordinator's close frame.
+pub(crate) const CONTROL_HEADROOM: usize = 8;
+
+pub(crate) struct Reader<I: Ingress> {
+    pub half: ReadHalf,
+    pub ingress: I,
+    pub decoder: Decoder,
+    pub buf: Vec<u8>,
+    pub start: usize,
+    pub end: usize,
+    pub epoch: u64,
+    pub overflow: Overflow,
+    pub events: Sender<Event<I::Output>>,
+    pub coord: Sender<Input>,
+    pub control: Sender<Control>,
+    pub control_capacity: usize,
+    /// Disconnected when the link is released.
+    pub stop: Receiver<()>,
+    pub counters: Arc<Counters>,
+}
+
+impl<I: Ingress> Reader<I> {
+    /// Runs until the stream ends, the peer breaks the protocol or the link is released;
+    /// returns the ingress so its state can outlive the connection.
+    pub(crate) fn run(mut self) -> I {
+        self.read_loop();
+        self.ingress
+    }
+
+    /// Returns once the end has been reported to the coordinator (or nobody is left to tell).
+    fn read_loop(&mut self) {
+        let mut peer_closed = false;
+        loop {
+            // Decode every complete frame in the buffer.
+            loop {
+                let step = match self.decoder.decode(&self.buf[self.start..self.end]) {
+                    Ok(step) => step,
+                    Err(v) => {
+                        log::debug!("peer violated the protocol: {}", v.reason);
+                        self.report(Input::Violation(v));
+                        return;
+                    }
+                };
+                let (used, decoded) = match step {
+                    Step::Frame(used, decoded) => (used, decoded),
+                    Step::Need(total) => {
+                        if total > self.buf.len() {
+                            // One frame larger than the buffer: grow to fit it (bounded by the
+                            // decoder's frame limit, checked before `Need` is returned).
+                            self.buf.copy_within(self.start..self.end, 0);
+                            self.end -= self.start;
+                            self.start = 0;
+                            self.buf.resize(total, 0);
+                        }
+                        break;
+                    }
+                };
+                self.start += used;
+                if peer_closed {
+                    continue; // Nothing after the peer's close frame means anything.
+                }
+                match decoded {
+                    Decoded::Fragment => {}
+                    Decoded::Data(data) => {
+                        Counters::bump(&self.counters.messages_in, 1);
+                        Counters::bump(&self.counters.bytes_in, data.as_bytes().len() as u64);
+                        let event = match self.ingress.on_message(data) {
+                            Verdict::Ignore => None,
+                            Verdict::Emit(value) => Some(Event::Data {
+                                epoch: self.epoch,
+                                value,
+                            }),
+                            Verdict::Forward => Some(Event::Frame {
+                                epoch: self.epoch,
+                                frame: Frame::from(data),
+                            }),
+                        };
+                        if let Some(event) = event {
+                            if !deliver(
+                                &self.events,
+                                event,
+                                self.overflow,
+                                &self.stop,
+                                &self.counters,
+                            ) {
+                                return;
+                            }
+                        }
+                    }
+                    Decoded::Ping(payload) => {
+                        Counters::bump(&self.counters.pings_in, 1);
+                        if self.control.len() + CONTROL_HEADROOM < self.control_capacity {
+                            let _ = self.control.try_send(Control::Pong(payload.to_vec()));
+                        } else {
+                            Counters::bump(&self.counters.pongs_dropped, 1);
+                        }
+                    }
+                    Decoded::Pong(payload) => {
+                        let pong = Input::Pong(payload.to_vec());
+                        crate::driver::report(&self.coord, &self.stop, pong);
+                    }
+                    Decoded::Close(close) => {
+                        peer_closed = true;
+                        let close = close.map(|(code, reason)| (code, reason.to_string()));
+                        crate::driver::report(&self.coord, &self.stop, Input::PeerClose(close));
+                    }
+                }
+            }
+            if self.half.take_tls_output_pending() {
+                let _ = self.control.try_send(Control::FlushTls);
+            }
+            // Reclaim consumed space, then read more.
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            match self.half.read(&mut self.buf[self.end..]) {
+                Ok(0) => {
+                    self.report(Input::ReaderEnded(None));
+                    return;
+                }
+                Ok(n) => self.end += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let released = matches!(
+                        self.stop.try_recv(),
+                        Err(crossbeam_channel::TryRecvError::Disconnected)
+                    );
+                    if !released {
+                        log::debug!("read failed: {e}");
+                    }
+                    self.report(Input::ReaderEnded(Some(crate::error::from_io(e))));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl<I: Ingress> Reader<I> {
+    /// Tells the coordinator something, unless the link is released first.
+    fn report(&self, input: Input) {
+        crate::driver::report(&self.coord, &self.stop, input);
+    }
+}
+
+/// Hands an event to the application according to the overflow policy. Returns false when the
+/// link was released while waiting.
+fn deliver<T>(
+    events: &Sender<Event<T>>,
+    event: Event<T>,
+    overflow: Overflow,
+    stop: &Receiver<()>,
+    counters: &Counters,
+) -> bool {
+    match events.try_send(event) {
+        Ok(()) | Err(TrySendError::Disconnected(_)) => true,
+        Err(TrySendError::Full(event)) => match overflow {
+            Overflow::DropNewest => {
+                Counters::bump(&counters.events_dropped, 1);
+                true
+            }
+            Overflow::Block => {
+                Counters::bump(&counters.events_blocked, 1);
+                select! {
+                    send(events, event) -> _ => true,
+                    recv(stop) -> _ => false,
+                }
+            }
+        },
+    }
+}

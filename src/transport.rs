@@ -1,0 +1,202 @@
+//! The byte stream under a connection, and how it is split for full duplex.
+//!
+//! Before the split, [`Stream`] is an ordinary blocking stream used for the TLS and HTTP
+//! handshakes. [`Stream::split`] then duplicates the socket so the reader and the writer each own a
+//! file descriptor and never wait for each other in a syscall:
+//!
+//! - plain TCP: the two halves are independent clones of the socket;
+//! - TLS: the rustls connection sits behind a mutex that is held only while bytes are moved in
+//!   memory (decrypting what the reader already read, encrypting what the writer will write).
+//!   The reader's `read(2)` and the writer's `write(2)` run without the lock, so a reader blocked
+//!   on a silent server never delays a write.
+//!
+//! Only the writer writes to the socket. If processing inbound TLS records leaves rustls with
+//! something to send (a key update, an alert), the reader reports it and the writer flushes it.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use rustls::ClientConnection;
+
+/// Size of the buffer for ciphertext read from the socket.
+const TLS_READ_CHUNK: usize = 16 * 1024 + 256;
+
+/// A connected stream, plain or TLS, used whole during the handshakes.
+pub(crate) struct Stream {
+    pub(crate) sock: TcpStream,
+    pub(crate) tls: Option<ClientConnection>,
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &mut self.tls {
+            None => self.sock.read(buf),
+            Some(conn) => rustls::Stream::new(conn, &mut self.sock).read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &mut self.tls {
+            None => self.sock.write(buf),
+            Some(conn) => rustls::Stream::new(conn, &mut self.sock).write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.tls {
+            None => self.sock.flush(),
+            Some(conn) => rustls::Stream::new(conn, &mut self.sock).flush(),
+        }
+    }
+}
+
+impl Stream {
+    /// Splits into reader and writer halves plus a handle that can shut the socket down from any
+    /// thread (which unblocks both halves).
+    pub(crate) fn split(self) -> io::Result<(ReadHalf, WriteHalf, SocketHandle)> {
+        self.sock.set_read_timeout(None)?;
+        self.sock.set_write_timeout(None)?;
+        let read_sock = self.sock.try_clone()?;
+        let handle = SocketHandle(self.sock.try_clone()?);
+        let tls = self.tls.map(|c| Arc::new(Mutex::new(c)));
+        let reader = ReadHalf {
+            sock: read_sock,
+            tls: tls.clone(),
+            cipher: vec![0; if tls.is_some() { TLS_READ_CHUNK } else { 0 }].into_boxed_slice(),
+            cipher_pos: 0,
+            cipher_end: 0,
+            tls_output_pending: false,
+        };
+        let writer = WriteHalf {
+            sock: self.sock,
+            tls,
+            cipher_out: Vec::new(),
+        };
+        Ok((reader, writer, handle))
+    }
+}
+
+/// Shuts the shared socket down; safe to call from any thread, any number of times.
+#[derive(Debug)]
+pub(crate) struct SocketHandle(TcpStream);
+
+impl SocketHandle {
+    pub(crate) fn shutdown(&self) {
+        // ENOTCONN after the peer already closed is expected and harmless.
+        let _ = self.0.shutdown(Shutdown::Both);
+    }
+}
+
+/// The reading half: owned by the reader thread.
+pub(crate) struct ReadHalf {
+    sock: TcpStream,
+    tls: Option<Arc<Mutex<ClientConnection>>>,
+    /// Ciphertext read from the socket and not yet given to rustls.
+    cipher: Box<[u8]>,
+    cipher_pos: usize,
+    cipher_end: usize,
+    tls_output_pending: bool,
+}
+
+impl ReadHalf {
+    /// Reads plaintext; `Ok(0)` is end of stream.
+    pub(crate) fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let Some(tls) = &self.tls else {
+            return self.sock.read(out);
+        };
+        loop {
+            {
+                let mut conn = tls.lock();
+                // 1. Plaintext rustls already holds.
+                match conn.reader().read(out) {
+                    Ok(n) => return Ok(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+                // 2. Ciphertext we read earlier but rustls had no room for.
+                if self.cipher_pos < self.cipher_end {
+                    let mut pending = &self.cipher[self.cipher_pos..self.cipher_end];
+                    let used = conn.read_tls(&mut pending)?;
+                    self.cipher_pos += used;
+                    let state = conn.process_new_packets().map_err(io::Error::other)?;
+                    self.tls_output_pending |= state.tls_bytes_to_write() > 0;
+                    continue;
+                }
+            }
+            // 3. More ciphertext from the socket, without holding the lock.
+            let n = self.sock.read(&mut self.cipher)?;
+            self.cipher_pos = 0;
+            self.cipher_end = n;
+            if n == 0 {
+                let mut conn = tls.lock();
+                conn.read_tls(&mut &[][..])?;
+                conn.process_new_packets().map_err(io::Error::other)?;
+                // rustls now reports either a clean close_notify (Ok(0)) or an unexpected EOF.
+                return match conn.reader().read(out) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+                    other => other,
+                };
+            }
+        }
+    }
+
+    /// True once after rustls produced records that must be sent (key update, alert).
+    pub(crate) fn take_tls_output_pending(&mut self) -> bool {
+        std::mem::take(&mut self.tls_output_pending)
+    }
+}
+
+/// The writing half: owned by the writer thread, the only writer of the socket.
+pub(crate) struct WriteHalf {
+    sock: TcpStream,
+    tls: Option<Arc<Mutex<ClientConnection>>>,
+    cipher_out: Vec<u8>,
+}
+
+impl WriteHalf {
+    /// Writes all of `plain` to the socket (encrypting it first under TLS).
+    pub(crate) fn write_all(&mut self, plain: &[u8]) -> io::Result<()> {
+        let Some(tls) = &self.tls else {
+            return self.sock.write_all(plain);
+        };
+        let mut rest = plain;
+        loop {
+            {
+                let mut conn = tls.lock();
+                if !rest.is_empty() {
+                    let n = conn.writer().write(rest)?;
+                    rest = &rest[n..];
+                }
+                while conn.wants_write() {
+                    conn.write_tls(&mut self.cipher_out)?;
+                }
+            }
+            if !self.cipher_out.is_empty() {
+                self.sock.write_all(&self.cipher_out)?;
+                self.cipher_out.clear();
+            }
+            if rest.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Sends whatever TLS records rustls has queued (for example after a key update).
+    pub(crate) fn flush_tls(&mut self) -> io::Result<()> {
+        self.write_all(&[])
+    }
+
+    /// Queues a TLS close_notify and sends it.
+    #[allow(dead_code)]
+    pub(crate) fn close_tls(&mut self) -> io::Result<()> {
+        if let Some(tls) = &self.tls {
+            tls.lock().send_close_notify();
+            self.flush_tls()?;
+        }
+        Ok(())
+    }
+}
