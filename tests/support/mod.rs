@@ -1,0 +1,316 @@
+//! Shared test support: a certificate authority made in the test, a loopback WebSocket server
+//! (plain or TLS) whose behaviour each test scripts, raw frame helpers, and waiting helpers that
+//! poll a condition against a deadline (never a bare sleep standing in for synchronisation).
+#![allow(dead_code)]
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::{ServerConfig, ServerConnection, StreamOwned};
+use syncws::{Client, Event};
+
+/// A throwaway certificate authority.
+pub struct Pki {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+/// A server certificate and key issued by a [`Pki`].
+pub struct ServerCert {
+    pub cert_der: CertificateDer<'static>,
+    pub cert_pem: String,
+    pub key_der: Vec<u8>,
+    pub key_pem: String,
+}
+
+impl Pki {
+    pub fn new(name: &str) -> Pki {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        Pki { issuer }
+    }
+
+    pub fn ca_der(&self) -> CertificateDer<'static> {
+        self.issuer.der().clone()
+    }
+
+    pub fn ca_pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// A leaf certificate for `names` (DNS names or IP literals).
+    pub fn server_cert(&self, names: &[&str]) -> ServerCert {
+        let key = KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let params = CertificateParams::new(names).unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        ServerCert {
+            cert_der: cert.der().clone(),
+            cert_pem: cert.pem(),
+            key_der: key.serialize_der(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
+    /// A rustls server configuration presenting a certificate for `names`.
+    pub fn server_config(&self, names: &[&str]) -> Arc<ServerConfig> {
+        let leaf = self.server_cert(names);
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf.key_der));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![leaf.cert_der], key)
+            .unwrap();
+        Arc::new(config)
+    }
+}
+
+/// An accepted server-side connection, plain or TLS.
+pub enum Conn {
+    Plain(TcpStream),
+    Tls(Box<StreamOwned<ServerConnection, TcpStream>>),
+}
+
+impl Conn {
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Conn::Plain(s) => s,
+            Conn::Tls(s) => &s.sock,
+        }
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.read(buf),
+            Conn::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.write(buf),
+            Conn::Tls(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.flush(),
+            Conn::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// A one-connection loopback server running `handler` on its own thread.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    tls: bool,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Plain (`tls = None`) or TLS server accepting `connections` connections in turn, each
+    /// handled by `handler(index, conn)` on the server thread.
+    pub fn start<F>(tls: Option<Arc<ServerConfig>>, connections: usize, handler: F) -> TestServer
+    where
+        F: Fn(usize, Conn) + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let is_tls = tls.is_some();
+        let handle = thread::Builder::new()
+            .name("test-server".into())
+            .spawn(move || {
+                for i in 0..connections {
+                    let Ok((sock, _)) = listener.accept() else {
+                        return;
+                    };
+                    sock.set_nodelay(true).unwrap();
+                    let conn = match &tls {
+                        None => Conn::Plain(sock),
+                        Some(config) => {
+                            let server = ServerConnection::new(config.clone()).unwrap();
+                            Conn::Tls(Box::new(StreamOwned::new(server, sock)))
+                        }
+                    };
+                    handler(i, conn);
+                }
+            })
+            .unwrap();
+        TestServer {
+            addr,
+            tls: is_tls,
+            handle: Some(handle),
+        }
+    }
+
+    /// The URL to reach this server (`wss://localhost:PORT` for TLS so the name matches).
+    pub fn url(&self, path: &str) -> String {
+        if self.tls {
+            format!("wss://localhost:{}{path}", self.addr.port())
+        } else {
+            format!("ws://{}{path}", self.addr)
+        }
+    }
+
+    /// Waits for the handler to finish; panics from the handler fail the test here.
+    pub fn join(mut self) {
+        if let Some(h) = self.handle.take() {
+            if let Err(e) = h.join() {
+                std::panic::resume_unwind(e);
+            }
+        }
+    }
+}
+
+/// Completes a tungstenite server handshake on `conn`.
+pub fn accept_ws(conn: Conn) -> tungstenite::WebSocket<Conn> {
+    tungstenite::accept(conn).expect("server handshake")
+}
+
+/// Reads an HTTP upgrade request head from `conn` without answering it. Returns the head.
+pub fn read_request(conn: &mut Conn) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        conn.read_exact(&mut byte).expect("request");
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+/// The `101` response for a request head.
+pub fn response_101(request: &str) -> Vec<u8> {
+    let key = request
+        .lines()
+        .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+        .expect("key")
+        .trim();
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {accept}\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// Reads the request and answers `101` (plus `extra` bytes in the same write).
+pub fn raw_accept(conn: &mut Conn, extra: &[u8]) -> String {
+    let req = read_request(conn);
+    let mut out = response_101(&req);
+    out.extend_from_slice(extra);
+    conn.write_all(&out).unwrap();
+    conn.flush().unwrap();
+    req
+}
+
+/// An unmasked server frame with the given first byte (FIN/RSV/opcode).
+pub fn frame(b0: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![b0];
+    match payload.len() {
+        n if n < 126 => out.push(n as u8),
+        n if n <= 0xFFFF => {
+            out.push(126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Reads one masked client frame: returns (first byte, unmasked payload).
+pub fn read_client_frame(conn: &mut impl Read) -> io::Result<(u8, Vec<u8>)> {
+    let mut h = [0u8; 2];
+    conn.read_exact(&mut h)?;
+    assert_eq!(h[1] & 0x80, 0x80, "client frames must be masked");
+    let len = match h[1] & 0x7F {
+        126 => {
+            let mut b = [0u8; 2];
+            conn.read_exact(&mut b)?;
+            u16::from_be_bytes(b) as usize
+        }
+        127 => {
+            let mut b = [0u8; 8];
+            conn.read_exact(&mut b)?;
+            u64::from_be_bytes(b) as usize
+        }
+        n => n as usize,
+    };
+    let mut mask = [0u8; 4];
+    conn.read_exact(&mut mask)?;
+    let mut payload = vec![0u8; len];
+    conn.read_exact(&mut payload)?;
+    for (i, b) in payload.iter_mut().enumerate() {
+        *b ^= mask[i % 4];
+    }
+    Ok((h[0], payload))
+}
+
+/// Polls `probe` until it returns `Some` or `within` passes (then panics naming `what`).
+pub fn wait_until<T>(what: &str, within: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Receives events until `pick` returns `Some`, failing after `within`.
+pub fn next_event<T: std::fmt::Debug, R>(
+    client: &Client<T>,
+    within: Duration,
+    mut pick: impl FnMut(Event<T>) -> Option<R>,
+) -> R {
+    let deadline = Instant::now() + within;
+    loop {
+        match client.events().recv_deadline(deadline) {
+            Ok(ev) => {
+                if let Some(r) = pick(ev) {
+                    return r;
+                }
+            }
+            Err(e) => panic!("no matching event within {within:?}: {e}"),
+        }
+    }
+}
+
+/// The number of threads in this process (Linux).
+pub fn thread_count() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("Threads: line")
+}
+
+/// True when tests needing an outside peer must run (CI sets `SYNCWS_REQUIRE_PEERS=1`).
+pub fn peers_required() -> bool {
+    std::env::var("SYNCWS_REQUIRE_PEERS").is_ok_and(|v| v == "1")
+}
+
+/// Reports a missing outside peer: a skip locally, a failure when peers are required.
+pub fn skip_or_fail(reason: &str) {
+    if peers_required() {
+        panic!("required peer missing (SYNCWS_REQUIRE_PEERS=1): {reason}");
+    }
+    eprintln!("SKIPPED: {reason}");
+}
