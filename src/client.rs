@@ -244,6 +244,9 @@ impl<T> Client<T> {
         let Some(coordinator) = self.coordinator.take() else {
             return;
         };
+        // Drop our end of the event channel: a reader or coordinator waiting for room in it is
+        // released at once (unless the application holds a clone of the receiver).
+        self.events = crossbeam_channel::never();
         let deadline = Instant::now() + timeout;
         let sent = self
             .inputs

@@ -1,0 +1,430 @@
+//! Behaviour under hostile or broken servers, against scripted loopback servers (plain and TLS):
+//! early frames, pings under a full data lane, close codes, refused handshakes, bad certificates,
+//! closed ports, servers that stop reading or never write, and protocol violations.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use support::{
+    Conn, Pki, TestServer, frame, next_event, raw_accept, read_client_frame, read_request,
+};
+use syncws::{Client, CloseCode, Error, Event, Frame, Initiator};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn next_frame<T: std::fmt::Debug>(client: &Client<T>) -> Frame {
+    next_event(client, WAIT, |e| match e {
+        Event::Frame { frame, .. } => Some(frame),
+        _ => None,
+    })
+}
+
+fn closed_info<T: std::fmt::Debug>(client: &Client<T>) -> syncws::CloseInfo {
+    next_event(client, WAIT, |e| match e {
+        Event::Closed { info, .. } => Some(info),
+        _ => None,
+    })
+}
+
+fn tls_pair() -> (Pki, Arc<rustls::ServerConfig>) {
+    let pki = Pki::new("faults CA");
+    let config = pki.server_config(&["localhost"]);
+    (pki, config)
+}
+
+fn connect(server: &TestServer, pki: Option<&Pki>) -> syncws::ClientBuilder {
+    let b = Client::builder(&server.url("/"));
+    match pki {
+        Some(p) => b.add_root_certificate(p.ca_der()),
+        None => b,
+    }
+}
+
+fn early_frame(tls: bool) {
+    let (pki, config) = tls_pair();
+    let server = TestServer::start(tls.then_some(config), 1, |_, mut conn| {
+        // The 101 and the first frame leave in one write, so they share a segment / record.
+        raw_accept(&mut conn, &frame(0x81, b"welcome"));
+        let _ = read_client_frame(&mut conn);
+    });
+    let client = connect(&server, tls.then_some(&pki)).connect().unwrap();
+    assert_eq!(next_frame(&client), Frame::text("welcome"));
+    client.shutdown(Duration::from_secs(2));
+    server.join();
+}
+
+#[test]
+fn frame_in_same_segment_as_101_arrives_plain() {
+    early_frame(false);
+}
+
+#[test]
+fn frame_in_same_segment_as_101_arrives_tls() {
+    early_frame(true);
+}
+
+/// The server stops reading until the client's data lane is full, then pings. When it resumes
+/// reading, the pong must come before the queued data (the control lane jumps the queue), with
+/// the ping's payload.
+#[test]
+fn ping_answered_with_same_payload_while_data_lane_is_full() {
+    const LANE: usize = 64;
+    let (lane_full_tx, lane_full_rx) = mpsc::channel::<()>();
+    let (result_tx, result_rx) = mpsc::channel::<(usize, Vec<u8>)>();
+    let server = TestServer::start(None, 1, move |_, mut conn| {
+        raw_accept(&mut conn, &[]);
+        lane_full_rx.recv().unwrap();
+        conn.write_all(&frame(0x89, b"are-you-alive")).unwrap();
+        conn.flush().unwrap();
+        // Count data frames until the pong shows up.
+        let mut data_before_pong = 0;
+        loop {
+            let (b0, payload) = read_client_frame(&mut conn).unwrap();
+            match b0 & 0x0F {
+                0xA => {
+                    result_tx.send((data_before_pong, payload)).unwrap();
+                    return;
+                }
+                _ => data_before_pong += 1,
+            }
+        }
+    });
+    let client = Client::builder(&server.url("/"))
+        .data_queue(LANE)
+        .connect()
+        .unwrap();
+    // 64 KiB frames: the socket buffers fill quickly, then the lane.
+    let big = vec![7u8; 64 * 1024];
+    let mut queued = 0usize;
+    support::wait_until("data lane full", WAIT, || {
+        match client.try_send(Frame::Binary(big.clone())) {
+            Ok(()) => {
+                queued += 1;
+                None
+            }
+            Err(Error::QueueFull) => Some(()),
+            Err(e) => panic!("unexpected {e}"),
+        }
+    });
+    lane_full_tx.send(()).unwrap();
+    let (data_before_pong, payload) = result_rx.recv_timeout(WAIT).expect("pong");
+    eprintln!("pong after {data_before_pong} data frames; {queued} were queued");
+    assert_eq!(payload, b"are-you-alive");
+    assert!(
+        data_before_pong < queued - LANE / 2,
+        "pong waited behind {data_before_pong} of {queued} queued frames"
+    );
+    drop(client);
+    server.join();
+}
+
+fn server_closes_with(code: u16, reason: &'static str) {
+    let (echo_tx, echo_rx) = mpsc::channel();
+    let server = TestServer::start(None, 1, move |_, mut conn| {
+        raw_accept(&mut conn, &[]);
+        let mut payload = code.to_be_bytes().to_vec();
+        payload.extend_from_slice(reason.as_bytes());
+        conn.write_all(&frame(0x88, &payload)).unwrap();
+        let (b0, echo) = read_client_frame(&mut conn).unwrap();
+        echo_tx.send((b0, echo)).unwrap();
+        // Server closes TCP after the exchange, as RFC 6455 asks.
+    });
+    let client = Client::builder(&server.url("/")).connect().unwrap();
+    let info = closed_info(&client);
+    assert_eq!(info.initiator, Initiator::Remote);
+    assert_eq!(info.code, CloseCode(code));
+    assert_eq!(info.reason, reason);
+    assert!(info.clean, "{info:?}");
+    let (b0, echo) = echo_rx.recv_timeout(WAIT).unwrap();
+    assert_eq!(b0, 0x88);
+    assert_eq!(&echo[..2], &code.to_be_bytes(), "client echoes the code");
+    assert!(!client.is_open());
+    assert!(matches!(
+        client.send(Frame::text("late")),
+        Err(Error::Closed { .. })
+    ));
+    client.shutdown(Duration::from_secs(2));
+    server.join();
+}
+
+fn client_closes_with(code: u16, reason: &'static str) {
+    let (got_tx, got_rx) = mpsc::channel();
+    let server = TestServer::start(None, 1, move |_, mut conn| {
+        raw_accept(&mut conn, &[]);
+        let (b0, payload) = read_client_frame(&mut conn).unwrap();
+        got_tx.send((b0, payload.clone())).unwrap();
+        conn.write_all(&frame(0x88, &payload[..2])).unwrap();
+    });
+    let client = Client::builder(&server.url("/")).connect().unwrap();
+    client.close(CloseCode(code), reason).unwrap();
+    let (b0, payload) = got_rx.recv_timeout(WAIT).unwrap();
+    assert_eq!(b0, 0x88);
+    assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), code);
+    assert_eq!(&payload[2..], reason.as_bytes());
+    let info = closed_info(&client);
+    assert_eq!(
+        (info.initiator, info.code, info.reason.as_str()),
+        (Initiator::Local, CloseCode(code), reason)
+    );
+    assert!(info.clean, "{info:?}");
+    client.shutdown(Duration::from_secs(2));
+    server.join();
+}
+
+#[test]
+fn close_codes_round_trip_server_initiated() {
+    for (code, reason) in [
+        (1000, "bye"),
+        (1001, "deploy"),
+        (1008, "policy"),
+        (4000, "app"),
+        (4999, ""),
+    ] {
+        server_closes_with(code, reason);
+    }
+}
+
+#[test]
+fn close_codes_round_trip_client_initiated() {
+    for (code, reason) in [
+        (1000, "bye"),
+        (1001, "going"),
+        (1008, "policy"),
+        (4000, "app"),
+        (4321, "x"),
+    ] {
+        client_closes_with(code, reason);
+    }
+}
+
+fn refuse(status: u16) {
+    let server = TestServer::start(None, 1, move |_, mut conn| {
+        read_request(&mut conn);
+        let body = "no entry\n";
+        let resp = format!(
+            "HTTP/1.1 {status} Nope\r\nContent-Length: {}\r\nRetry-After: 3\r\n\r\n{body}",
+            body.len()
+        );
+        conn.write_all(resp.as_bytes()).unwrap();
+    });
+    match Client::builder(&server.url("/")).connect() {
+        Err(Error::HandshakeRejected {
+            status: s,
+            headers,
+            body,
+        }) => {
+            assert_eq!(s, status);
+            assert!(headers.contains("Retry-After: 3"), "{headers}");
+            assert_eq!(body, "no entry\n");
+        }
+        other => panic!("expected HandshakeRejected({status}), got {other:?}"),
+    }
+    server.join();
+}
+
+#[test]
+fn refused_handshake_is_typed_with_status() {
+    refuse(401);
+    refuse(503);
+}
+
+fn tls_failure(server_config: Arc<rustls::ServerConfig>, trusted: &Pki) {
+    let server = TestServer::start(Some(server_config), 1, |_, mut conn| {
+        // The handshake fails on the client side; reading surfaces the client's alert.
+        let mut buf = [0u8; 64];
+        let _ = conn.read(&mut buf);
+    });
+    let result = Client::builder(&server.url("/"))
+        .add_root_certificate(trusted.ca_der())
+        .connect();
+    match result {
+        Err(Error::Tls(rustls::Error::InvalidCertificate(_))) => {}
+        other => panic!("expected a TLS certificate error, got {other:?}"),
+    }
+    server.join();
+}
+
+#[test]
+fn tls_certificate_for_wrong_host_is_a_tls_error() {
+    let pki = Pki::new("trusted CA");
+    tls_failure(pki.server_config(&["example.test"]), &pki);
+}
+
+#[test]
+fn tls_certificate_from_unknown_ca_is_a_tls_error() {
+    let trusted = Pki::new("trusted CA");
+    let unknown = Pki::new("unknown CA");
+    tls_failure(unknown.server_config(&["localhost"]), &trusted);
+}
+
+#[test]
+fn connect_to_closed_port_fails_fast_with_a_typed_error() {
+    // Bind then drop to find a port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let started = Instant::now();
+    let result = Client::builder(&format!("ws://127.0.0.1:{port}/"))
+        .connect_timeout(Duration::from_secs(30))
+        .connect();
+    match result {
+        Err(Error::Connect { source, .. }) => {
+            assert_eq!(source.kind(), std::io::ErrorKind::ConnectionRefused)
+        }
+        other => panic!("expected Connect error, got {other:?}"),
+    }
+    // Refusal is immediate; it must not wait for the 30 s connect timeout.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+fn resident_kib() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn server_that_stops_reading_gives_queue_full_and_bounded_memory() {
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let server = TestServer::start(None, 1, move |_, mut conn| {
+        raw_accept(&mut conn, &[]);
+        // Never read; hold the connection until the test is done.
+        let _ = done_rx.recv_timeout(WAIT * 3);
+    });
+    let client = Client::builder(&server.url("/"))
+        .data_queue(128)
+        .connect()
+        .unwrap();
+    let frame_bytes = vec![1u8; 16 * 1024];
+    let mut accepted = 0usize;
+    support::wait_until("QueueFull", WAIT, || {
+        match client.try_send(Frame::Binary(frame_bytes.clone())) {
+            Ok(()) => {
+                accepted += 1;
+                None
+            }
+            Err(Error::QueueFull) => Some(()),
+            Err(e) => panic!("unexpected {e}"),
+        }
+    });
+    // What was accepted is the lane plus what the socket buffers took: bounded.
+    assert!(accepted >= 128, "lane capacity is 128, accepted {accepted}");
+    let before = resident_kib();
+    for _ in 0..50_000 {
+        assert!(matches!(
+            client.try_send(Frame::Binary(frame_bytes.clone())),
+            Err(Error::QueueFull)
+        ));
+    }
+    let growth = resident_kib().saturating_sub(before);
+    assert!(
+        growth < 8 * 1024,
+        "memory grew by {growth} KiB while the queue was full"
+    );
+    assert!(client.stats().messages_out as usize <= accepted);
+    done_tx.send(()).unwrap();
+    drop(client);
+    server.join();
+}
+
+fn many_frames_while_server_is_silent(tls: bool) {
+    const N: usize = 10_000;
+    let (pki, config) = tls_pair();
+    let (count_tx, count_rx) = mpsc::channel();
+    let server = TestServer::start(tls.then_some(config), 1, move |_, mut conn| {
+        raw_accept(&mut conn, &[]);
+        // Read N frames and send nothing at all meanwhile.
+        let mut n = 0;
+        while n < N {
+            let (b0, payload) = read_client_frame(&mut conn).unwrap();
+            assert_eq!(b0, 0x82);
+            assert_eq!(payload, (n as u32).to_be_bytes());
+            n += 1;
+        }
+        count_tx.send(n).unwrap();
+        let _ = read_client_frame(&mut conn); // close at shutdown
+    });
+    let client = connect(&server, tls.then_some(&pki)).connect().unwrap();
+    for i in 0..N {
+        client
+            .send(Frame::Binary((i as u32).to_be_bytes().to_vec()))
+            .unwrap();
+    }
+    assert_eq!(count_rx.recv_timeout(WAIT).expect("all frames written"), N);
+    client.shutdown(Duration::from_secs(2));
+    server.join();
+}
+
+#[test]
+fn reads_never_block_writes_plain() {
+    many_frames_while_server_is_silent(false);
+}
+
+#[test]
+fn reads_never_block_writes_tls() {
+    many_frames_while_server_is_silent(true);
+}
+
+/// The server sends `bytes` after the handshake; the client must answer with a close frame
+/// carrying `code`, and report `Error::Protocol` with that code.
+fn violation(bytes: Vec<u8>, code: u16, max_frame: Option<usize>) {
+    let (code_tx, code_rx) = mpsc::channel();
+    let server = TestServer::start(None, 1, move |_, mut conn: Conn| {
+        raw_accept(&mut conn, &bytes);
+        let got =
+            read_client_frame(&mut conn).map(|(b0, p)| (b0, u16::from_be_bytes([p[0], p[1]])));
+        code_tx.send(got.ok()).unwrap();
+    });
+    let mut builder = Client::builder(&server.url("/"));
+    if let Some(max) = max_frame {
+        builder = builder.max_frame_size(max);
+    }
+    let client = builder.connect().unwrap();
+    let info = closed_info(&client);
+    assert_eq!(info.initiator, Initiator::Local);
+    assert_eq!(info.code, CloseCode(code));
+    match &info.error {
+        Some(Error::Protocol { code: c, .. }) => assert_eq!(*c, CloseCode(code)),
+        other => panic!("expected protocol error, got {other:?}"),
+    }
+    assert_eq!(
+        code_rx.recv_timeout(WAIT).unwrap(),
+        Some((0x88, code)),
+        "close frame on the wire"
+    );
+    client.shutdown(Duration::from_secs(2));
+    server.join();
+}
+
+#[test]
+fn bad_utf8_closes_with_1007() {
+    violation(frame(0x81, &[b'o', b'k', 0xC3, 0x28]), 1007, None);
+}
+
+#[test]
+fn reserved_opcode_closes_with_1002() {
+    violation(frame(0x83, b"?"), 1002, None);
+}
+
+#[test]
+fn oversized_frame_closes_with_1009() {
+    violation(frame(0x82, &vec![0u8; 5000]), 1009, Some(4096));
+}
+
+#[test]
+fn garbage_after_handshake_closes_with_1002() {
+    violation(b"HTTP/1.1 200 OK\r\n\r\nhello".to_vec(), 1002, None);
+}
