@@ -179,6 +179,21 @@ impl<T> Client<T> {
         }
     }
 
+    /// Queues a frame, waiting at most `timeout` for room in the data lane;
+    /// [`Error::Timeout`]`("send")` if none came (the frame is dropped).
+    pub fn send_timeout(&self, frame: Frame, timeout: Duration) -> Result<()> {
+        self.check_open()?;
+        match route(frame) {
+            Ok(data) => self.data.send_timeout(data, timeout).map_err(|e| match e {
+                crossbeam_channel::SendTimeoutError::Timeout(_) => Error::Timeout("send"),
+                crossbeam_channel::SendTimeoutError::Disconnected(_) => {
+                    Error::Closed { code: None }
+                }
+            }),
+            Err(command) => self.command(command),
+        }
+    }
+
     /// Queues a frame if there is room now; [`Error::QueueFull`] if the data lane is full (the
     /// frame is dropped, memory does not grow). Never blocks for data frames.
     pub fn try_send(&self, frame: Frame) -> Result<()> {

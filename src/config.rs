@@ -1,19 +1,4 @@
-//! Configuration: [`Config`] holds every knob with its default written next to it;
-//! [`ClientBuilder`] is the way to set them and connect.
-//!
-//! ```no_run
-//! use std::time::Duration;
-//! use syncws::Client;
-//!
-//! let client = Client::builder("wss://stream.example.com/ws")
-//!     .name("md-feed")
-//!     .header("Authorization", "Bearer secret")
-//!     .subprotocol("v2.json")
-//!     .handshake_timeout(Duration::from_secs(5))
-//!     .data_queue(256)
-//!     .connect()?;
-//! # Ok::<(), syncws::Error>(())
-//! ```
+//! [`Config`] (every knob with its default) and [`ClientBuilder`].
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -92,7 +77,22 @@ impl Default for Config {
     }
 }
 
-/// Builds and opens a [`Client`]. Created by [`Client::builder`].
+/// Builds and opens a [`Client`]; created by [`Client::builder`]. Every setting not made here
+/// keeps the default documented on [`Config`].
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use syncws::Client;
+///
+/// let client = Client::builder("wss://stream.example.com/ws")
+///     .name("md-feed")
+///     .header("Authorization", "Bearer secret")
+///     .subprotocol("v2.json")
+///     .handshake_timeout(Duration::from_secs(5))
+///     .data_queue(256)
+///     .connect()?;
+/// # Ok::<(), syncws::Error>(())
+/// ```
 #[derive(Debug)]
 #[must_use = "a builder does nothing until connect() is called"]
 pub struct ClientBuilder {

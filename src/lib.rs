@@ -51,6 +51,8 @@
 //! - Close codes are preserved in both directions; [`CloseInfo`] says who initiated.
 //! - [`Client::shutdown`] (and `Drop`) bounds the close handshake and joins every thread.
 
+#![warn(missing_docs)]
+
 mod client;
 mod codec;
 mod config;
