@@ -114,12 +114,14 @@ impl<I: Ingress> Reader<I> {
                         }
                     }
                     Decoded::Ping(payload) => {
-                        Counters::bump(&self.counters.pings_in, 1);
                         if self.control.len() + CONTROL_HEADROOM < self.control_capacity {
                             let _ = self.control.try_send(Control::Pong(payload.to_vec()));
                         } else {
                             Counters::bump(&self.counters.pongs_dropped, 1);
                         }
+                        // Counted once the pong is queued, so `pings_in` also means "answered
+                        // or dropped".
+                        Counters::bump(&self.counters.pings_in, 1);
                     }
                     Decoded::Pong(payload) => {
                         let pong = Input::Pong(payload.to_vec());

@@ -67,19 +67,22 @@ fn frame_in_same_segment_as_101_arrives_tls() {
     early_frame(true);
 }
 
-/// The server stops reading until the client's data lane is full, then pings. When it resumes
-/// reading, the pong must come before the queued data (the control lane jumps the queue), with
-/// the ping's payload.
+/// The server stops reading until the client's data lane is full, then pings. Once the client
+/// has queued the pong (its `pings_in` counter says so) the server resumes reading: the pong must
+/// come before the data still waiting in the lane (the control lane jumps the queue), with the
+/// ping's payload.
 #[test]
 fn ping_answered_with_same_payload_while_data_lane_is_full() {
     const LANE: usize = 64;
     let (lane_full_tx, lane_full_rx) = mpsc::channel::<()>();
+    let (resume_tx, resume_rx) = mpsc::channel::<()>();
     let (result_tx, result_rx) = mpsc::channel::<(usize, Vec<u8>)>();
     let server = TestServer::start(None, 1, move |_, mut conn| {
         raw_accept(&mut conn, &[]);
         lane_full_rx.recv().unwrap();
         conn.write_all(&frame(0x89, b"are-you-alive")).unwrap();
         conn.flush().unwrap();
+        resume_rx.recv().unwrap();
         // Count data frames until the pong shows up.
         let mut data_before_pong = 0;
         loop {
@@ -111,12 +114,19 @@ fn ping_answered_with_same_payload_while_data_lane_is_full() {
         }
     });
     lane_full_tx.send(()).unwrap();
+    support::wait_until("ping received", WAIT, || {
+        (client.stats().pings_in == 1).then_some(())
+    });
+    assert_eq!(client.stats().pongs_dropped, 0);
+    resume_tx.send(()).unwrap();
     let (data_before_pong, payload) = result_rx.recv_timeout(WAIT).expect("pong");
-    eprintln!("pong after {data_before_pong} data frames; {queued} were queued");
     assert_eq!(payload, b"are-you-alive");
+    // Ahead of the pong: what the kernel buffers held and the batch being written (the kernel
+    // may take a few more frames as its buffers grow), not the bulk of the lane. Without the
+    // control lane's priority the pong would come after all `queued` frames.
     assert!(
         data_before_pong < queued - LANE / 2,
-        "pong waited behind {data_before_pong} of {queued} queued frames"
+        "pong waited behind {data_before_pong} of {queued} queued frames (lane {LANE})"
     );
     drop(client);
     server.join();

@@ -58,13 +58,14 @@ fn named_threads_and_clean_shutdown(baseline: usize) {
             .unwrap();
         client.send(Frame::text("x")).unwrap();
         client.events().recv_timeout(WAIT).unwrap();
-        let names = thread_names();
-        for role in ["lk-reader", "lk-writer", "lk-coord"] {
-            assert!(
-                names.iter().any(|n| n == role),
-                "no thread {role} in {names:?}"
-            );
-        }
+        // A new thread takes its name when it first runs: wait for all three.
+        support::wait_until("named client threads", WAIT, || {
+            let names = thread_names();
+            ["lk-reader", "lk-writer", "lk-coord"]
+                .iter()
+                .all(|role| names.iter().any(|n| n == role))
+                .then_some(())
+        });
         assert_eq!(
             thread_count(),
             baseline + 4,
