@@ -1,0 +1,375 @@
+//! The `wscat` example as a user runs it: a child process fed on stdin, read on stdout/stderr,
+//! against loopback servers (tungstenite echo, scripted raw frames, a refused upgrade, TLS with a
+//! private CA, a server checking request headers). Every wait is bounded; a hung child is killed.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, unbounded};
+use support::{Pki, TestServer, accept_ws, frame, raw_accept, read_client_frame, read_request};
+use tungstenite::Message;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// The wscat binary `cargo test` builds next to the test binaries (`target/<profile>/examples`).
+fn wscat_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe
+        .parent() // deps
+        .and_then(|deps| deps.parent())
+        .expect("test binary lives in <target>/<profile>/deps");
+    let bin = profile_dir
+        .join("examples")
+        .join(format!("wscat{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.is_file(),
+        "wscat example binary not found at {}; `cargo test` builds examples, or run \
+         `cargo build --example wscat` with the same profile and target dir",
+        bin.display()
+    );
+    bin
+}
+
+/// A running wscat child with its stdout split into lines on a channel.
+struct Wscat {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: Receiver<String>,
+    stderr: Option<JoinHandle<String>>,
+}
+
+impl Wscat {
+    fn spawn(args: &[&str]) -> Wscat {
+        let mut child = Command::new(wscat_bin())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn wscat");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = unbounded();
+        thread::Builder::new()
+            .name("wscat-stdout".into())
+            .spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { return };
+                    if tx.send(line).is_err() {
+                        return;
+                    }
+                }
+            })
+            .unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        let stderr = thread::Builder::new()
+            .name("wscat-stderr".into())
+            .spawn(move || {
+                let mut s = String::new();
+                let _ = stderr.read_to_string(&mut s);
+                s
+            })
+            .unwrap();
+        Wscat {
+            stdin: child.stdin.take(),
+            child,
+            stdout: rx,
+            stderr: Some(stderr),
+        }
+    }
+
+    fn send_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin still open");
+        writeln!(stdin, "{line}").expect("write to wscat stdin");
+        stdin.flush().unwrap();
+    }
+
+    /// Closes wscat's stdin (EOF: it starts the close handshake).
+    fn close_stdin(&mut self) {
+        self.stdin.take();
+    }
+
+    /// The next stdout line, failing the test after `WAIT`.
+    fn next_line(&mut self) -> String {
+        match self.stdout.recv_timeout(WAIT) {
+            Ok(line) => line,
+            Err(e) => {
+                let (status, _, stderr) = self.kill();
+                panic!(
+                    "no stdout line from wscat within {WAIT:?} ({e}); {status:?}; stderr: {stderr}"
+                )
+            }
+        }
+    }
+
+    /// Waits (bounded) for exit; returns the status, the stdout lines not yet read and stderr.
+    fn finish(mut self) -> (ExitStatus, Vec<String>, String) {
+        let deadline = Instant::now() + WAIT;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let (status, lines, stderr) = self.kill();
+                panic!(
+                    "wscat did not exit within {WAIT:?} (killed: {status:?}); \
+                     stdout: {lines:?}; stderr: {stderr}"
+                );
+            }
+            thread::sleep(Duration::from_millis(5));
+        };
+        self.stdin.take();
+        let (lines, stderr) = self.drain();
+        (status, lines, stderr)
+    }
+
+    fn kill(&mut self) -> (Option<ExitStatus>, Vec<String>, String) {
+        let _ = self.child.kill();
+        let status = self.child.wait().ok();
+        self.stdin.take();
+        let (lines, stderr) = self.drain();
+        (status, lines, stderr)
+    }
+
+    /// After exit: the remaining stdout lines (until EOF) and all of stderr.
+    fn drain(&mut self) -> (Vec<String>, String) {
+        let mut lines = Vec::new();
+        loop {
+            match self.stdout.recv_timeout(WAIT) {
+                Ok(line) => lines.push(line),
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => panic!("wscat stdout not closed after exit"),
+            }
+        }
+        let stderr = self
+            .stderr
+            .take()
+            .map(|h| h.join().unwrap())
+            .unwrap_or_default();
+        (lines, stderr)
+    }
+}
+
+fn echo_server(tls: Option<std::sync::Arc<rustls::ServerConfig>>) -> TestServer {
+    TestServer::start(tls, 1, |_, conn| {
+        let mut ws = accept_ws(conn);
+        loop {
+            match ws.read() {
+                Ok(m @ (Message::Text(_) | Message::Binary(_))) => ws.send(m).unwrap(),
+                Ok(Message::Close(_)) => {
+                    let _ = ws.flush();
+                    return;
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    })
+}
+
+/// A PEM file in the temp dir, removed on drop.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(tag: &str, contents: &str) -> TempFile {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let path =
+            std::env::temp_dir().join(format!("wscat-{tag}-{}-{nanos}.pem", std::process::id()));
+        std::fs::write(&path, contents).unwrap();
+        TempFile(path)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn echoes_stdin_lines_and_closes_cleanly_at_eof() {
+    let server = echo_server(None);
+    let mut wscat = Wscat::spawn(&[&server.url("/echo")]);
+    wscat.send_line("hello");
+    wscat.send_line("wörld ✓");
+    assert_eq!(wscat.next_line(), "hello");
+    assert_eq!(wscat.next_line(), "wörld ✓");
+    wscat.close_stdin();
+    let (status, lines, stderr) = wscat.finish();
+    assert_eq!(lines, ["close 1000"], "stderr: {stderr}");
+    assert!(status.success(), "{status:?}; stderr: {stderr}");
+    server.join();
+}
+
+#[test]
+fn binary_frame_as_hex_then_server_close() {
+    let server = TestServer::start(None, 1, |_, mut conn| {
+        let mut close = 4001u16.to_be_bytes().to_vec();
+        close.extend_from_slice(b"bye");
+        let mut wire = frame(0x82, &[0xde, 0xad]);
+        wire.extend(frame(0x88, &close));
+        raw_accept(&mut conn, &wire);
+        // The client echoes the close code; then the server ends the stream.
+        let (b0, payload) = read_client_frame(&mut conn).expect("client close");
+        assert_eq!(b0, 0x88, "expected the client's close frame");
+        assert_eq!(&payload[..2], &4001u16.to_be_bytes());
+    });
+    // Stdin stays open: the server, not EOF, ends this connection.
+    let wscat = Wscat::spawn(&[&server.url("/")]);
+    let (status, lines, stderr) = wscat.finish();
+    assert_eq!(lines, ["dead", "close 4001 bye"], "stderr: {stderr}");
+    assert!(status.success(), "{status:?}; stderr: {stderr}");
+    server.join();
+}
+
+#[test]
+fn refused_upgrade_fails_with_status_on_stderr() {
+    let server = TestServer::start(None, 1, |_, mut conn| {
+        read_request(&mut conn);
+        conn.write_all(
+            b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+        conn.flush().unwrap();
+    });
+    let wscat = Wscat::spawn(&[&server.url("/")]);
+    let (status, lines, stderr) = wscat.finish();
+    assert_eq!(status.code(), Some(1), "stderr: {stderr}");
+    assert!(lines.is_empty(), "stdout: {lines:?}");
+    assert!(
+        stderr.starts_with("wscat: ") && stderr.contains("401"),
+        "stderr: {stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "one-line message: {stderr}");
+    server.join();
+}
+
+#[test]
+fn tls_with_ca_file_echoes_and_answers_ping() {
+    let pki = Pki::new("wscat CA");
+    let ca = TempFile::new("ca", &pki.ca_pem());
+    let server = echo_server(Some(pki.server_config(&["localhost"])));
+    let url = server.url("/");
+    let mut wscat = Wscat::spawn(&["--ca-file", ca.0.to_str().unwrap(), "--ping", "hi", &url]);
+    wscat.send_line("over tls");
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l| l == "over tls") {
+        seen.push(wscat.next_line());
+    }
+    wscat.close_stdin();
+    let (status, lines, stderr) = wscat.finish();
+    seen.extend(lines);
+    assert!(seen.iter().any(|l| l == "pong hi"), "stdout: {seen:?}");
+    assert_eq!(seen.last().map(String::as_str), Some("close 1000"));
+    assert!(status.success(), "{status:?}; stderr: {stderr}");
+    server.join();
+}
+
+#[test]
+fn tls_without_ca_file_fails_verification() {
+    let pki = Pki::new("untrusted CA");
+    let server = TestServer::start(Some(pki.server_config(&["localhost"])), 1, |_, conn| {
+        let _ = tungstenite::accept(conn); // fails: the client rejects the certificate
+    });
+    let wscat = Wscat::spawn(&[&server.url("/")]);
+    let (status, lines, stderr) = wscat.finish();
+    assert_eq!(status.code(), Some(1), "stderr: {stderr}");
+    assert!(lines.is_empty(), "stdout: {lines:?}");
+    assert!(stderr.contains("certificate"), "stderr: {stderr}");
+    server.join();
+}
+
+#[test]
+fn custom_header_and_subprotocol_reach_server() {
+    let server = TestServer::start(None, 1, |_, mut conn| {
+        let req = read_request(&mut conn);
+        let has = |h: &str| req.lines().any(|l| l.eq_ignore_ascii_case(h));
+        let verdict = if has("X-Token: abc") && has("Sec-WebSocket-Protocol: chat") {
+            "headers ok"
+        } else {
+            "headers missing"
+        };
+        let mut out = support::response_101(&req);
+        out.extend(frame(0x81, verdict.as_bytes()));
+        conn.write_all(&out).unwrap();
+        conn.flush().unwrap();
+        // Answer the client's close (sent at stdin EOF) and end the stream.
+        let (b0, payload) = read_client_frame(&mut conn).expect("client close");
+        assert_eq!(b0, 0x88);
+        conn.write_all(&frame(0x88, &payload)).unwrap();
+        conn.flush().unwrap();
+    });
+    let url = server.url("/");
+    let mut wscat = Wscat::spawn(&["-H", "X-Token: abc", "--subprotocol", "chat", &url]);
+    assert_eq!(wscat.next_line(), "headers ok");
+    wscat.close_stdin();
+    let (status, lines, stderr) = wscat.finish();
+    assert_eq!(lines, ["close 1000"], "stderr: {stderr}");
+    assert!(status.success(), "{status:?}; stderr: {stderr}");
+    server.join();
+}
+
+#[test]
+fn oversized_frame_fails_with_1009() {
+    let server = TestServer::start(None, 1, |_, mut conn| {
+        raw_accept(&mut conn, &frame(0x82, &[7; 100]));
+        let (b0, payload) = read_client_frame(&mut conn).expect("client close");
+        assert_eq!((b0, &payload[..2]), (0x88, &1009u16.to_be_bytes()[..]));
+    });
+    let wscat = Wscat::spawn(&["--max-frame", "10", &server.url("/")]);
+    let (status, lines, stderr) = wscat.finish();
+    assert_eq!(status.code(), Some(1), "stderr: {stderr}");
+    assert_eq!(lines.len(), 1, "stdout: {lines:?}");
+    assert!(lines[0].starts_with("close 1009"), "stdout: {lines:?}");
+    assert!(
+        stderr.starts_with("wscat: ") && stderr.contains("1009"),
+        "stderr: {stderr}"
+    );
+    server.join();
+}
+
+#[test]
+fn help_and_usage_errors() {
+    let (status, lines, _) = Wscat::spawn(&["--help"]).finish();
+    assert!(status.success());
+    assert!(lines[0].starts_with("usage: wscat"), "{lines:?}");
+    for args in [
+        &[][..],
+        &["--bogus", "ws://x/"],
+        &["--max-frame", "lots", "ws://x/"],
+    ] {
+        let (status, lines, stderr) = Wscat::spawn(args).finish();
+        assert_eq!(status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            lines.is_empty() && stderr.starts_with("wscat: "),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+/// `printf 'one\ntwo\n' | wscat URL`: the close at EOF follows the sends at once.
+///
+/// Ignored: syncws can write the close frame before data frames that `Client::send` accepted
+/// earlier and then discard them (`Stats::discarded_after_close`), because the writer drains its
+/// control lane before its data lane. Un-ignore once the library orders a close after the data
+/// queued before it.
+#[test]
+#[ignore = "syncws bug: Client::close can overtake and discard frames sent before it"]
+fn piped_lines_then_eof() {
+    let server = echo_server(None);
+    let mut wscat = Wscat::spawn(&[&server.url("/echo")]);
+    wscat.send_line("one");
+    wscat.send_line("two");
+    wscat.close_stdin();
+    let (status, lines, stderr) = wscat.finish();
+    assert_eq!(lines, ["one", "two", "close 1000"], "stderr: {stderr}");
+    assert!(status.success(), "{status:?}; stderr: {stderr}");
+    server.join();
+}
