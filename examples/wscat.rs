@@ -163,7 +163,7 @@ fn main() -> ExitCode {
     }
     let client = match builder.connect() {
         Ok(client) => client,
-        Err(e @ syncws::Error::Url(_)) => return fail(2, e),
+        Err(e @ (syncws::Error::Url(_) | syncws::Error::Config(_))) => return fail(2, e),
         Err(e) => return fail(1, e),
     };
     if let Some(p) = client.protocol() {

@@ -131,7 +131,7 @@ impl ClientBuilder {
 
     /// Adds a header to the upgrade request (authentication tokens, API keys, `Origin`).
     /// Names must be HTTP tokens and values must not contain line breaks; `connect` reports a
-    /// violation as [`Error::Url`].
+    /// violation as [`Error::Config`].
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         let (name, value) = (name.into(), value.into());
         let name_ok = !name.is_empty()
@@ -242,7 +242,7 @@ impl ClientBuilder {
     /// resolution.
     pub fn connect_with<I: Ingress>(self, ingress: I) -> Result<Client<I::Output>> {
         if let Some(msg) = self.invalid {
-            return Err(Error::Url(msg));
+            return Err(Error::Config(msg));
         }
         let target = Target::parse(&self.url)?;
         let tls_config = if target.tls {

@@ -17,6 +17,9 @@ pub enum Error {
     /// The URL could not be used: bad syntax, a scheme other than `ws`/`wss`, no host.
     /// Fix the URL; retrying will not help.
     Url(String),
+    /// A builder setting is unusable: a header name that is not an HTTP token, a header value
+    /// with a line break. Fix the setting; retrying will not help.
+    Config(String),
     /// No TCP connection could be made to any resolved address of `target`. `source` is the error
     /// of the last address tried (for example `ConnectionRefused` when nothing listens there).
     /// Usually transient: retry later or check the endpoint.
@@ -79,9 +82,11 @@ impl Error {
             Error::Connect { .. } | Error::Io(_) | Error::QueueFull | Error::Timeout(_) => true,
             Error::HandshakeRejected { status, .. } => matches!(status, 408 | 429 | 500..=599),
             Error::Closed { .. } | Error::Protocol { .. } => true,
-            Error::Url(_) | Error::Tls(_) | Error::TlsConfig(_) | Error::InvalidHandshake(_) => {
-                false
-            }
+            Error::Url(_)
+            | Error::Config(_)
+            | Error::Tls(_)
+            | Error::TlsConfig(_)
+            | Error::InvalidHandshake(_) => false,
         }
     }
 }
@@ -90,6 +95,7 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Url(msg) => write!(f, "invalid URL: {msg}"),
+            Error::Config(msg) => write!(f, "invalid setting: {msg}"),
             Error::Connect { target, source } => {
                 write!(f, "could not connect to {target}: {source}")
             }

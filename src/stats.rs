@@ -29,7 +29,8 @@ pub struct Stats {
     /// Times the reader found the event channel full and had to wait (with
     /// [`Overflow::Block`](crate::Overflow::Block)).
     pub events_blocked: u64,
-    /// Outbound frames discarded because they were queued after the close frame was sent.
+    /// Outbound data frames discarded because they were queued after the close was requested
+    /// (they raced with `close`, `shutdown` or a close by the server).
     pub discarded_after_close: u64,
 }
 

@@ -7,7 +7,9 @@
 //! for small frames). So a pong never waits behind more than one batch of data, and many small
 //! frames cost one syscall.
 //!
-//! After the close frame is written nothing else is: later frames are discarded and counted.
+//! A close frame waits for the data frames that were queued before it arrived (so `send` then
+//! `close` loses nothing); after it is written nothing else is: later frames are discarded and
+//! counted.
 //! The thread ends when its link is released or a write fails (reported to the coordinator).
 
 use std::sync::Arc;
@@ -17,7 +19,7 @@ use crossbeam_channel::{Receiver, Sender, select};
 use crate::codec::{self, OP_BINARY, OP_PING, OP_PONG, OP_TEXT};
 use crate::coordinator::{Control, Input};
 use crate::error::Error;
-use crate::frame::Frame;
+use crate::frame::{CloseCode, Frame};
 use crate::stats::Counters;
 use crate::transport::WriteHalf;
 
@@ -68,11 +70,19 @@ enum Item {
     Data(Frame),
 }
 
+/// A close frame waiting for the data queued before it.
+struct PendingClose {
+    frame: Option<(CloseCode, String)>,
+    /// Data frames still to write before the close: those queued when the close arrived.
+    data_before: usize,
+}
+
 impl Writer {
     pub(crate) fn run(mut self) {
-        let mut state = State {
+        let mut st = State {
             masks: Masks::new(),
             batch: Vec::new(),
+            pending_close: None,
             close_sent: false,
         };
         loop {
@@ -81,7 +91,7 @@ impl Writer {
                 recv(self.data) -> d => match d { Ok(d) => Item::Data(d), Err(_) => return },
                 recv(self.stop) -> _ => return,
             };
-            if let Err(e) = self.write_batch(&mut state, first) {
+            if let Err(e) = self.write_batch(&mut st, first) {
                 log::debug!("writer stopping: {e}");
                 crate::driver::report(&self.coord, &self.stop, Input::WriteFailed(e));
                 return;
@@ -89,20 +99,23 @@ impl Writer {
         }
     }
 
+    /// Encodes one batch (control first, then data up to [`BATCH_BYTES`]) and writes it.
     fn write_batch(&mut self, st: &mut State, first: Item) -> Result<(), Error> {
         st.batch.clear();
         let mut flush_tls = false;
-        let mut wrote_close = false;
-        let mut held = None;
         let (mut messages, mut bytes) = (0u64, 0u64);
+        let mut held = None;
         match first {
-            Item::Control(c) => st.encode_control(c, &mut flush_tls, &mut wrote_close)?,
+            Item::Control(c) => st.encode_control(c, self.data.len(), &mut flush_tls)?,
             Item::Data(d) => held = Some(d),
         }
+        let close_was_sent = st.close_sent;
         loop {
             while let Ok(c) = self.control.try_recv() {
-                st.encode_control(c, &mut flush_tls, &mut wrote_close)?;
+                let queued = self.data.len() + usize::from(held.is_some());
+                st.encode_control(c, queued, &mut flush_tls)?;
             }
+            st.encode_close_if_due()?;
             let next = match held.take() {
                 Some(d) => d,
                 None if st.batch.len() >= BATCH_BYTES => break,
@@ -116,6 +129,13 @@ impl Writer {
                 bytes += len as u64;
             }
         }
+        // The lane ran dry: whatever the close was waiting for has been written.
+        if let Some(p) = &mut st.pending_close {
+            if self.data.is_empty() {
+                p.data_before = 0;
+            }
+        }
+        st.encode_close_if_due()?;
         if !st.batch.is_empty() {
             self.half
                 .write_all(&st.batch)
@@ -125,7 +145,7 @@ impl Writer {
         }
         Counters::bump(&self.counters.messages_out, messages);
         Counters::bump(&self.counters.bytes_out, bytes);
-        if wrote_close {
+        if st.close_sent && !close_was_sent {
             crate::driver::report(&self.coord, &self.stop, Input::CloseWritten);
         }
         Ok(())
@@ -135,37 +155,66 @@ impl Writer {
 struct State {
     masks: Masks,
     batch: Vec<u8>,
+    pending_close: Option<PendingClose>,
     close_sent: bool,
 }
 
 impl State {
+    /// Encodes a control frame. A close is not encoded yet: it waits for the `queued` data frames
+    /// that were accepted before it, so `send` then `close` never loses the sent frames.
     fn encode_control(
         &mut self,
         c: Control,
+        queued: usize,
         flush_tls: &mut bool,
-        wrote_close: &mut bool,
     ) -> Result<(), Error> {
         if self.close_sent {
             return Ok(());
         }
-        let mask = self.masks.next()?;
         match c {
-            Control::Ping(p) => codec::encode(OP_PING, truncated(&p), mask, &mut self.batch),
-            Control::Pong(p) => codec::encode(OP_PONG, truncated(&p), mask, &mut self.batch),
-            Control::Close(close) => {
-                let close = close
-                    .as_ref()
-                    .map(|(code, reason)| (*code, reason.as_str()));
-                codec::encode_close(close, mask, &mut self.batch);
-                self.close_sent = true;
-                *wrote_close = true;
+            Control::Ping(p) => {
+                let mask = self.masks.next()?;
+                codec::encode(OP_PING, truncated(&p), mask, &mut self.batch);
+            }
+            Control::Pong(p) => {
+                let mask = self.masks.next()?;
+                codec::encode(OP_PONG, truncated(&p), mask, &mut self.batch);
+            }
+            Control::Close(frame) => {
+                if self.pending_close.is_none() {
+                    self.pending_close = Some(PendingClose {
+                        frame,
+                        data_before: queued,
+                    });
+                }
             }
             Control::FlushTls => *flush_tls = true,
         }
         Ok(())
     }
 
-    /// Encodes a data frame into the batch; returns its payload length, or `None` if discarded.
+    /// Encodes the pending close once nothing queued before it remains.
+    fn encode_close_if_due(&mut self) -> Result<(), Error> {
+        if self
+            .pending_close
+            .as_ref()
+            .is_some_and(|p| p.data_before == 0)
+        {
+            if let Some(p) = self.pending_close.take() {
+                let mask = self.masks.next()?;
+                let close = p
+                    .frame
+                    .as_ref()
+                    .map(|(code, reason)| (*code, reason.as_str()));
+                codec::encode_close(close, mask, &mut self.batch);
+                self.close_sent = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Encodes a data frame into the batch; returns its payload length, or `None` if discarded
+    /// because the close frame has already been sent.
     fn encode_data(&mut self, frame: &Frame, counters: &Counters) -> Result<Option<usize>, Error> {
         if self.close_sent {
             Counters::bump(&counters.discarded_after_close, 1);
@@ -179,6 +228,9 @@ impl State {
         };
         let mask = self.masks.next()?;
         codec::encode(opcode, payload, mask, &mut self.batch);
+        if let Some(p) = &mut self.pending_close {
+            p.data_before = p.data_before.saturating_sub(1);
+        }
         Ok(Some(payload.len()))
     }
 }

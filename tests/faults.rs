@@ -438,3 +438,37 @@ fn oversized_frame_closes_with_1009() {
 fn garbage_after_handshake_closes_with_1002() {
     violation(b"HTTP/1.1 200 OK\r\n\r\nhello".to_vec(), 1002, None);
 }
+
+/// Frames accepted by `send` before `close` are written before the close frame, every time.
+#[test]
+fn close_never_overtakes_frames_sent_before_it() {
+    const ROUNDS: usize = 30;
+    const FRAMES: u32 = 50;
+    let server = TestServer::start(None, ROUNDS, |_, mut conn| {
+        raw_accept(&mut conn, &[]);
+        for i in 0..FRAMES {
+            let (b0, payload) = read_client_frame(&mut conn).unwrap();
+            assert_eq!(
+                (b0, payload),
+                (0x81, i.to_string().into_bytes()),
+                "frame {i}"
+            );
+        }
+        let (b0, payload) = read_client_frame(&mut conn).unwrap();
+        assert_eq!(b0, 0x88, "close comes last");
+        conn.write_all(&frame(0x88, &payload[..2])).unwrap();
+    });
+    for _ in 0..ROUNDS {
+        let client = Client::builder(&server.url("/")).connect().unwrap();
+        for i in 0..FRAMES {
+            client.send(Frame::text(i.to_string())).unwrap();
+        }
+        client.close(CloseCode::NORMAL, "done").unwrap();
+        let info = closed_info(&client);
+        assert!(info.clean, "{info:?}");
+        assert_eq!(client.stats().messages_out, u64::from(FRAMES));
+        assert_eq!(client.stats().discarded_after_close, 0);
+        client.shutdown(Duration::from_secs(2));
+    }
+    server.join();
+}
