@@ -170,6 +170,9 @@ impl<T> Client<T> {
     /// [`Error::Closed`] once the connection is closing or closed.
     pub fn send(&self, frame: Frame) -> Result<()> {
         self.check_open()?;
+        if let Frame::Close(Some(c)) = &frame {
+            check_close_code(c.code)?;
+        }
         match route(frame) {
             Ok(data) => self
                 .data
@@ -183,6 +186,9 @@ impl<T> Client<T> {
     /// [`Error::Timeout`]`("send")` if none came (the frame is dropped).
     pub fn send_timeout(&self, frame: Frame, timeout: Duration) -> Result<()> {
         self.check_open()?;
+        if let Frame::Close(Some(c)) = &frame {
+            check_close_code(c.code)?;
+        }
         match route(frame) {
             Ok(data) => self.data.send_timeout(data, timeout).map_err(|e| match e {
                 crossbeam_channel::SendTimeoutError::Timeout(_) => Error::Timeout("send"),
@@ -198,6 +204,9 @@ impl<T> Client<T> {
     /// frame is dropped, memory does not grow). Never blocks for data frames.
     pub fn try_send(&self, frame: Frame) -> Result<()> {
         self.check_open()?;
+        if let Frame::Close(Some(c)) = &frame {
+            check_close_code(c.code)?;
+        }
         match route(frame) {
             Ok(data) => self.data.try_send(data).map_err(|e| match e {
                 TrySendError::Full(_) => Error::QueueFull,
@@ -216,8 +225,12 @@ impl<T> Client<T> {
 
     /// Starts the close handshake with `code` and `reason` (truncated to 123 bytes). Returns at
     /// once; [`Event::Closed`](crate::Event::Closed) reports the end.
+    ///
+    /// Returns [`Error::Config`] for a code that may not appear on the wire (RFC 6455 §7.4:
+    /// only 1000-1003, 1007-1014 and 3000-4999 may be sent); the connection stays open.
     pub fn close(&self, code: CloseCode, reason: &str) -> Result<()> {
         self.check_open()?;
+        check_close_code(code)?;
         self.command(Input::Close {
             code,
             reason: reason.to_string(),
@@ -311,6 +324,17 @@ fn route(frame: Frame) -> std::result::Result<Frame, Input> {
                 c.map_or((CloseCode::NORMAL, String::new()), |c| (c.code, c.reason));
             Err(Input::Close { code, reason })
         }
+    }
+}
+
+fn check_close_code(code: CloseCode) -> Result<()> {
+    if code.is_sendable() {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "close code {} may not be sent (RFC 6455 §7.4)",
+            code.0
+        )))
     }
 }
 

@@ -103,6 +103,8 @@ struct Closing {
     reason: String,
     /// The peer's close frame has been received.
     peer_closed: bool,
+    /// The code in the peer's close frame (NO_STATUS for an empty one).
+    peer_code: Option<CloseCode>,
     /// The reader has stopped: no more input will come from the socket.
     reader_done: bool,
     error: Option<Error>,
@@ -213,6 +215,7 @@ impl Coordinator {
                         code: CloseCode::ABNORMAL,
                         reason: String::new(),
                         peer_closed: false,
+                        peer_code: None,
                         reader_done: true,
                         error: Some(error),
                         deadline: now,
@@ -243,6 +246,7 @@ impl Coordinator {
                         code: CloseCode::ABNORMAL,
                         reason: String::new(),
                         peer_closed: false,
+                        peer_code: None,
                         reader_done: false,
                         error: Some(e),
                         deadline: now,
@@ -276,6 +280,7 @@ impl Coordinator {
             code,
             reason,
             peer_closed: false,
+            peer_code: None,
             reader_done: false,
             error,
             deadline: now + self.close_timeout,
@@ -303,12 +308,16 @@ impl Coordinator {
                     code,
                     reason,
                     peer_closed: true,
+                    peer_code: Some(code),
                     reader_done: false,
                     error: None,
                     deadline,
                 });
             }
-            Phase::Closing(c) => c.peer_closed = true,
+            Phase::Closing(c) => {
+                c.peer_closed = true;
+                c.peer_code = Some(frame.map_or(CloseCode::NO_STATUS, |(code, _)| code));
+            }
             Phase::Closed => {}
         }
     }
@@ -336,6 +345,7 @@ impl Coordinator {
             code: c.code,
             reason: c.reason,
             clean,
+            peer_code: c.peer_code,
             error: c.error,
         })));
         if self.stop_requested.is_some() {

@@ -17,8 +17,8 @@ pub enum Error {
     /// The URL could not be used: bad syntax, a scheme other than `ws`/`wss`, no host.
     /// Fix the URL; retrying will not help.
     Url(String),
-    /// A builder setting is unusable: a header name that is not an HTTP token, a header value
-    /// with a line break. Fix the setting; retrying will not help.
+    /// A setting or argument is unusable: a header name that is not an HTTP token, a header
+    /// value with a line break, a close code that may not be sent. Fix it; retrying will not help.
     Config(String),
     /// No TCP connection could be made to any resolved address of `target`. `source` is the error
     /// of the last address tried (for example `ConnectionRefused` when nothing listens there).

@@ -66,6 +66,9 @@ pub struct CloseInfo {
     pub reason: String,
     /// True when both close frames were exchanged.
     pub clean: bool,
+    /// The code in the peer's close frame, if one arrived: for a local close, the server's
+    /// reply (which may differ from ours); for a remote close, the same as `code`.
+    pub peer_code: Option<CloseCode>,
     /// What went wrong, for closes that were not requested by either side.
     pub error: Option<Error>,
 }

@@ -181,6 +181,11 @@ fn client_closes_with(code: u16, reason: &'static str) {
         (Initiator::Local, CloseCode(code), reason)
     );
     assert!(info.clean, "{info:?}");
+    assert_eq!(
+        info.peer_code,
+        Some(CloseCode(code)),
+        "the server's reply code"
+    );
     client.shutdown(Duration::from_secs(2));
     server.join();
 }

@@ -803,8 +803,6 @@ fn long_close_reason_and_ping_payload_are_truncated() {
 /// 1016-2999): a peer treats them as a protocol error. `Client::close` must not put them on the
 /// wire (it may refuse the call, or send a valid code such as 1000 instead).
 #[test]
-#[ignore = "bug: Client::close sends any u16 as the close code (0, 999, 1005, 1006, 1015, 2000); \
-            websockets answers 1002 'invalid status code' and syncws reports clean=true"]
 fn close_with_reserved_code_does_not_send_it() {
     if !python_ready() {
         return;
