@@ -72,6 +72,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 println!("client: pong {:?}", String::from_utf8_lossy(&payload));
                 pongs += 1;
             }
+            Event::Connected { epoch, .. } => println!("client: connection {epoch} open"),
+            Event::SessionReady { epoch } => println!("client: session {epoch} ready"),
             other => return Err(format!("unexpected event {other:?}").into()),
         }
     }

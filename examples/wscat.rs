@@ -231,10 +231,9 @@ fn run(client: &Client<std::convert::Infallible>, lines: Receiver<String>) -> Ex
                             reason => format!("close {} {reason}", info.code.0),
                         };
                         let _ = writeln!(stdout, "{line}").and_then(|_| stdout.flush());
-                        return match (info.clean, info.error) {
-                            (true, _) => ExitCode::SUCCESS,
-                            (false, Some(e)) => fail(1, format!("connection failed: {e}")),
-                            (false, None) => fail(1, "connection ended without a close handshake"),
+                        return match info.clean {
+                            true => ExitCode::SUCCESS,
+                            false => fail(1, format!("connection failed: {}", info.cause)),
                         };
                     }
                     Ok(_) => continue,

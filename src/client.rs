@@ -5,28 +5,32 @@
 //! threads that send, while one thread consumes [`Client::events`].
 
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
+use crossbeam_channel::{
+    Receiver, RecvTimeoutError, SendTimeoutError, Sender, TrySendError, bounded,
+};
 
-use crate::codec::{Decoder, Limits};
+use crate::backoff::Reconnect;
+use crate::codec::Limits;
 use crate::config::{ClientBuilder, Config};
 use crate::connect::Dialer;
-use crate::coordinator::{Control, Coordinator, Input};
-use crate::driver::{Driver, Link};
+use crate::coordinator::{Control, Coordinator, Input, Settings, State};
+use crate::driver::Driver;
+use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::frame::{CloseCode, Frame};
 use crate::ingress::Ingress;
-use crate::reader::{CONTROL_HEADROOM, Reader};
+use crate::link::{AbortSlot, LinkFactory, spawn};
 use crate::stats::{Counters, Stats};
-use crate::writer::Writer;
 
 /// Capacity of the coordinator's input channel (user commands and reader/writer reports).
 const INPUT_QUEUE: usize = 1024;
 
-/// A WebSocket client connection with its reader, writer and coordinator threads.
+/// A self-healing WebSocket client: one connection at a time, each served by a reader and a
+/// writer thread, all driven by one coordinator thread.
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -49,6 +53,7 @@ pub struct Client<T> {
     data: Sender<Frame>,
     events: Receiver<Event<T>>,
     counters: Arc<Counters>,
+    buffer_while_disconnected: bool,
     /// Dropped to make the coordinator stop waiting on a full event channel.
     abort: Option<Sender<()>>,
     /// Disconnects when the coordinator thread exits.
@@ -65,86 +70,81 @@ impl Client<std::convert::Infallible> {
     }
 }
 
+/// How to wait for room in the data lane.
+enum Wait {
+    Block,
+    Until(Duration),
+    Never,
+}
+
 impl<T: Send + 'static> Client<T> {
-    /// Dials, then starts the three threads. Used by [`ClientBuilder::connect_with`].
-    pub(crate) fn start<I>(dialer: Dialer, config: Config, ingress: I) -> Result<Client<T>>
+    /// Dials the first connection on the calling thread, then starts the coordinator thread.
+    /// Used by [`ClientBuilder::connect_with`].
+    pub(crate) fn start<I>(
+        dialer: Dialer,
+        config: Config,
+        endpoint: Box<dyn Endpoint>,
+        reconnect: Option<Box<dyn Reconnect>>,
+        topics: Vec<String>,
+        ingress: I,
+    ) -> Result<Client<T>>
     where
         I: Ingress<Output = T>,
     {
-        let (stream, upgraded) = dialer.dial()?;
-        let (read_half, write_half, socket) = stream.split().map_err(Error::Io)?;
-
-        let control_capacity = config.control_queue.max(2 * CONTROL_HEADROOM);
         let (input_tx, input_rx) = bounded(INPUT_QUEUE);
-        let (control_tx, control_rx) = bounded(control_capacity);
         let (data_tx, data_rx) = bounded(config.data_queue.max(1));
         let (event_tx, event_rx) = bounded(config.event_queue.max(1));
-        let (release_tx, release_rx) = bounded::<()>(0);
         let (abort_tx, abort_rx) = bounded::<()>(0);
         let (done_tx, done_rx) = bounded::<()>(0);
-        let counters = Arc::new(Counters::default());
-        let epoch = 1;
-
-        let mut buf = upgraded.leftover;
-        let end = buf.len();
-        buf.resize(end.max(config.read_buffer_size.max(1024)), 0);
-        let reader = Reader {
-            half: read_half,
-            ingress,
-            decoder: Decoder::new(Limits {
+        let counters = Arc::new(Counters::new());
+        let settings = Settings {
+            close_timeout: config.close_timeout,
+            stable_after: config.stable_after,
+            keepalive: config.keepalive,
+            stale_after: config.stale_after,
+            ack_timeout: config.ack_timeout,
+            max_topics: config.max_subscriptions,
+            latency: config.latency_policy,
+        };
+        let precheck = endpoint.precheck();
+        let mut coordinator = Coordinator::new(settings, endpoint, reconnect, Instant::now());
+        let headers = coordinator.first_dial_headers();
+        let factory = Arc::new(LinkFactory {
+            name: config.name.clone(),
+            dialer,
+            limits: Limits {
                 max_frame: config.max_frame_size,
                 max_message: config.max_message_size,
-            }),
-            buf,
-            start: 0,
-            end,
-            epoch,
+            },
+            read_buffer: config.read_buffer_size,
             overflow: config.overflow,
-            events: event_tx.clone(),
-            coord: input_tx.clone(),
-            control: control_tx.clone(),
-            control_capacity,
-            stop: release_rx.clone(),
-            counters: counters.clone(),
-        };
-        let writer = Writer {
-            half: write_half,
-            control: control_rx,
-            data: data_rx,
-            stop: release_rx,
-            coord: input_tx.clone(),
-            counters: counters.clone(),
-        };
-        let name = &config.name;
-        let mut link = Link {
-            socket,
-            release: Some(release_tx),
-            reader: None,
-            writer: None,
-        };
-        link.writer = Some(
-            spawn(format!("{name}-writer"), move || writer.run()).inspect_err(|_| {
-                link.socket.shutdown();
-            })?,
-        );
-        link.reader = match spawn(format!("{name}-reader"), move || reader.run()) {
-            Ok(handle) => Some(handle),
-            Err(e) => {
-                link.disconnect();
-                return Err(e);
-            }
-        };
-        let driver = Driver {
-            coordinator: Coordinator::new(config.close_timeout),
-            inputs: input_rx,
-            control: control_tx,
+            control_queue: config.control_queue,
+            session_queue: config.max_subscriptions + 64,
+            precheck,
             events: event_tx,
-            abort: abort_rx,
-            link,
-            epoch,
+            inputs: input_tx.clone(),
+            data: data_rx,
             counters: counters.clone(),
-        };
-        let coordinator = spawn(format!("{name}-coord"), move || {
+        });
+        let (link, protocol) = factory
+            .open(1, &headers, ingress, &AbortSlot::default())
+            .map_err(|(e, _)| e)?;
+        let mut driver = Driver::new(
+            coordinator,
+            input_rx,
+            factory,
+            abort_rx,
+            link,
+            counters.clone(),
+            config.buffer_while_disconnected,
+        );
+        // The first steps run here, so the client is ready (or knows it is not) on return.
+        driver.step(Input::Connected { epoch: 1 });
+        for topic in topics {
+            driver.step(Input::Subscribe(topic));
+        }
+        driver.starting = false;
+        let coordinator = spawn(format!("{}-coord", config.name), move || {
             let _done = done_tx;
             driver.run();
         })?;
@@ -153,11 +153,12 @@ impl<T: Send + 'static> Client<T> {
             data: data_tx,
             events: event_rx,
             counters,
+            buffer_while_disconnected: config.buffer_while_disconnected,
             abort: Some(abort_tx),
             done: done_rx,
             coordinator: Some(coordinator),
             close_timeout: config.close_timeout,
-            protocol: upgraded.protocol,
+            protocol,
         })
     }
 }
@@ -165,105 +166,135 @@ impl<T: Send + 'static> Client<T> {
 impl<T> Client<T> {
     /// Queues a frame, waiting while the data lane is full.
     ///
-    /// Text and binary frames go on the bounded data lane; pings and pongs on the control lane;
-    /// a close frame starts the close handshake (like [`close`](Client::close)). Returns
-    /// [`Error::Closed`] once the connection is closing or closed.
+    /// Text and binary frames go on the bounded data lane and are written once the session is
+    /// ready; pings and pongs go on the control lane; a close frame starts the close handshake
+    /// (like [`close`](Client::close)).
+    ///
+    /// Errors: [`Error::NotConnected`] while the client is between connections or its session
+    /// is not ready yet (unless
+    /// [`buffer_while_disconnected`](crate::ClientBuilder::buffer_while_disconnected));
+    /// [`Error::Closed`] once it is closing or stopped for good.
     pub fn send(&self, frame: Frame) -> Result<()> {
-        self.check_open()?;
-        if let Frame::Close(Some(c)) = &frame {
-            check_close_code(c.code)?;
-        }
-        match route(frame) {
-            Ok(data) => self
-                .data
-                .send(data)
-                .map_err(|_| Error::Closed { code: None }),
-            Err(command) => self.command(command),
-        }
+        self.enqueue(frame, Wait::Block)
     }
 
-    /// Queues a frame, waiting at most `timeout` for room in the data lane;
+    /// Like [`send`](Client::send), waiting at most `timeout` for room in the data lane;
     /// [`Error::Timeout`]`("send")` if none came (the frame is dropped).
     pub fn send_timeout(&self, frame: Frame, timeout: Duration) -> Result<()> {
-        self.check_open()?;
-        if let Frame::Close(Some(c)) = &frame {
-            check_close_code(c.code)?;
-        }
-        match route(frame) {
-            Ok(data) => self.data.send_timeout(data, timeout).map_err(|e| match e {
-                crossbeam_channel::SendTimeoutError::Timeout(_) => Error::Timeout("send"),
-                crossbeam_channel::SendTimeoutError::Disconnected(_) => {
-                    Error::Closed { code: None }
-                }
-            }),
-            Err(command) => self.command(command),
-        }
+        self.enqueue(frame, Wait::Until(timeout))
     }
 
-    /// Queues a frame if there is room now; [`Error::QueueFull`] if the data lane is full (the
-    /// frame is dropped, memory does not grow). Never blocks for data frames.
+    /// Like [`send`](Client::send) but never waits: [`Error::QueueFull`] if the data lane is
+    /// full (the frame is dropped, memory does not grow).
     pub fn try_send(&self, frame: Frame) -> Result<()> {
-        self.check_open()?;
-        if let Frame::Close(Some(c)) = &frame {
-            check_close_code(c.code)?;
+        self.enqueue(frame, Wait::Never)
+    }
+
+    fn enqueue(&self, frame: Frame, wait: Wait) -> Result<()> {
+        let data = match route(frame)? {
+            Ok(data) => data,
+            Err(command) => {
+                self.check_connected()?;
+                return self.command(command);
+            }
+        };
+        let state = self.counters.state();
+        if state != State::Ready as u8 {
+            if state == State::Closing as u8 || state == State::Stopped as u8 {
+                return Err(Error::Closed { code: None });
+            }
+            if !self.buffer_while_disconnected {
+                return Err(Error::NotConnected);
+            }
         }
-        match route(frame) {
-            Ok(data) => self.data.try_send(data).map_err(|e| match e {
-                TrySendError::Full(_) => Error::QueueFull,
-                TrySendError::Disconnected(_) => Error::Closed { code: None },
+        let closed = Error::Closed { code: None };
+        match wait {
+            Wait::Block => self.data.send(data).map_err(|_| closed),
+            Wait::Until(timeout) => self.data.send_timeout(data, timeout).map_err(|e| match e {
+                SendTimeoutError::Timeout(_) => Error::Timeout("send"),
+                SendTimeoutError::Disconnected(_) => closed,
             }),
-            Err(command) => self.command(command),
+            Wait::Never => self.data.try_send(data).map_err(|e| match e {
+                TrySendError::Full(_) => Error::QueueFull,
+                TrySendError::Disconnected(_) => closed,
+            }),
         }
     }
 
     /// Sends a ping (payload truncated to 125 bytes). The answer arrives as
     /// [`Event::Pong`](crate::Event::Pong).
     pub fn ping(&self, payload: impl Into<Vec<u8>>) -> Result<()> {
-        self.check_open()?;
+        self.check_connected()?;
         self.command(Input::Send(Control::Ping(payload.into())))
     }
 
     /// Starts the close handshake with `code` and `reason` (truncated to 123 bytes). Returns at
-    /// once; [`Event::Closed`](crate::Event::Closed) reports the end.
+    /// once; [`Event::Closed`](crate::Event::Closed) reports the end. No reconnect follows a
+    /// close the application asked for.
     ///
     /// Returns [`Error::Config`] for a code that may not appear on the wire (RFC 6455 §7.4:
     /// only 1000-1003, 1007-1014 and 3000-4999 may be sent); the connection stays open.
     pub fn close(&self, code: CloseCode, reason: &str) -> Result<()> {
-        self.check_open()?;
         check_close_code(code)?;
+        if self.counters.state() == State::Stopped as u8 {
+            return Err(Error::Closed { code: None });
+        }
         self.command(Input::Close {
             code,
             reason: reason.to_string(),
         })
     }
 
-    /// The channel of everything that happens on the connection. Consume it from one thread;
+    /// Adds `topic` to the desired subscriptions. If the session is up it is subscribed now;
+    /// otherwise it is subscribed when the next connection's session is restored. Every
+    /// connection replays the whole desired set exactly once (after authentication when the
+    /// endpoint is auth-gated). Refusals arrive as
+    /// [`Event::SubscriptionRejected`](crate::Event::SubscriptionRejected).
+    pub fn subscribe(&self, topic: impl Into<String>) -> Result<()> {
+        self.command(Input::Subscribe(topic.into()))
+    }
+
+    /// Removes `topic` from the desired subscriptions (and unsubscribes now if connected and
+    /// the endpoint has an unsubscribe frame).
+    pub fn unsubscribe(&self, topic: impl Into<String>) -> Result<()> {
+        self.command(Input::Unsubscribe(topic.into()))
+    }
+
+    /// The channel of everything that happens on the client. Consume it from one thread;
     /// while it is full the reader waits (or drops, per [`Overflow`](crate::Overflow)).
     pub fn events(&self) -> &Receiver<Event<T>> {
         &self.events
     }
 
-    /// A snapshot of the connection's counters.
+    /// A snapshot of the client's counters and health.
     pub fn stats(&self) -> Stats {
         self.counters.snapshot()
     }
 
-    /// True until the close handshake starts or the connection fails.
+    /// True while a connection is open (its session may still be restoring).
     pub fn is_open(&self) -> bool {
-        self.counters.is_open()
+        let s = self.counters.state();
+        s == State::Open as u8 || s == State::Ready as u8
     }
 
-    /// The subprotocol the server selected, if any.
+    /// True while a connection is open and its session restored: data frames go out.
+    pub fn is_ready(&self) -> bool {
+        self.counters.state() == State::Ready as u8
+    }
+
+    /// The subprotocol the server selected on the first connection, if any.
     pub fn protocol(&self) -> Option<&str> {
         self.protocol.as_deref()
     }
 
-    /// Closes gracefully (code 1000 if still open) and joins every thread, within `timeout`.
+    /// Closes gracefully (code 1000 if a connection is open) and joins every thread, within
+    /// `timeout`.
     ///
     /// The close handshake gets at most `timeout`; then the socket is shut down, which unblocks
-    /// the reader and writer, and all three threads are joined. It never hangs: even when the
-    /// application stopped consuming events, the wait is bounded by `timeout` plus a few
-    /// milliseconds of thread exit.
+    /// the reader and writer, and every thread is joined. A dial in progress is aborted (a TCP
+    /// connect already under way may take up to `connect_timeout` to give up). It never hangs
+    /// otherwise: even when the application stopped consuming events, the wait is bounded by
+    /// `timeout` plus a few milliseconds of thread exit.
     pub fn shutdown(mut self, timeout: Duration) {
         self.shutdown_inner(timeout);
     }
@@ -298,11 +329,15 @@ impl<T> Client<T> {
         }
     }
 
-    fn check_open(&self) -> Result<()> {
-        if self.counters.is_open() {
+    /// Pings need a connection: `NotConnected` between connections, `Closed` once stopped.
+    fn check_connected(&self) -> Result<()> {
+        let s = self.counters.state();
+        if s == State::Open as u8 || s == State::Ready as u8 {
             Ok(())
-        } else {
+        } else if s == State::Closing as u8 || s == State::Stopped as u8 {
             Err(Error::Closed { code: None })
+        } else {
+            Err(Error::NotConnected)
         }
     }
 
@@ -313,18 +348,20 @@ impl<T> Client<T> {
     }
 }
 
-/// Data frames travel on the data lane (`Ok`); everything else is a coordinator command (`Err`).
-fn route(frame: Frame) -> std::result::Result<Frame, Input> {
-    match frame {
+/// Data frames travel on the data lane (`Ok(Ok)`); everything else is a coordinator command
+/// (`Ok(Err)`); a close with a code that may not be sent is refused.
+fn route(frame: Frame) -> Result<std::result::Result<Frame, Input>> {
+    Ok(match frame {
         data @ (Frame::Text(_) | Frame::Binary(_)) => Ok(data),
         Frame::Ping(p) => Err(Input::Send(Control::Ping(p))),
         Frame::Pong(p) => Err(Input::Send(Control::Pong(p))),
         Frame::Close(c) => {
             let (code, reason) =
                 c.map_or((CloseCode::NORMAL, String::new()), |c| (c.code, c.reason));
+            check_close_code(code)?;
             Err(Input::Close { code, reason })
         }
-    }
+    })
 }
 
 fn check_close_code(code: CloseCode) -> Result<()> {
@@ -348,17 +385,8 @@ impl<T> std::fmt::Debug for Client<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
             .field("open", &self.is_open())
+            .field("ready", &self.is_ready())
             .field("protocol", &self.protocol)
             .finish_non_exhaustive()
     }
-}
-
-fn spawn<R: Send + 'static>(
-    name: String,
-    f: impl FnOnce() -> R + Send + 'static,
-) -> Result<JoinHandle<R>> {
-    thread::Builder::new()
-        .name(name)
-        .spawn(f)
-        .map_err(Error::Io)
 }

@@ -7,10 +7,14 @@ use std::time::Duration;
 use rustls::ClientConfig;
 use rustls::pki_types::CertificateDer;
 
+use crate::backoff::Reconnect;
 use crate::client::Client;
 use crate::connect::Dialer;
+use crate::endpoint::{Endpoint, NoSession};
 use crate::error::{Error, Result};
+use crate::health::LatencyPolicy;
 use crate::ingress::{ForwardAll, Ingress};
+use crate::liveness::Keepalive;
 use crate::target::Target;
 use crate::tls::TlsOptions;
 
@@ -56,6 +60,26 @@ pub struct Config {
     pub overflow: Overflow,
     /// Set `TCP_NODELAY`. Default true (latency over packet count).
     pub nodelay: bool,
+    /// How liveness is checked. Default [`Keepalive::Ping`] every 15 s, answered within 10 s.
+    pub keepalive: Keepalive,
+    /// Disconnect when no data message arrives for this long (pongs do not count; messages the
+    /// ingress ignores do). Default `None` (off).
+    pub stale_after: Option<Duration>,
+    /// How long authentication and each subscription may stay unacknowledged (when the endpoint
+    /// recognises acknowledgements) before the connection is dropped and restored. Default 10 s.
+    pub ack_timeout: Duration,
+    /// A connection up this long resets the reconnect backoff. Default 30 s.
+    pub stable_after: Duration,
+    /// Most topics in the desired subscription set; more are rejected with
+    /// [`Event::SubscriptionRejected`](crate::Event::SubscriptionRejected). Default 1024.
+    pub max_subscriptions: usize,
+    /// Keep user frames sent while disconnected (in the data lane, bounded by `data_queue`) and
+    /// send them once the session is ready again. Default false: [`Client::send`] returns
+    /// [`Error::NotConnected`] between connections, and frames still queued when a connection
+    /// is lost are discarded (counted), so nothing is sent on a later connection on its own.
+    pub buffer_while_disconnected: bool,
+    /// Disconnect (and reconnect) after sustained slow round trips. Default `None`.
+    pub latency_policy: Option<LatencyPolicy>,
 }
 
 impl Default for Config {
@@ -73,6 +97,13 @@ impl Default for Config {
             event_queue: 4096,
             overflow: Overflow::Block,
             nodelay: true,
+            keepalive: Keepalive::default(),
+            stale_after: None,
+            ack_timeout: Duration::from_secs(10),
+            stable_after: Duration::from_secs(30),
+            max_subscriptions: 1024,
+            buffer_while_disconnected: false,
+            latency_policy: None,
         }
     }
 }
@@ -93,7 +124,6 @@ impl Default for Config {
 ///     .connect()?;
 /// # Ok::<(), syncws::Error>(())
 /// ```
-#[derive(Debug)]
 #[must_use = "a builder does nothing until connect() is called"]
 pub struct ClientBuilder {
     url: String,
@@ -101,8 +131,22 @@ pub struct ClientBuilder {
     headers: Vec<(String, String)>,
     subprotocols: Vec<String>,
     tls: TlsOptions,
+    endpoint: Box<dyn Endpoint>,
+    reconnect: Option<Box<dyn Reconnect>>,
+    topics: Vec<String>,
     /// The first invalid setting, reported by `connect`.
     invalid: Option<String>,
+}
+
+impl std::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("url", &self.url)
+            .field("config", &self.config)
+            .field("reconnect", &self.reconnect.is_some())
+            .field("topics", &self.topics)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ClientBuilder {
@@ -113,8 +157,62 @@ impl ClientBuilder {
             headers: Vec::new(),
             subprotocols: Vec::new(),
             tls: TlsOptions::default(),
+            endpoint: Box::new(NoSession),
+            reconnect: None,
+            topics: Vec::new(),
             invalid: None,
         }
+    }
+
+    /// The venue dialect used to restore the session on every connection (authentication,
+    /// subscriptions, acknowledgements, disconnect policy). Default [`NoSession`].
+    pub fn endpoint(mut self, endpoint: impl Endpoint) -> Self {
+        self.endpoint = Box::new(endpoint);
+        self
+    }
+
+    /// Reconnects after a lost connection on this schedule (for example
+    /// [`Backoff`](crate::Backoff)).
+    /// Default: no reconnect; the client stays closed after its connection ends.
+    pub fn reconnect(mut self, strategy: impl Reconnect) -> Self {
+        self.reconnect = Some(Box::new(strategy));
+        self
+    }
+
+    /// Subscribes to `topic` from the first connection on (see [`Client::subscribe`]).
+    pub fn subscribe(mut self, topic: impl Into<String>) -> Self {
+        self.topics.push(topic.into());
+        self
+    }
+
+    /// See [`Config::keepalive`].
+    pub fn keepalive(mut self, keepalive: Keepalive) -> Self {
+        self.config.keepalive = keepalive;
+        self
+    }
+
+    /// See [`Config::stale_after`].
+    pub fn stale_after(mut self, window: Duration) -> Self {
+        self.config.stale_after = Some(window);
+        self
+    }
+
+    /// See [`Config::ack_timeout`].
+    pub fn ack_timeout(mut self, timeout: Duration) -> Self {
+        self.config.ack_timeout = timeout;
+        self
+    }
+
+    /// See [`Config::buffer_while_disconnected`].
+    pub fn buffer_while_disconnected(mut self, buffer: bool) -> Self {
+        self.config.buffer_while_disconnected = buffer;
+        self
+    }
+
+    /// See [`Config::latency_policy`].
+    pub fn latency_policy(mut self, policy: LatencyPolicy) -> Self {
+        self.config.latency_policy = Some(policy);
+        self
     }
 
     /// Replaces all settings at once.
@@ -238,8 +336,9 @@ impl ClientBuilder {
 
     /// Connects, running `ingress` on the reader thread for every inbound message.
     ///
-    /// Blocks until the connection is open or has failed: at most `handshake_timeout` after DNS
-    /// resolution.
+    /// Blocks until the first connection is open or has failed: at most `handshake_timeout`
+    /// after DNS resolution. A failed first attempt is returned as the error (no background
+    /// retries); once connected, the [`reconnect`](Self::reconnect) strategy keeps it alive.
     pub fn connect_with<I: Ingress>(self, ingress: I) -> Result<Client<I::Output>> {
         if let Some(msg) = self.invalid {
             return Err(Error::Config(msg));
@@ -260,6 +359,14 @@ impl ClientBuilder {
             headers: self.headers,
             subprotocols: self.subprotocols,
         };
-        Client::start(dialer, self.config, ingress)
+        let topics = self.topics;
+        Client::start(
+            dialer,
+            self.config,
+            self.endpoint,
+            self.reconnect,
+            topics,
+            ingress,
+        )
     }
 }

@@ -30,9 +30,18 @@ pub(crate) struct Dialer {
 impl Dialer {
     /// Connects and upgrades. Blocks for at most `handshake_timeout` (plus DNS resolution, which
     /// the OS resolver bounds).
-    pub(crate) fn dial(&self) -> Result<(Stream, Upgraded)> {
+    ///
+    /// `extra_headers` are added after the fixed ones (per-attempt headers from the endpoint).
+    /// `on_tcp` sees the socket as soon as it is connected, so another thread can shut it down
+    /// to abort the rest of the handshake.
+    pub(crate) fn dial(
+        &self,
+        extra_headers: &[(String, String)],
+        on_tcp: &mut dyn FnMut(&TcpStream),
+    ) -> Result<(Stream, Upgraded)> {
         let deadline = Instant::now() + self.handshake_timeout;
         let sock = self.tcp_connect(deadline)?;
+        on_tcp(&sock);
         sock.set_nodelay(self.nodelay).map_err(Error::Io)?;
         let tls = match &self.tls_config {
             Some(config) => {
@@ -51,8 +60,9 @@ impl Dialer {
             }
         }
         set_timeouts(&stream.sock, deadline)?;
-        let upgraded =
-            handshake::upgrade(&mut stream, &self.target, &self.headers, &self.subprotocols)?;
+        let headers: Vec<(String, String)> =
+            self.headers.iter().chain(extra_headers).cloned().collect();
+        let upgraded = handshake::upgrade(&mut stream, &self.target, &headers, &self.subprotocols)?;
         log::debug!(
             "connected to {}:{} (tls: {}, protocol: {:?}, {} early bytes)",
             self.target.host,

@@ -1,51 +1,97 @@
-//! The coordinator: the sans-IO state machine that owns a connection's lifecycle.
+//! The coordinator: the sans-IO state machine that owns a client's connection state.
 //!
 //! It has no threads, sockets or clocks. Its driver (the coordinator thread, see `driver.rs`)
 //! feeds it every input in one total order with the current time and carries out the outputs:
 //!
 //! ```text
-//!   user commands ─┐
-//!   reader events ─┼─▶ handle(now, input) ──▶ outputs: control frames for the writer,
-//!   writer results ┤                                   lifecycle notices, disconnect, stop
-//!   timer expiry ──┘   next_deadline() ──▶ when the driver must call handle(now, Tick)
+//!   user commands ──┐
+//!   dial results ───┤
+//!   reader events ──┼─▶ handle(now, input) ──▶ outputs: frames for the writer, dial, disconnect,
+//!   writer results ─┤                                   lifecycle notices, ready, stop
+//!   timer expiry ───┘   next_deadline() ──▶ when the driver must call handle(now, Tick)
 //! ```
 //!
 //! Because nothing inside depends on real time or scheduling, the same inputs and clock always
-//! give the same outputs, and the unit tests below drive it with a manual clock.
+//! give the same outputs (reconnect jitter comes from a seeded generator), and the tests below
+//! drive it with a manual clock and thousands of generated fault schedules.
 //!
-//! The close handshake it implements (RFC 6455 §7):
+//! ## Lifecycle
 //!
-//! - **Local close** (user `close`, shutdown): send our close frame, then wait for the peer's
-//!   close frame and the end of the stream, bounded by `close_timeout`.
-//! - **Remote close**: echo the peer's code, then wait for the server to end the stream, bounded
-//!   by `close_timeout`.
-//! - **Protocol violation** by the peer: the reader has stopped; send a close frame with the
-//!   violation's code and drop the connection as soon as it is written (or at the deadline).
-//! - **Transport failure** (EOF or error without a close handshake): done at once, code 1006.
+//! ```text
+//!  Connecting ──Connected──▶ Open ──(close handshake)──▶ Closing ──finish──▶ Waiting ──▶ Connecting
+//!      │                      │ (liveness / ack failure: abort)   ▲            │
+//!      └──ConnectFailed───────┴──────────────────────────────────-┴───────────▶ Stopped
+//! ```
 //!
-//! In every case the connection ends with exactly one [`Output::Disconnect`] followed by exactly
-//! one [`Notice::Closed`].
+//! A connection ends with exactly one `Disconnect` and one `Closed` notice; the next dial is only
+//! issued after that (never two live connections). Inputs from a previous connection's reader or
+//! writer carry its epoch and are ignored.
+//!
+//! The close handshake (RFC 6455 §7): a local close sends our frame and waits for the reply and
+//! the end of the stream; a remote close is echoed and waits for the stream to end; a protocol
+//! violation sends its close code and drops the connection once written; all bounded by
+//! `close_timeout`. Liveness and acknowledgement failures abort at once: a silent link would
+//! only time the handshake out.
 
 use std::time::{Duration, Instant};
 
+use crate::backoff::Reconnect;
 use crate::codec::Violation;
+use crate::endpoint::{Action, Cause, Endpoint, Reply};
 use crate::error::Error;
 use crate::event::{CloseInfo, Initiator};
-use crate::frame::CloseCode;
+use crate::frame::{CloseCode, Data, Frame};
+use crate::health::{ErrorRing, LatencyPolicy, LatencyWatch, RttHistogram};
+use crate::liveness::{Due, Keepalive, Liveness};
+use crate::session::{Session, SessionOut};
+
+/// How many recent errors are kept for [`Stats`](crate::Stats).
+const ERROR_HISTORY: usize = 16;
+
+/// The coordinator's settings (from [`Config`](crate::Config)).
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    pub close_timeout: Duration,
+    pub stable_after: Duration,
+    pub keepalive: Keepalive,
+    pub stale_after: Option<Duration>,
+    pub ack_timeout: Duration,
+    pub max_topics: usize,
+    pub latency: Option<LatencyPolicy>,
+}
 
 /// Everything the coordinator reacts to.
 #[derive(Debug)]
 pub(crate) enum Input {
-    /// User: start the close handshake.
+    /// User: start the close handshake (no reconnect follows by default).
     Close { code: CloseCode, reason: String },
     /// User: send a ping or an unsolicited pong.
     Send(Control),
     /// User: close (if open) and stop, all by `deadline`.
     Shutdown { deadline: Instant },
+    /// User: add a topic to the desired subscriptions.
+    Subscribe(String),
+    /// User: remove a topic from the desired subscriptions.
+    Unsubscribe(String),
+    /// Driver: the dial for `epoch` succeeded; its reader and writer run.
+    Connected { epoch: u64 },
+    /// Driver: the dial for `epoch` failed.
+    ConnectFailed { epoch: u64, error: Error },
+    /// Reader or writer of connection `epoch`.
+    Link { epoch: u64, event: LinkEvent },
+    /// Time passed (the driver's wait for input hit `next_deadline`).
+    Tick,
+}
+
+/// What a connection's reader and writer report.
+#[derive(Debug)]
+pub(crate) enum LinkEvent {
     /// Reader: the peer sent a close frame.
     PeerClose(Option<(CloseCode, String)>),
     /// Reader: a pong arrived.
     Pong(Vec<u8>),
+    /// Reader: a message the endpoint's precheck flagged.
+    Reply(Frame),
     /// Reader: the peer broke the protocol; the reader has stopped.
     Violation(Violation),
     /// Reader: the stream ended (`None`) or failed; the reader has stopped.
@@ -54,11 +100,9 @@ pub(crate) enum Input {
     CloseWritten,
     /// Writer: a write failed; the writer has stopped.
     WriteFailed(Error),
-    /// Time passed (the driver's wait for input hit `next_deadline`).
-    Tick,
 }
 
-/// A control frame for the writer's control lane.
+/// A frame for the writer's control lane.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Control {
     Ping(Vec<u8>),
@@ -66,34 +110,85 @@ pub(crate) enum Control {
     Close(Option<(CloseCode, String)>),
     /// Send TLS records rustls has queued (no WebSocket frame).
     FlushTls,
+    /// The session is ready: start taking frames from the user data lane.
+    OpenData,
 }
 
 /// Lifecycle news for the application.
 #[derive(Debug)]
 pub(crate) enum Notice {
-    Pong(Vec<u8>),
-    Closed(CloseInfo),
+    Connecting {
+        attempt: u32,
+    },
+    Connected {
+        epoch: u64,
+    },
+    SessionReady {
+        epoch: u64,
+    },
+    Pong {
+        epoch: u64,
+        payload: Vec<u8>,
+    },
+    SubscriptionRejected {
+        epoch: u64,
+        topic: String,
+        reason: String,
+    },
+    Closed {
+        epoch: u64,
+        info: CloseInfo,
+        reconnect: Option<Duration>,
+    },
+    ConnectFailed {
+        attempt: u32,
+        cause: Cause,
+        reconnect: Option<Duration>,
+    },
 }
 
 /// What the driver must do.
 #[derive(Debug)]
 pub(crate) enum Output {
-    /// Queue a control frame on the writer's control lane.
+    /// Queue a control frame on the current connection's control lane.
     Send(Control),
+    /// Queue a session frame (auth, subscribe) ahead of user data.
+    SendSession(Frame),
+    /// The session is ready: open the user data lane.
+    Ready,
     /// Deliver a lifecycle event.
     Notify(Notice),
-    /// Shut the socket down and release the reader and writer threads.
+    /// Open connection `epoch` (attempt `attempt`) with these extra headers.
+    Dial {
+        epoch: u64,
+        attempt: u32,
+        headers: Vec<(String, String)>,
+    },
+    /// Shut the current connection's socket down and release its threads.
     Disconnect,
     /// Nothing more will happen: the driver may exit.
     Stop,
 }
 
-/// The connection's lifecycle phase.
+/// The client's phase as seen by user threads (mirrored into an atomic).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum State {
+    Connecting = 0,
+    Open = 1,
+    Ready = 2,
+    Closing = 3,
+    Waiting = 4,
+    Stopped = 5,
+}
+
 #[derive(Debug)]
 enum Phase {
-    Open,
+    Connecting { attempt: u32 },
+    Open { since: Instant, ready: bool },
     Closing(Closing),
-    Closed,
+    Waiting { until: Instant, attempt: u32 },
+    Stopped,
 }
 
 #[derive(Debug)]
@@ -107,163 +202,467 @@ struct Closing {
     peer_code: Option<CloseCode>,
     /// The reader has stopped: no more input will come from the socket.
     reader_done: bool,
-    error: Option<Error>,
+    /// Why, when it is not what initiator and code already say.
+    cause: Option<Cause>,
     deadline: Instant,
+    /// When the connection opened (for the backoff reset).
+    since: Instant,
 }
 
-/// The public phase, mirrored into an atomic for cheap checks on user threads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub(crate) enum State {
-    Open = 0,
-    Closing = 1,
-    Closed = 2,
-}
-
-/// The state machine. See the [module docs](self).
+/// Health figures the coordinator owns, copied out for `stats()` when `dirty`.
 #[derive(Debug)]
+pub(crate) struct Health {
+    pub rtt: RttHistogram,
+    pub errors: ErrorRing,
+    pub reconnects: u64,
+    pub connect_attempts: u64,
+    pub dirty: bool,
+}
+
+/// The state machine. See the module docs.
 pub(crate) struct Coordinator {
+    settings: Settings,
+    endpoint: Box<dyn Endpoint>,
+    reconnect: Option<Box<dyn Reconnect>>,
     phase: Phase,
-    close_timeout: Duration,
+    /// Epoch of the current (or last) connection; the next dial is `epoch + 1`.
+    epoch: u64,
+    /// Failed attempts and lost connections since the last backoff reset.
+    failures: u32,
+    session: Session,
+    liveness: Liveness,
+    latency: Option<LatencyWatch>,
+    health: Health,
     stop_requested: Option<Instant>,
     stopped: bool,
 }
 
+impl std::fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinator")
+            .field("phase", &self.phase)
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Coordinator {
-    /// A coordinator for a connection that has just opened.
-    pub(crate) fn new(close_timeout: Duration) -> Self {
+    /// A coordinator whose first dial (epoch 1, attempt 1) is already under way.
+    pub(crate) fn new(
+        settings: Settings,
+        endpoint: Box<dyn Endpoint>,
+        reconnect: Option<Box<dyn Reconnect>>,
+        now: Instant,
+    ) -> Self {
+        let acks = endpoint.precheck().is_some();
         Coordinator {
-            phase: Phase::Open,
-            close_timeout,
+            session: Session::new(settings.ack_timeout, settings.max_topics, acks),
+            liveness: Liveness::new(settings.keepalive, settings.stale_after, now),
+            latency: settings.latency.map(LatencyWatch::new),
+            settings,
+            endpoint,
+            reconnect,
+            phase: Phase::Connecting { attempt: 1 },
+            epoch: 0,
+            failures: 0,
+            health: Health {
+                rtt: RttHistogram::new(),
+                errors: ErrorRing::new(ERROR_HISTORY),
+                reconnects: 0,
+                connect_attempts: 1,
+                dirty: true,
+            },
             stop_requested: None,
             stopped: false,
         }
     }
 
+    /// Headers for the first dial (attempt 1), which the client makes itself.
+    pub(crate) fn first_dial_headers(&mut self) -> Vec<(String, String)> {
+        self.endpoint.headers(1)
+    }
+
     /// The phase as seen by user threads.
     pub(crate) fn state(&self) -> State {
         match self.phase {
-            Phase::Open => State::Open,
+            Phase::Connecting { .. } => State::Connecting,
+            Phase::Open { ready: false, .. } => State::Open,
+            Phase::Open { ready: true, .. } => State::Ready,
             Phase::Closing(_) => State::Closing,
-            Phase::Closed => State::Closed,
+            Phase::Waiting { .. } => State::Waiting,
+            Phase::Stopped => State::Stopped,
         }
+    }
+
+    /// The health figures; the driver clears `dirty` after copying them.
+    pub(crate) fn health_mut(&mut self) -> &mut Health {
+        &mut self.health
+    }
+
+    /// The topics the session will replay on the next connection.
+    #[cfg(test)]
+    pub(crate) fn desired(&self) -> impl Iterator<Item = &String> {
+        self.session.desired()
     }
 
     /// When the driver must call `handle(now, Input::Tick)` at the latest.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        if self.stopped {
+            return None;
+        }
         match &self.phase {
             Phase::Closing(c) => Some(c.deadline),
-            Phase::Open | Phase::Closed => None,
+            Phase::Waiting { until, .. } => Some(*until),
+            Phase::Open { .. } => [self.liveness.next_deadline(), self.session.next_deadline()]
+                .into_iter()
+                .flatten()
+                .min(),
+            Phase::Connecting { .. } | Phase::Stopped => None,
         }
+    }
+
+    /// The reader saw a data message at `at` (for staleness). Cheap; the driver calls it with
+    /// the reader's latest timestamp before every `handle`.
+    pub(crate) fn data_seen(&mut self, at: Instant) {
+        self.liveness.data_seen(at);
     }
 
     /// Feeds one input; outputs are appended to `out` in the order they must be carried out.
     pub(crate) fn handle(&mut self, now: Instant, input: Input, out: &mut Vec<Output>) {
         if self.stopped {
+            if let Input::Connected { .. } = input {
+                out.push(Output::Disconnect); // A dial that finished after the stop.
+            }
             return;
         }
         match input {
             Input::Close { code, reason } => {
-                if matches!(self.phase, Phase::Open) {
-                    self.start_local_close(now, code, reason, None, out);
+                if matches!(self.phase, Phase::Open { .. }) {
+                    self.start_local_close(now, code, reason, Some(Cause::Requested), out);
+                } else if matches!(self.phase, Phase::Waiting { .. } | Phase::Connecting { .. }) {
+                    // Closing between connections: stay closed (a dial still in flight is
+                    // disconnected when it completes).
+                    self.phase = Phase::Stopped;
                 }
             }
             Input::Send(control) => {
-                if matches!(self.phase, Phase::Open) {
+                if matches!(self.phase, Phase::Open { .. }) {
                     out.push(Output::Send(control));
                 }
             }
-            Input::Shutdown { deadline } => {
-                self.stop_requested = Some(deadline);
-                if matches!(self.phase, Phase::Open) {
-                    self.start_local_close(now, CloseCode::NORMAL, String::new(), None, out);
-                }
-                match &mut self.phase {
-                    Phase::Closing(c) => c.deadline = c.deadline.min(deadline),
-                    Phase::Closed => self.stop(out),
-                    Phase::Open => {}
+            Input::Shutdown { deadline } => self.on_shutdown(now, deadline, out),
+            Input::Subscribe(topic) => {
+                let mut s = Vec::new();
+                self.session
+                    .subscribe(now, topic, self.endpoint.as_mut(), &mut s);
+                self.apply_session(now, s, out);
+            }
+            Input::Unsubscribe(topic) => {
+                let mut s = Vec::new();
+                self.session
+                    .unsubscribe(&topic, self.endpoint.as_mut(), &mut s);
+                self.apply_session(now, s, out);
+            }
+            Input::Connected { epoch } => self.on_connected(now, epoch, out),
+            Input::ConnectFailed { epoch, error } => {
+                if epoch == self.epoch + 1 {
+                    if let Phase::Connecting { attempt } = self.phase {
+                        self.on_connect_failed(now, attempt, error, out);
+                    }
                 }
             }
-            Input::PeerClose(frame) => self.on_peer_close(now, frame, out),
-            Input::Pong(payload) => out.push(Output::Notify(Notice::Pong(payload))),
-            Input::Violation(v) => match &mut self.phase {
-                Phase::Open => {
-                    let error = Error::Protocol {
-                        code: v.code,
-                        reason: v.reason.clone(),
-                    };
-                    self.start_local_close(now, v.code, v.reason, Some(error), out);
-                    if let Phase::Closing(c) = &mut self.phase {
-                        c.reader_done = true;
-                    }
+            Input::Link { epoch, event } => {
+                if epoch == self.epoch {
+                    self.on_link(now, event, out);
                 }
-                Phase::Closing(c) => {
-                    c.error.get_or_insert(Error::Protocol {
-                        code: v.code,
-                        reason: v.reason,
-                    });
-                    self.finish(out);
+            }
+            Input::Tick => {}
+        }
+        // Act on every deadline that has been reached; acting can arm a deadline that is due at
+        // once (a zero backoff), hence the bounded loop.
+        for _ in 0..8 {
+            if self.stopped || self.next_deadline().is_none_or(|d| d > now) {
+                break;
+            }
+            self.poll_timers(now, out);
+        }
+    }
+
+    fn on_shutdown(&mut self, now: Instant, deadline: Instant, out: &mut Vec<Output>) {
+        self.stop_requested = Some(deadline);
+        match &mut self.phase {
+            Phase::Open { .. } => {
+                self.start_local_close(
+                    now,
+                    CloseCode::NORMAL,
+                    String::new(),
+                    Some(Cause::Requested),
+                    out,
+                );
+                if let Phase::Closing(c) = &mut self.phase {
+                    c.deadline = c.deadline.min(deadline);
                 }
-                Phase::Closed => {}
+            }
+            Phase::Closing(c) => c.deadline = c.deadline.min(deadline),
+            Phase::Connecting { .. } | Phase::Waiting { .. } | Phase::Stopped => {
+                self.phase = Phase::Stopped;
+                self.stop(out);
+            }
+        }
+    }
+
+    fn on_connected(&mut self, now: Instant, epoch: u64, out: &mut Vec<Output>) {
+        if epoch != self.epoch + 1 || !matches!(self.phase, Phase::Connecting { .. }) {
+            out.push(Output::Disconnect);
+            return;
+        }
+        self.epoch = epoch;
+        if epoch > 1 {
+            self.health.reconnects += 1;
+            self.health.dirty = true;
+        }
+        self.phase = Phase::Open {
+            since: now,
+            ready: false,
+        };
+        out.push(Output::Notify(Notice::Connected { epoch }));
+        self.liveness.on_open(now);
+        if let Some(l) = &mut self.latency {
+            l.reset();
+        }
+        let mut s = Vec::new();
+        self.session
+            .on_open(now, epoch, self.endpoint.as_mut(), &mut s);
+        self.apply_session(now, s, out);
+    }
+
+    fn on_connect_failed(
+        &mut self,
+        now: Instant,
+        attempt: u32,
+        error: Error,
+        out: &mut Vec<Output>,
+    ) {
+        let cause = Cause::ConnectFailed(error);
+        self.note_error(&cause);
+        let reconnect = self.plan_next(now, &cause, None);
+        out.push(Output::Notify(Notice::ConnectFailed {
+            attempt,
+            cause,
+            reconnect,
+        }));
+        self.after_plan(out);
+    }
+
+    fn on_link(&mut self, now: Instant, event: LinkEvent, out: &mut Vec<Output>) {
+        match event {
+            LinkEvent::PeerClose(frame) => self.on_peer_close(now, frame, out),
+            LinkEvent::Pong(payload) => match self.liveness.on_pong(now, &payload) {
+                Some(rtt) => self.record_rtt(now, rtt, out),
+                None => {
+                    let epoch = self.epoch;
+                    out.push(Output::Notify(Notice::Pong { epoch, payload }));
+                }
             },
-            Input::ReaderEnded(error) => match &mut self.phase {
-                Phase::Open => {
+            LinkEvent::Reply(frame) => self.on_reply(now, frame, out),
+            LinkEvent::Violation(v) => {
+                let error = Error::Protocol {
+                    code: v.code,
+                    reason: v.reason.clone(),
+                };
+                match &mut self.phase {
+                    Phase::Open { .. } => {
+                        self.start_local_close(
+                            now,
+                            v.code,
+                            v.reason,
+                            Some(Cause::Protocol(error)),
+                            out,
+                        );
+                        if let Phase::Closing(c) = &mut self.phase {
+                            c.reader_done = true;
+                        }
+                    }
+                    Phase::Closing(c) => {
+                        c.cause.get_or_insert(Cause::Protocol(error));
+                        self.finish(now, out);
+                    }
+                    _ => {}
+                }
+            }
+            LinkEvent::ReaderEnded(error) => match &mut self.phase {
+                Phase::Open { since, .. } => {
+                    let since = *since;
                     let error = error
                         .unwrap_or_else(|| Error::Io(std::io::ErrorKind::UnexpectedEof.into()));
-                    self.phase = Phase::Closing(Closing {
-                        initiator: Initiator::Transport,
-                        code: CloseCode::ABNORMAL,
-                        reason: String::new(),
-                        peer_closed: false,
-                        peer_code: None,
-                        reader_done: true,
-                        error: Some(error),
-                        deadline: now,
-                    });
-                    self.finish(out);
+                    self.abort(
+                        now,
+                        since,
+                        Initiator::Transport,
+                        Cause::Transport(error),
+                        out,
+                    );
                 }
                 Phase::Closing(c) => {
-                    if let (Some(e), false) = (error, c.peer_closed) {
-                        c.error.get_or_insert(e);
+                    if let (Some(e), false, None) = (error, c.peer_closed, &c.cause) {
+                        c.cause = Some(Cause::Transport(e));
                     }
-                    self.finish(out);
+                    self.finish(now, out);
                 }
-                Phase::Closed => {}
+                _ => {}
             },
-            Input::CloseWritten => {
+            LinkEvent::CloseWritten => {
                 // A close after a violation is done once written: the reader is gone, so no
                 // reply can be read anyway.
                 if let Phase::Closing(c) = &self.phase {
                     if c.reader_done {
-                        self.finish(out);
+                        self.finish(now, out);
                     }
                 }
             }
-            Input::WriteFailed(e) => match &mut self.phase {
-                Phase::Open => {
-                    self.phase = Phase::Closing(Closing {
-                        initiator: Initiator::Transport,
-                        code: CloseCode::ABNORMAL,
-                        reason: String::new(),
-                        peer_closed: false,
-                        peer_code: None,
-                        reader_done: false,
-                        error: Some(e),
-                        deadline: now,
-                    });
-                    self.finish(out);
+            LinkEvent::WriteFailed(e) => match &mut self.phase {
+                Phase::Open { since, .. } => {
+                    let since = *since;
+                    self.abort(now, since, Initiator::Transport, Cause::Transport(e), out);
                 }
                 Phase::Closing(c) => {
-                    if !c.peer_closed {
-                        c.error.get_or_insert(e);
+                    if !c.peer_closed && c.cause.is_none() {
+                        c.cause = Some(Cause::Transport(e));
                     }
-                    self.finish(out);
+                    self.finish(now, out);
                 }
-                Phase::Closed => {}
+                _ => {}
             },
-            Input::Tick => {}
         }
-        self.check_deadlines(now, out);
+    }
+
+    fn on_reply(&mut self, now: Instant, frame: Frame, out: &mut Vec<Output>) {
+        let data = match &frame {
+            Frame::Text(t) => Data::Text(t),
+            Frame::Binary(b) => Data::Binary(b),
+            _ => return,
+        };
+        match self.endpoint.parse_reply(data) {
+            Some(Reply::AppPong(seq)) => {
+                if let Some(rtt) = self.liveness.on_app_pong(now, seq) {
+                    self.record_rtt(now, rtt, out);
+                }
+            }
+            Some(reply) => {
+                let mut s = Vec::new();
+                self.session
+                    .on_reply(now, reply, self.endpoint.as_mut(), &mut s);
+                self.apply_session(now, s, out);
+            }
+            None => {}
+        }
+    }
+
+    fn record_rtt(&mut self, now: Instant, rtt: Duration, out: &mut Vec<Output>) {
+        self.health.rtt.record(rtt);
+        self.health.dirty = true;
+        let breached = self.latency.as_mut().is_some_and(|l| l.record(rtt));
+        if breached {
+            if let Phase::Open { since, .. } = self.phase {
+                self.abort(now, since, Initiator::Local, Cause::LatencyPolicy, out);
+            }
+        }
+    }
+
+    /// Carries out what the session asked for.
+    fn apply_session(&mut self, now: Instant, outs: Vec<SessionOut>, out: &mut Vec<Output>) {
+        for o in outs {
+            match o {
+                SessionOut::Send(frame) => {
+                    if matches!(self.phase, Phase::Open { .. }) {
+                        out.push(Output::SendSession(frame));
+                    }
+                }
+                SessionOut::Ready => {
+                    if let Phase::Open { ready, .. } = &mut self.phase {
+                        *ready = true;
+                        out.push(Output::Ready);
+                        out.push(Output::Notify(Notice::SessionReady { epoch: self.epoch }));
+                    }
+                }
+                SessionOut::Rejected { topic, reason } => {
+                    let epoch = self.epoch;
+                    out.push(Output::Notify(Notice::SubscriptionRejected {
+                        epoch,
+                        topic,
+                        reason,
+                    }));
+                }
+                SessionOut::Fail(cause) => {
+                    if let Phase::Open { since, .. } = self.phase {
+                        match cause {
+                            Cause::AuthFailed(_) => {
+                                let reason = "authentication refused".to_string();
+                                self.start_local_close(
+                                    now,
+                                    CloseCode::POLICY,
+                                    reason,
+                                    Some(cause),
+                                    out,
+                                );
+                            }
+                            other => self.abort(now, since, Initiator::Local, other, out),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn poll_timers(&mut self, now: Instant, out: &mut Vec<Output>) {
+        match &mut self.phase {
+            Phase::Closing(c) => {
+                if now >= c.deadline {
+                    self.finish(now, out);
+                }
+            }
+            Phase::Waiting { until, attempt } => {
+                if now >= *until {
+                    let attempt = *attempt;
+                    self.dial(attempt, out);
+                }
+            }
+            Phase::Open { since, .. } => {
+                let since = *since;
+                // Bounded: each ping pushes the next one an interval further.
+                while let Some(due) = self.liveness.poll(now) {
+                    match due {
+                        Due::Ping(payload) => out.push(Output::Send(Control::Ping(payload))),
+                        Due::AppPing(seq) => {
+                            if let Some(frame) = self.endpoint.app_ping(seq) {
+                                out.push(Output::SendSession(frame));
+                            }
+                        }
+                        Due::Fail(failure) => {
+                            self.abort(now, since, Initiator::Local, failure.cause(), out);
+                            return;
+                        }
+                    }
+                }
+                let mut s = Vec::new();
+                self.session.poll(now, &mut s);
+                self.apply_session(now, s, out);
+            }
+            Phase::Connecting { .. } | Phase::Stopped => {}
+        }
+    }
+
+    fn dial(&mut self, attempt: u32, out: &mut Vec<Output>) {
+        self.phase = Phase::Connecting { attempt };
+        self.health.connect_attempts += 1;
+        self.health.dirty = true;
+        out.push(Output::Notify(Notice::Connecting { attempt }));
+        let headers = self.endpoint.headers(attempt);
+        out.push(Output::Dial {
+            epoch: self.epoch + 1,
+            attempt,
+            headers,
+        });
     }
 
     fn start_local_close(
@@ -271,10 +670,17 @@ impl Coordinator {
         now: Instant,
         code: CloseCode,
         reason: String,
-        error: Option<Error>,
+        cause: Option<Cause>,
         out: &mut Vec<Output>,
     ) {
+        let Phase::Open { since, .. } = self.phase else {
+            return;
+        };
         out.push(Output::Send(Control::Close(Some((code, reason.clone())))));
+        let mut deadline = now + self.settings.close_timeout;
+        if let Some(stop) = self.stop_requested {
+            deadline = deadline.min(stop);
+        }
         self.phase = Phase::Closing(Closing {
             initiator: Initiator::Local,
             code,
@@ -282,8 +688,9 @@ impl Coordinator {
             peer_closed: false,
             peer_code: None,
             reader_done: false,
-            error,
-            deadline: now + self.close_timeout,
+            cause,
+            deadline,
+            since,
         });
     }
 
@@ -294,12 +701,13 @@ impl Coordinator {
         out: &mut Vec<Output>,
     ) {
         match &mut self.phase {
-            Phase::Open => {
+            Phase::Open { since, .. } => {
+                let since = *since;
                 // Echo the code (RFC 6455 §5.5.1); an empty close is answered with an empty one.
                 let echo = frame.as_ref().map(|(code, _)| (*code, String::new()));
                 out.push(Output::Send(Control::Close(echo)));
                 let (code, reason) = frame.unwrap_or((CloseCode::NO_STATUS, String::new()));
-                let mut deadline = now + self.close_timeout;
+                let mut deadline = now + self.settings.close_timeout;
                 if let Some(stop) = self.stop_requested {
                     deadline = deadline.min(stop);
                 }
@@ -310,312 +718,127 @@ impl Coordinator {
                     peer_closed: true,
                     peer_code: Some(code),
                     reader_done: false,
-                    error: None,
+                    cause: None,
                     deadline,
+                    since,
                 });
             }
             Phase::Closing(c) => {
                 c.peer_closed = true;
                 c.peer_code = Some(frame.map_or(CloseCode::NO_STATUS, |(code, _)| code));
             }
-            Phase::Closed => {}
+            _ => {}
         }
     }
 
-    fn check_deadlines(&mut self, now: Instant, out: &mut Vec<Output>) {
-        if let Phase::Closing(c) = &mut self.phase {
-            if now >= c.deadline {
-                if !c.peer_closed && c.error.is_none() {
-                    c.error = Some(Error::Timeout("close"));
-                }
-                self.finish(out);
-            }
-        }
+    /// Drops an open connection at once, without a close handshake.
+    fn abort(
+        &mut self,
+        now: Instant,
+        since: Instant,
+        initiator: Initiator,
+        cause: Cause,
+        out: &mut Vec<Output>,
+    ) {
+        self.phase = Phase::Closing(Closing {
+            initiator,
+            code: CloseCode::ABNORMAL,
+            reason: cause.to_string(),
+            peer_closed: false,
+            peer_code: None,
+            reader_done: true,
+            cause: Some(cause),
+            deadline: now,
+            since,
+        });
+        self.finish(now, out);
     }
 
-    /// Ends the connection: disconnect, then report how it closed.
-    fn finish(&mut self, out: &mut Vec<Output>) {
-        let Phase::Closing(c) = std::mem::replace(&mut self.phase, Phase::Closed) else {
+    /// Ends the connection: disconnect, report how it closed and what comes next.
+    fn finish(&mut self, now: Instant, out: &mut Vec<Output>) {
+        let Phase::Closing(c) = std::mem::replace(&mut self.phase, Phase::Stopped) else {
             return;
         };
         out.push(Output::Disconnect);
+        self.session.on_close();
         let clean = c.peer_closed && c.initiator != Initiator::Transport;
-        out.push(Output::Notify(Notice::Closed(CloseInfo {
+        let cause = match c.cause {
+            Some(cause) => cause,
+            None if c.initiator == Initiator::Remote => Cause::ServerClosed(c.code),
+            None => Cause::Requested,
+        };
+        self.note_error(&cause);
+        let reconnect = self.plan_next(now, &cause, Some(c.since));
+        let info = CloseInfo {
             initiator: c.initiator,
             code: c.code,
             reason: c.reason,
             clean,
             peer_code: c.peer_code,
-            error: c.error,
-        })));
+            cause,
+        };
+        out.push(Output::Notify(Notice::Closed {
+            epoch: self.epoch,
+            info,
+            reconnect,
+        }));
+        self.after_plan(out);
+    }
+
+    /// Decides whether and when to reconnect; sets the phase to `Waiting` or `Stopped`.
+    fn plan_next(
+        &mut self,
+        now: Instant,
+        cause: &Cause,
+        since: Option<Instant>,
+    ) -> Option<Duration> {
+        self.phase = Phase::Stopped;
+        if self.stop_requested.is_some() {
+            return None;
+        }
+        let reconnect = self.reconnect.as_mut()?;
+        let action = self.endpoint.on_disconnect(cause);
+        if since.is_some_and(|s| now >= s + self.settings.stable_after) {
+            reconnect.reset();
+            self.failures = 0;
+        }
+        let floor = match action {
+            Action::Stop => return None,
+            Action::Reconnect => Duration::ZERO,
+            Action::ReconnectAfter(d) => d,
+        };
+        self.failures = self.failures.saturating_add(1);
+        let delay = reconnect.next_delay(self.failures)?.max(floor);
+        self.phase = Phase::Waiting {
+            until: now + delay,
+            attempt: self.failures + 1,
+        };
+        Some(delay)
+    }
+
+    fn after_plan(&mut self, out: &mut Vec<Output>) {
         if self.stop_requested.is_some() {
             self.stop(out);
         }
     }
 
+    fn note_error(&mut self, cause: &Cause) {
+        if !matches!(
+            cause,
+            Cause::Requested | Cause::ServerClosed(CloseCode::NORMAL)
+        ) {
+            self.health.errors.push(cause.to_string());
+            self.health.dirty = true;
+        }
+    }
+
     fn stop(&mut self, out: &mut Vec<Output>) {
+        self.phase = Phase::Stopped;
         out.push(Output::Stop);
         self.stopped = true;
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
-
-    struct Harness {
-        coord: Coordinator,
-        now: Instant,
-        out: Vec<Output>,
-    }
-
-    impl Harness {
-        fn new() -> Self {
-            Harness {
-                coord: Coordinator::new(CLOSE_TIMEOUT),
-                now: Instant::now(),
-                out: Vec::new(),
-            }
-        }
-
-        fn feed(&mut self, input: Input) -> Vec<Output> {
-            self.coord.handle(self.now, input, &mut self.out);
-            std::mem::take(&mut self.out)
-        }
-
-        fn advance(&mut self, d: Duration) -> Vec<Output> {
-            self.now += d;
-            self.feed(Input::Tick)
-        }
-    }
-
-    fn closed(outputs: &[Output]) -> Option<&CloseInfo> {
-        outputs.iter().find_map(|o| match o {
-            Output::Notify(Notice::Closed(info)) => Some(info),
-            _ => None,
-        })
-    }
-
-    fn count(outputs: &[Output], f: impl Fn(&Output) -> bool) -> usize {
-        outputs.iter().filter(|o| f(o)).count()
-    }
-
-    #[test]
-    fn local_close_waits_for_reply_and_eof() {
-        let mut h = Harness::new();
-        let out = h.feed(Input::Close {
-            code: CloseCode(4000),
-            reason: "bye".into(),
-        });
-        assert!(
-            matches!(&out[..], [Output::Send(Control::Close(Some((CloseCode(4000), r))))] if r == "bye")
-        );
-        assert_eq!(h.coord.state(), State::Closing);
-        assert!(
-            h.feed(Input::PeerClose(Some((CloseCode(4000), String::new()))))
-                .is_empty()
-        );
-        let out = h.feed(Input::ReaderEnded(None));
-        assert!(matches!(out[0], Output::Disconnect));
-        let info = closed(&out).unwrap();
-        assert_eq!(
-            (info.initiator, info.code, info.clean),
-            (Initiator::Local, CloseCode(4000), true)
-        );
-        assert!(info.error.is_none());
-    }
-
-    #[test]
-    fn remote_close_is_echoed_with_its_code() {
-        let mut h = Harness::new();
-        let out = h.feed(Input::PeerClose(Some((
-            CloseCode::GOING_AWAY,
-            "deploy".into(),
-        ))));
-        assert!(matches!(
-            &out[..],
-            [Output::Send(Control::Close(Some((
-                CloseCode::GOING_AWAY,
-                _
-            ))))]
-        ));
-        let out = h.feed(Input::ReaderEnded(None));
-        let info = closed(&out).unwrap();
-        assert_eq!(
-            (info.initiator, info.code, info.reason.as_str()),
-            (Initiator::Remote, CloseCode::GOING_AWAY, "deploy")
-        );
-        assert!(info.clean);
-    }
-
-    #[test]
-    fn empty_remote_close_reports_no_status() {
-        let mut h = Harness::new();
-        let out = h.feed(Input::PeerClose(None));
-        assert!(matches!(&out[..], [Output::Send(Control::Close(None))]));
-        let info = closed(&h.feed(Input::ReaderEnded(None))).map(|i| i.code);
-        assert_eq!(info, Some(CloseCode::NO_STATUS));
-    }
-
-    #[test]
-    fn close_without_reply_times_out_exactly_at_the_deadline() {
-        let mut h = Harness::new();
-        h.feed(Input::Close {
-            code: CloseCode::NORMAL,
-            reason: String::new(),
-        });
-        assert_eq!(h.coord.next_deadline(), Some(h.now + CLOSE_TIMEOUT));
-        assert!(
-            h.advance(CLOSE_TIMEOUT - Duration::from_millis(1))
-                .is_empty()
-        );
-        let out = h.advance(Duration::from_millis(1));
-        let info = closed(&out).unwrap();
-        assert!(!info.clean);
-        assert!(matches!(info.error, Some(Error::Timeout("close"))));
-        assert_eq!(h.coord.next_deadline(), None);
-    }
-
-    #[test]
-    fn violation_closes_with_its_code_and_drops_once_written() {
-        let mut h = Harness::new();
-        let v = Violation {
-            code: CloseCode::INVALID_PAYLOAD,
-            reason: "bad utf-8".into(),
-        };
-        let out = h.feed(Input::Violation(v));
-        assert!(matches!(
-            &out[..],
-            [Output::Send(Control::Close(Some((
-                CloseCode::INVALID_PAYLOAD,
-                _
-            ))))]
-        ));
-        let out = h.feed(Input::CloseWritten);
-        let info = closed(&out).unwrap();
-        assert_eq!(
-            (info.initiator, info.code),
-            (Initiator::Local, CloseCode::INVALID_PAYLOAD)
-        );
-        assert!(matches!(
-            info.error,
-            Some(Error::Protocol {
-                code: CloseCode::INVALID_PAYLOAD,
-                ..
-            })
-        ));
-    }
-
-    #[test]
-    fn eof_without_close_is_abnormal() {
-        let mut h = Harness::new();
-        let out = h.feed(Input::ReaderEnded(None));
-        let info = closed(&out).unwrap();
-        assert_eq!(
-            (info.initiator, info.code, info.clean),
-            (Initiator::Transport, CloseCode::ABNORMAL, false)
-        );
-    }
-
-    #[test]
-    fn shutdown_bounds_the_close_by_its_deadline_and_stops() {
-        let mut h = Harness::new();
-        let deadline = h.now + Duration::from_millis(100);
-        let out = h.feed(Input::Shutdown { deadline });
-        assert!(matches!(
-            &out[..],
-            [Output::Send(Control::Close(Some((CloseCode::NORMAL, _))))]
-        ));
-        assert_eq!(h.coord.next_deadline(), Some(deadline));
-        let out = h.advance(Duration::from_millis(100));
-        assert!(matches!(
-            out[..],
-            [Output::Disconnect, Output::Notify(_), Output::Stop]
-        ));
-        assert!(
-            h.feed(Input::ReaderEnded(None)).is_empty(),
-            "nothing after stop"
-        );
-    }
-
-    #[test]
-    fn shutdown_after_close_stops_at_once() {
-        let mut h = Harness::new();
-        h.feed(Input::ReaderEnded(None));
-        let out = h.feed(Input::Shutdown { deadline: h.now });
-        assert!(matches!(out[..], [Output::Stop]));
-    }
-
-    /// Generated schedules of every input in random order: exactly one Disconnect and one Closed
-    /// per connection, never a frame after Closed, Stop only after a Shutdown, deadlines honoured.
-    #[test]
-    fn generated_schedules_hold_the_invariants() {
-        let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
-        for _ in 0..5_000 {
-            let mut h = Harness::new();
-            let mut all = Vec::new();
-            let mut shutdown_at = None;
-            for _ in 0..(next() % 12) {
-                let input = match next() % 9 {
-                    0 => Input::Close {
-                        code: CloseCode(4000 + (next() % 10) as u16),
-                        reason: "x".into(),
-                    },
-                    1 => Input::Send(Control::Ping(vec![1])),
-                    2 => {
-                        let d = h.now + Duration::from_millis(next() % 3000);
-                        shutdown_at.get_or_insert(d);
-                        Input::Shutdown { deadline: d }
-                    }
-                    3 => Input::PeerClose(Some((CloseCode::GOING_AWAY, String::new()))),
-                    4 => Input::Pong(vec![2]),
-                    5 => Input::Violation(Violation {
-                        code: CloseCode::PROTOCOL_ERROR,
-                        reason: "v".into(),
-                    }),
-                    6 => Input::ReaderEnded(None),
-                    7 => Input::CloseWritten,
-                    _ => Input::WriteFailed(Error::Io(std::io::ErrorKind::BrokenPipe.into())),
-                };
-                let before = h.coord.next_deadline();
-                let step = Duration::from_millis(next() % 1500);
-                let out = h.advance(step);
-                if let Some(d) = before {
-                    if h.now >= d {
-                        assert_eq!(h.coord.next_deadline(), None, "deadline {d:?} not acted on");
-                    }
-                }
-                all.extend(out);
-                all.extend(h.feed(input));
-            }
-            all.extend(h.advance(Duration::from_secs(10)));
-            let disconnects = count(&all, |o| matches!(o, Output::Disconnect));
-            let closes = count(&all, |o| matches!(o, Output::Notify(Notice::Closed(_))));
-            assert!(disconnects <= 1 && disconnects == closes);
-            if let Some(p) = all
-                .iter()
-                .position(|o| matches!(o, Output::Notify(Notice::Closed(_))))
-            {
-                assert!(
-                    !all[p..].iter().any(|o| matches!(o, Output::Send(_))),
-                    "frame after close"
-                );
-            }
-            let stops = count(&all, |o| matches!(o, Output::Stop));
-            assert_eq!(stops, usize::from(shutdown_at.is_some()));
-            if shutdown_at.is_some() {
-                assert_eq!(closes, 1, "shutdown always ends the connection");
-            }
-            let close_frames = count(&all, |o| matches!(o, Output::Send(Control::Close(_))));
-            assert!(close_frames <= 1, "at most one close frame is sent");
-        }
-    }
-}
+#[path = "coordinator_tests.rs"]
+mod tests;

@@ -1,110 +1,313 @@
 //! The coordinator thread: a thin driver around the sans-IO [`Coordinator`].
 //!
-//! It waits for the next input or the coordinator's next deadline, feeds it, and carries out the
-//! outputs: control frames go to the writer's control lane, notices to the application's event
-//! channel, a disconnect shuts the socket down and joins the reader and writer threads.
+//! It waits for the next input or the coordinator's next deadline, feeds it (with the reader's
+//! latest data timestamp), and carries out the outputs: frames go to the current link's lanes,
+//! notices to the application's event channel, a dial starts a short-lived `NAME-dial` thread,
+//! a disconnect shuts the link down and joins its threads.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, select};
+use crossbeam_channel::{Receiver, Sender, TrySendError, select};
 
 use crate::coordinator::{Control, Coordinator, Input, Notice, Output};
+use crate::error::Error;
 use crate::event::Event;
+use crate::ingress::Ingress;
+use crate::link::{AbortSlot, Link, LinkFactory, Opened, spawn};
 use crate::stats::Counters;
-use crate::transport::SocketHandle;
 
-/// The I/O side of one open connection: its socket and its two threads.
-pub(crate) struct Link<I> {
-    pub socket: SocketHandle,
-    /// Dropped to release the reader and writer from any blocking channel operation.
-    pub release: Option<Sender<()>>,
-    pub reader: Option<JoinHandle<I>>,
-    pub writer: Option<JoinHandle<()>>,
+/// A dial running on its own thread.
+struct Dial<I> {
+    epoch: u64,
+    handle: JoinHandle<Opened<I>>,
+    abort: AbortSlot,
+    /// Receives (or disconnects) when the dial thread is about to finish.
+    done: Receiver<()>,
 }
 
-impl<I> Link<I> {
-    /// Shuts the socket down (unblocking `read` and `write`), releases both threads and joins
-    /// them. Returns the ingress the reader handed back, if it did not panic.
-    pub(crate) fn disconnect(&mut self) -> Option<I> {
-        self.socket.shutdown();
-        self.release.take();
-        if let Some(writer) = self.writer.take() {
-            if writer.join().is_err() {
-                log::error!("writer thread panicked");
-            }
-        }
-        self.reader.take().and_then(|r| r.join().ok())
-    }
-}
-
-pub(crate) struct Driver<I, T> {
+pub(crate) struct Driver<I: Ingress> {
     pub coordinator: Coordinator,
     pub inputs: Receiver<Input>,
-    pub control: Sender<Control>,
-    pub events: Sender<Event<T>>,
+    pub factory: Arc<LinkFactory<I::Output>>,
     /// Disconnected when the client gives up on a graceful shutdown: stop waiting on the app.
     pub abort: Receiver<()>,
-    pub link: Link<I>,
-    pub epoch: u64,
+    pub link: Option<Link<I>>,
+    /// The ingress while no link holds it.
+    pub ingress: Option<I>,
     pub counters: Arc<Counters>,
+    /// Keep queued user data across a reconnect instead of discarding it.
+    pub buffer_while_disconnected: bool,
+    dial: Option<Dial<I>>,
+    out: Vec<Output>,
+    /// True until the driver runs on its own thread: notices must not wait for room then,
+    /// because nobody can be consuming events yet.
+    pub starting: bool,
 }
 
-impl<I, T> Driver<I, T> {
+impl<I: Ingress> Driver<I> {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        coordinator: Coordinator,
+        inputs: Receiver<Input>,
+        factory: Arc<LinkFactory<I::Output>>,
+        abort: Receiver<()>,
+        link: Link<I>,
+        counters: Arc<Counters>,
+        buffer_while_disconnected: bool,
+    ) -> Self {
+        Driver {
+            coordinator,
+            inputs,
+            factory,
+            abort,
+            link: Some(link),
+            ingress: None,
+            counters,
+            buffer_while_disconnected,
+            dial: None,
+            out: Vec::new(),
+            starting: true,
+        }
+    }
+
     pub(crate) fn run(mut self) {
-        let mut out = Vec::new();
         loop {
-            let input = match self.coordinator.next_deadline() {
-                Some(deadline) => match self.inputs.recv_deadline(deadline) {
-                    Ok(input) => input,
-                    Err(RecvTimeoutError::Timeout) => Input::Tick,
-                    Err(RecvTimeoutError::Disconnected) => Input::Shutdown { deadline },
-                },
-                None => match self.inputs.recv() {
-                    Ok(input) => input,
-                    // Every handle is gone: stop now.
-                    Err(_) => Input::Shutdown {
-                        deadline: Instant::now(),
-                    },
+            let input = self.next_input();
+            if !self.step(input) {
+                return;
+            }
+        }
+    }
+
+    /// Waits for a command or report, a finished dial, or the coordinator's next deadline.
+    fn next_input(&mut self) -> Input {
+        let never = crossbeam_channel::never();
+        let finished = {
+            let dial_done = self.dial.as_ref().map_or(&never, |d| &d.done);
+            let deadline = self.coordinator.next_deadline();
+            let received = match deadline {
+                Some(deadline) => {
+                    let timeout = deadline.saturating_duration_since(Instant::now());
+                    select! {
+                        recv(self.inputs) -> m => Some(m),
+                        recv(dial_done) -> _ => None,
+                        default(timeout) => return Input::Tick,
+                    }
+                }
+                None => select! {
+                    recv(self.inputs) -> m => Some(m),
+                    recv(dial_done) -> _ => None,
                 },
             };
-            self.coordinator.handle(Instant::now(), input, &mut out);
-            self.counters.set_state(self.coordinator.state());
-            for output in out.drain(..) {
-                match output {
-                    Output::Send(control) => self.send_control(control),
-                    Output::Notify(notice) => self.notify(notice),
-                    Output::Disconnect => {
-                        self.link.disconnect();
-                    }
-                    Output::Stop => {
-                        self.link.disconnect();
-                        return;
-                    }
+            match received {
+                Some(Ok(input)) => return input,
+                // Every handle is gone: stop now.
+                Some(Err(_)) => {
+                    return Input::Shutdown {
+                        deadline: Instant::now(),
+                    };
+                }
+                None => true,
+            }
+        };
+        debug_assert!(finished);
+        self.finish_dial().unwrap_or(Input::Tick)
+    }
+
+    /// Feeds one input and carries out the outputs; false once the driver must exit.
+    pub(crate) fn step(&mut self, input: Input) -> bool {
+        if let Some(at) = self.counters.last_data() {
+            self.coordinator.data_seen(at);
+        }
+        self.coordinator
+            .handle(Instant::now(), input, &mut self.out);
+        self.counters.set_state(self.coordinator.state());
+        self.counters.publish(self.coordinator.health_mut());
+        let mut outputs = std::mem::take(&mut self.out);
+        let mut keep_running = true;
+        for output in outputs.drain(..) {
+            match output {
+                Output::Send(control) => {
+                    self.to_link(|l| l.control.try_send(control).map_err(drop))
+                }
+                Output::SendSession(frame) => {
+                    self.to_link(|l| l.session.try_send(frame).map_err(drop))
+                }
+                Output::Ready => {
+                    self.to_link(|l| l.control.try_send(Control::OpenData).map_err(drop))
+                }
+                Output::Notify(notice) => self.notify(notice),
+                Output::Dial {
+                    epoch,
+                    attempt,
+                    headers,
+                } => self.start_dial(epoch, attempt, headers),
+                Output::Disconnect => self.disconnect(),
+                Output::Stop => {
+                    self.abort_dial();
+                    self.disconnect();
+                    keep_running = false;
                 }
             }
         }
+        self.out = outputs;
+        // A new connection has been announced (or dropped): its reader may start.
+        if let Some(link) = &mut self.link {
+            link.go();
+        }
+        keep_running
     }
 
-    fn send_control(&self, control: Control) {
-        match self.control.try_send(control) {
-            Ok(()) => {}
-            Err(TrySendError::Full(c)) => log::warn!("control lane full; dropped {c:?}"),
-            Err(TrySendError::Disconnected(_)) => {} // The writer already reported why it ended.
+    fn to_link(&self, send: impl FnOnce(&Link<I>) -> Result<(), ()>) {
+        if let Some(link) = &self.link {
+            if send(link).is_err() {
+                log::warn!(
+                    "lane of connection {} full or closed; frame dropped",
+                    link.epoch
+                );
+            }
+        }
+    }
+
+    fn disconnect(&mut self) {
+        if let Some(link) = self.link.take() {
+            if let Some(ingress) = link.disconnect() {
+                self.ingress = Some(ingress);
+            }
+        }
+        if !self.buffer_while_disconnected {
+            // Nothing queued for one connection is sent on the next on its own.
+            let mut dropped = 0;
+            while self.factory.data.try_recv().is_ok() {
+                dropped += 1;
+            }
+            Counters::bump(&self.counters.discarded_on_disconnect, dropped);
+        }
+    }
+
+    fn start_dial(&mut self, epoch: u64, attempt: u32, headers: Vec<(String, String)>) {
+        let Some(ingress) = self.ingress.take() else {
+            // The ingress was lost to a panic: no new reader can run.
+            let error = Error::Io(std::io::Error::other("ingress panicked; cannot reconnect"));
+            let _ = self
+                .factory
+                .inputs
+                .try_send(Input::ConnectFailed { epoch, error });
+            return;
+        };
+        let abort = AbortSlot::default();
+        let factory = self.factory.clone();
+        let slot = abort.clone();
+        let (done_tx, done) = crossbeam_channel::bounded(1);
+        let name = format!("{}-dial", self.factory.name);
+        log::debug!("dialing connection {epoch} (attempt {attempt})");
+        let spawned = spawn(name, move || {
+            let result = factory.open(epoch, &headers, ingress, &slot);
+            let _ = done_tx.send(());
+            result
+        });
+        match spawned {
+            Ok(handle) => {
+                self.dial = Some(Dial {
+                    epoch,
+                    handle,
+                    abort,
+                    done,
+                })
+            }
+            Err(error) => {
+                // The ingress went down with the closure: report and let the policy decide.
+                let _ = self
+                    .factory
+                    .inputs
+                    .try_send(Input::ConnectFailed { epoch, error });
+            }
+        }
+    }
+
+    /// Collects a finished dial: the link becomes current, or the failure is reported.
+    fn finish_dial(&mut self) -> Option<Input> {
+        let dial = self.dial.take()?;
+        let epoch = dial.epoch;
+        match dial.handle.join() {
+            Ok(Ok((link, _protocol))) => {
+                self.link = Some(link);
+                Some(Input::Connected { epoch })
+            }
+            Ok(Err((error, ingress))) => {
+                self.ingress = ingress;
+                Some(Input::ConnectFailed { epoch, error })
+            }
+            Err(_) => {
+                let error = Error::Io(std::io::Error::other("dial thread panicked"));
+                Some(Input::ConnectFailed { epoch, error })
+            }
+        }
+    }
+
+    /// Stops a dial in progress: its socket is shut down (ending the TLS or HTTP handshake at
+    /// once; a TCP connect in progress ends within `connect_timeout`) and the thread joined.
+    fn abort_dial(&mut self) {
+        let Some(dial) = self.dial.take() else { return };
+        if let Some(sock) = dial.abort.lock().as_ref() {
+            let _ = sock.shutdown(std::net::Shutdown::Both);
+        }
+        if let Ok(Ok((link, _))) = dial.handle.join() {
+            link.disconnect();
         }
     }
 
     fn notify(&self, notice: Notice) {
-        let epoch = self.epoch;
         let event = match notice {
-            Notice::Pong(payload) => Event::Pong { epoch, payload },
-            Notice::Closed(info) => Event::Closed { epoch, info },
+            Notice::Connecting { attempt } => Event::Connecting { attempt },
+            Notice::Connected { epoch } => Event::Connected {
+                epoch,
+                is_reconnect: epoch > 1,
+            },
+            Notice::SessionReady { epoch } => Event::SessionReady { epoch },
+            Notice::Pong { epoch, payload } => Event::Pong { epoch, payload },
+            Notice::SubscriptionRejected {
+                epoch,
+                topic,
+                reason,
+            } => Event::SubscriptionRejected {
+                epoch,
+                topic,
+                reason,
+            },
+            Notice::Closed {
+                epoch,
+                info,
+                reconnect,
+            } => Event::Closed {
+                epoch,
+                info,
+                reconnect,
+            },
+            Notice::ConnectFailed {
+                attempt,
+                cause,
+                reconnect,
+            } => Event::ConnectFailed {
+                attempt,
+                cause,
+                reconnect,
+            },
         };
-        // Lifecycle events are never dropped: wait for room unless the client aborts.
-        if let Err(TrySendError::Full(event)) = self.events.try_send(event) {
+        // Lifecycle events are never dropped: wait for room unless the client aborts (or the
+        // client is still being built, with an event channel too small for its first events).
+        let events = &self.factory.events;
+        if let Err(TrySendError::Full(event)) = events.try_send(event) {
+            if self.starting {
+                drop(event);
+                log::warn!("event channel full while connecting; a lifecycle event was dropped");
+                Counters::bump(&self.counters.events_dropped, 1);
+                return;
+            }
             select! {
-                send(self.events, event) -> _ => {}
+                send(events, event) -> _ => {}
                 recv(self.abort) -> _ => {}
             }
         }

@@ -46,6 +46,8 @@ pub enum Error {
         headers: String,
         /// The start of the response body (what the server had sent with the headers), truncated.
         body: String,
+        /// The `Retry-After` header in seconds, if the server sent one (429, 503).
+        retry_after: Option<std::time::Duration>,
     },
     /// The server's upgrade response was not a valid WebSocket handshake (bad accept key, missing
     /// `Upgrade` header, malformed HTTP, unrequested subprotocol). The endpoint is not speaking
@@ -65,6 +67,11 @@ pub enum Error {
         /// The close code of the connection, if the close handshake produced one.
         code: Option<CloseCode>,
     },
+    /// The client is between connections (reconnecting) or the session of the current one is
+    /// not restored yet; the frame was not queued. Send again after
+    /// [`Event::SessionReady`](crate::Event::SessionReady), or opt into
+    /// [`buffer_while_disconnected`](crate::ClientBuilder::buffer_while_disconnected).
+    NotConnected,
     /// The bounded outbound data lane is full; the frame was not queued. Back off, or use the
     /// blocking [`send`](crate::Client::send). Memory never grows past the configured capacity.
     QueueFull,
@@ -79,7 +86,11 @@ impl Error {
     /// (bad URL, bad certificate, bad credentials).
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Connect { .. } | Error::Io(_) | Error::QueueFull | Error::Timeout(_) => true,
+            Error::Connect { .. }
+            | Error::Io(_)
+            | Error::QueueFull
+            | Error::NotConnected
+            | Error::Timeout(_) => true,
             Error::HandshakeRejected { status, .. } => matches!(status, 408 | 429 | 500..=599),
             Error::Closed { .. } | Error::Protocol { .. } => true,
             Error::Url(_)
@@ -119,6 +130,7 @@ impl fmt::Display for Error {
             Error::Closed { code: Some(code) } => write!(f, "connection closed ({code})"),
             Error::Closed { code: None } => write!(f, "connection closed"),
             Error::QueueFull => write!(f, "outbound queue full; frame not queued"),
+            Error::NotConnected => write!(f, "not connected (reconnecting or session not ready)"),
             Error::Timeout(phase) => write!(f, "timed out during {phase}"),
         }
     }

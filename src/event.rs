@@ -1,14 +1,23 @@
-//! What the application receives from a connection.
+//! What the application receives from a client.
 //!
 //! Events arrive on one bounded channel ([`Client::events`](crate::Client::events)). Decoded
 //! values ([`Event::Data`]) and forwarded frames ([`Event::Frame`]) are sent by the reader thread
-//! directly; lifecycle events by the coordinator. Every event carries the connection `epoch`
-//! (1 for the first connection), so a consumer can discard state from before a gap.
+//! directly; lifecycle events by the coordinator. Every event about a connection carries its
+//! `epoch` (1 for the first connection, +1 per reconnect), so a consumer can discard state from
+//! before a gap.
 
-use crate::error::Error;
+use std::time::Duration;
+
+use crate::endpoint::Cause;
 use crate::frame::{CloseCode, Frame};
 
-/// One thing that happened on a connection.
+/// One thing that happened on a client.
+///
+/// A connection's events come in this order: [`Connected`](Event::Connected), then data,
+/// [`SessionReady`](Event::SessionReady) once authentication and subscriptions are restored,
+/// and finally [`Closed`](Event::Closed), which says whether and when a reconnect follows.
+/// Between connections: [`Connecting`](Event::Connecting) and, for each failed attempt,
+/// [`ConnectFailed`](Event::ConnectFailed).
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Event<T> {
@@ -26,27 +35,68 @@ pub enum Event<T> {
         /// The message.
         frame: Frame,
     },
-    /// A pong arrived (answering [`Client::ping`](crate::Client::ping), or unsolicited).
+    /// A pong arrived that answers the application's own [`Client::ping`](crate::Client::ping)
+    /// (keepalive pongs are consumed by syncws).
     Pong {
         /// The connection epoch.
         epoch: u64,
         /// The pong's payload.
         payload: Vec<u8>,
     },
-    /// The connection ended. This is the last event of an epoch.
+    /// A reconnect attempt is starting (the first connection is made by `connect` itself).
+    Connecting {
+        /// Attempt number since the connection was lost (2 for the first retry).
+        attempt: u32,
+    },
+    /// A connection is open: the upgrade succeeded.
+    Connected {
+        /// The new connection's epoch.
+        epoch: u64,
+        /// True for every connection after the first.
+        is_reconnect: bool,
+    },
+    /// The session is restored on this connection: the endpoint's opening frames were sent,
+    /// authentication confirmed (if gated), and every subscription replayed and acknowledged.
+    /// User data flows from here on.
+    SessionReady {
+        /// The connection epoch.
+        epoch: u64,
+    },
+    /// The venue refused a subscription (or the desired set was full). It was removed from the
+    /// desired set and will not be retried.
+    SubscriptionRejected {
+        /// The connection epoch.
+        epoch: u64,
+        /// The topic.
+        topic: String,
+        /// Why.
+        reason: String,
+    },
+    /// A connection ended. This is the last event of its epoch.
     Closed {
         /// The connection epoch that ended.
         epoch: u64,
         /// How and why it ended.
         info: CloseInfo,
+        /// When the next attempt starts; `None` if the client will not reconnect.
+        reconnect: Option<Duration>,
+    },
+    /// A reconnect attempt failed.
+    ConnectFailed {
+        /// The attempt number.
+        attempt: u32,
+        /// What went wrong ([`Cause::ConnectFailed`] with the error).
+        cause: Cause,
+        /// When the next attempt starts; `None` if the client gives up.
+        reconnect: Option<Duration>,
     },
 }
 
 /// Who started the end of a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Initiator {
-    /// This client: [`Client::close`](crate::Client::close), shutdown, or a protocol violation
-    /// by the peer that syncws answered by closing.
+    /// This client: [`Client::close`](crate::Client::close), shutdown, a protocol violation by
+    /// the peer, or a liveness, acknowledgement or latency failure detected here.
     Local,
     /// The server sent the first close frame.
     Remote,
@@ -60,15 +110,16 @@ pub struct CloseInfo {
     /// Who started the close.
     pub initiator: Initiator,
     /// The close code: the one the initiator sent; [`CloseCode::NO_STATUS`] for a close frame
-    /// without a code; [`CloseCode::ABNORMAL`] when no close frame was exchanged.
+    /// without a code; [`CloseCode::ABNORMAL`] when no close frame was exchanged (including
+    /// connections syncws dropped because they went silent).
     pub code: CloseCode,
-    /// The close reason sent by the initiator (empty if none).
+    /// The close reason sent by the initiator (for an abort, a description of the cause).
     pub reason: String,
     /// True when both close frames were exchanged.
     pub clean: bool,
     /// The code in the peer's close frame, if one arrived: for a local close, the server's
     /// reply (which may differ from ours); for a remote close, the same as `code`.
     pub peer_code: Option<CloseCode>,
-    /// What went wrong, for closes that were not requested by either side.
-    pub error: Option<Error>,
+    /// Why the connection ended, as the reconnect policy saw it.
+    pub cause: Cause,
 }

@@ -5,6 +5,7 @@
 //! segment as the `101`) and is handed to the reader instead of being lost.
 
 use std::io::{self, Read, Write};
+use std::time::Duration;
 
 use tungstenite::handshake::derive_accept_key;
 
@@ -93,12 +94,14 @@ pub(crate) fn upgrade<S: Read + Write>(
         let status = response.code.unwrap_or(0);
         if status != 101 {
             let mut body = buf[head_len..].to_vec();
-            let wanted = content_length(response.headers).unwrap_or(0).min(EXCERPT);
+            let wanted = header_u64(response.headers, "Content-Length").map_or(0, |n| n as usize);
+            let wanted = wanted.min(EXCERPT);
             read_body_excerpt(stream, &mut body, wanted);
             return Err(Error::HandshakeRejected {
                 status,
                 headers: excerpt(&headers_text(response.headers)),
                 body: excerpt(&String::from_utf8_lossy(&body)),
+                retry_after: header_u64(response.headers, "Retry-After").map(Duration::from_secs),
             });
         }
         let protocol = check_101(response.headers, &key, subprotocols)?;
@@ -159,10 +162,9 @@ fn check_101(
     Ok(protocol)
 }
 
-fn content_length(headers: &[httparse::Header<'_>]) -> Option<usize> {
-    let h = headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("Content-Length"))?;
+/// A numeric header value (`Content-Length`, `Retry-After` in seconds).
+fn header_u64(headers: &[httparse::Header<'_>], name: &str) -> Option<u64> {
+    let h = headers.iter().find(|h| h.name.eq_ignore_ascii_case(name))?;
     std::str::from_utf8(h.value).ok()?.trim().parse().ok()
 }
 
@@ -247,7 +249,7 @@ mod tests {
     fn refusal_carries_status_headers_and_body() {
         let mut fake = Fake {
             input: Cursor::new(
-                b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 12\r\nX-Why: token\r\n\r\nbad token!!\n"
+                b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 12\r\nX-Why: token\r\nRetry-After: 30\r\n\r\nbad token!!\n"
                     .to_vec(),
             ),
             written: Vec::new(),
@@ -257,7 +259,9 @@ mod tests {
                 status,
                 headers,
                 body,
+                retry_after,
             }) => {
+                assert_eq!(retry_after, Some(Duration::from_secs(30)));
                 assert_eq!(status, 401);
                 assert!(headers.contains("X-Why: token"));
                 assert_eq!(body, "bad token!!\n");

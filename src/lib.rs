@@ -53,30 +53,40 @@
 
 #![warn(missing_docs)]
 
+mod backoff;
 mod client;
 mod codec;
 mod config;
 mod connect;
 mod coordinator;
 mod driver;
+mod endpoint;
 mod error;
 mod event;
 mod frame;
 mod handshake;
+mod health;
 mod ingress;
+mod link;
+mod liveness;
 mod reader;
+mod session;
 mod stats;
 mod target;
 mod tls;
 mod transport;
 mod writer;
 
+pub use backoff::{Backoff, Reconnect};
 pub use client::Client;
 pub use config::{ClientBuilder, Config, Overflow};
+pub use endpoint::{Action, Cause, Endpoint, NoSession, Precheck, Reply};
 pub use error::{Error, Result};
 pub use event::{CloseInfo, Event, Initiator};
 pub use frame::{CloseCode, CloseFrame, Data, Frame};
+pub use health::LatencyPolicy;
 pub use ingress::{ForwardAll, Ingress, Verdict};
+pub use liveness::Keepalive;
 pub use stats::Stats;
 pub use tls::certificates_from_pem;
 

@@ -16,7 +16,8 @@ use crossbeam_channel::{Receiver, Sender, TrySendError, select};
 
 use crate::codec::{Decoded, Decoder, Step};
 use crate::config::Overflow;
-use crate::coordinator::{Control, Input};
+use crate::coordinator::{Control, Input, LinkEvent};
+use crate::endpoint::Precheck;
 use crate::event::Event;
 use crate::frame::Frame;
 use crate::ingress::{Ingress, Verdict};
@@ -36,12 +37,16 @@ pub(crate) struct Reader<I: Ingress> {
     pub end: usize,
     pub epoch: u64,
     pub overflow: Overflow,
+    /// The endpoint's filter for messages the coordinator must see (acknowledgements).
+    pub precheck: Option<Precheck>,
     pub events: Sender<Event<I::Output>>,
     pub coord: Sender<Input>,
     pub control: Sender<Control>,
     pub control_capacity: usize,
     /// Disconnected when the link is released.
     pub stop: Receiver<()>,
+    /// Disconnected when the reader may start (the coordinator has announced the connection).
+    pub go: Receiver<()>,
     pub counters: Arc<Counters>,
 }
 
@@ -49,7 +54,17 @@ impl<I: Ingress> Reader<I> {
     /// Runs until the stream ends, the peer breaks the protocol or the link is released;
     /// returns the ingress so its state can outlive the connection.
     pub(crate) fn run(mut self) -> I {
-        self.read_loop();
+        select! {
+            recv(self.go) -> _ => {}
+            recv(self.stop) -> _ => {}
+        }
+        let released = matches!(
+            self.stop.try_recv(),
+            Err(crossbeam_channel::TryRecvError::Disconnected)
+        );
+        if !released {
+            self.read_loop();
+        }
         self.ingress
     }
 
@@ -57,13 +72,14 @@ impl<I: Ingress> Reader<I> {
     fn read_loop(&mut self) {
         let mut peer_closed = false;
         loop {
+            let mut saw_data = false;
             // Decode every complete frame in the buffer.
             loop {
                 let step = match self.decoder.decode(&self.buf[self.start..self.end]) {
                     Ok(step) => step,
                     Err(v) => {
                         log::debug!("peer violated the protocol: {}", v.reason);
-                        self.report(Input::Violation(v));
+                        self.report(LinkEvent::Violation(v));
                         return;
                     }
                 };
@@ -88,6 +104,14 @@ impl<I: Ingress> Reader<I> {
                 match decoded {
                     Decoded::Fragment => {}
                     Decoded::Data(data) => {
+                        saw_data = true;
+                        if self.precheck.as_ref().is_some_and(|p| p(data)) {
+                            let input = Input::Link {
+                                epoch: self.epoch,
+                                event: LinkEvent::Reply(Frame::from(data)),
+                            };
+                            crate::driver::report(&self.coord, &self.stop, input);
+                        }
                         Counters::bump(&self.counters.messages_in, 1);
                         Counters::bump(&self.counters.bytes_in, data.as_bytes().len() as u64);
                         let event = match self.ingress.on_message(data) {
@@ -124,15 +148,26 @@ impl<I: Ingress> Reader<I> {
                         Counters::bump(&self.counters.pings_in, 1);
                     }
                     Decoded::Pong(payload) => {
-                        let pong = Input::Pong(payload.to_vec());
+                        let pong = Input::Link {
+                            epoch: self.epoch,
+                            event: LinkEvent::Pong(payload.to_vec()),
+                        };
                         crate::driver::report(&self.coord, &self.stop, pong);
                     }
                     Decoded::Close(close) => {
                         peer_closed = true;
                         let close = close.map(|(code, reason)| (code, reason.to_string()));
-                        crate::driver::report(&self.coord, &self.stop, Input::PeerClose(close));
+                        let input = Input::Link {
+                            epoch: self.epoch,
+                            event: LinkEvent::PeerClose(close),
+                        };
+                        crate::driver::report(&self.coord, &self.stop, input);
                     }
                 }
+            }
+            if saw_data {
+                // One clock read per read(2), not per message.
+                self.counters.data_seen(std::time::Instant::now());
             }
             if self.half.take_tls_output_pending() {
                 let _ = self.control.try_send(Control::FlushTls);
@@ -145,7 +180,7 @@ impl<I: Ingress> Reader<I> {
             }
             match self.half.read(&mut self.buf[self.end..]) {
                 Ok(0) => {
-                    self.report(Input::ReaderEnded(None));
+                    self.report(LinkEvent::ReaderEnded(None));
                     return;
                 }
                 Ok(n) => self.end += n,
@@ -158,7 +193,7 @@ impl<I: Ingress> Reader<I> {
                     if !released {
                         log::debug!("read failed: {e}");
                     }
-                    self.report(Input::ReaderEnded(Some(crate::error::from_io(e))));
+                    self.report(LinkEvent::ReaderEnded(Some(crate::error::from_io(e))));
                     return;
                 }
             }
@@ -168,7 +203,11 @@ impl<I: Ingress> Reader<I> {
 
 impl<I: Ingress> Reader<I> {
     /// Tells the coordinator something, unless the link is released first.
-    fn report(&self, input: Input) {
+    fn report(&self, event: LinkEvent) {
+        let input = Input::Link {
+            epoch: self.epoch,
+            event,
+        };
         crate::driver::report(&self.coord, &self.stop, input);
     }
 }

@@ -1,21 +1,26 @@
-//! Counters shared by a connection's threads, and the snapshot users read.
+//! Counters shared by a client's threads, and the snapshot users read.
 //!
 //! Every counter is a relaxed atomic bumped by the one thread that owns the event it counts, so
-//! counting costs an uncontended atomic add. [`Client::stats`](crate::Client::stats) copies them.
+//! counting costs an uncontended atomic add. Figures the coordinator owns (RTT percentiles,
+//! recent errors, reconnects) are copied into a small mutex-protected view when they change.
+//! [`Client::stats`](crate::Client::stats) copies everything.
 
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
 
-use crate::coordinator::State;
+use parking_lot::Mutex;
 
-/// A point-in-time copy of a connection's counters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+use crate::coordinator::{Health, State};
+
+/// A point-in-time copy of a client's counters and health.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Complete inbound messages (text and binary) decoded.
+    /// Complete inbound messages (text and binary) decoded, on all connections.
     pub messages_in: u64,
     /// Payload bytes of those messages.
     pub bytes_in: u64,
-    /// Outbound data frames written to the socket.
+    /// Outbound data frames written to the socket (user and session frames).
     pub messages_out: u64,
     /// Payload bytes of those frames.
     pub bytes_out: u64,
@@ -32,10 +37,42 @@ pub struct Stats {
     /// Outbound data frames discarded because they were queued after the close was requested
     /// (they raced with `close`, `shutdown` or a close by the server).
     pub discarded_after_close: u64,
+    /// Queued user frames discarded when a connection was lost (without
+    /// [`buffer_while_disconnected`](crate::ClientBuilder::buffer_while_disconnected) nothing
+    /// queued for one connection is sent on the next).
+    pub discarded_on_disconnect: u64,
+    /// Successful reconnects (connections after the first).
+    pub reconnects: u64,
+    /// Connection attempts, including the first.
+    pub connect_attempts: u64,
+    /// Time since the last inbound data message, if any arrived.
+    pub since_last_receive: Option<Duration>,
+    /// Time since the last write to the socket, if any.
+    pub since_last_send: Option<Duration>,
+    /// Number of round-trip samples (keepalive pings answered).
+    pub rtt_samples: u64,
+    /// Median round trip, to about 20% resolution.
+    pub rtt_p50: Option<Duration>,
+    /// 99th percentile round trip, to about 20% resolution.
+    pub rtt_p99: Option<Duration>,
+    /// The most recent errors and disconnect causes, oldest first (at most 16).
+    pub recent_errors: Vec<String>,
 }
 
+/// The coordinator-owned part of [`Stats`].
 #[derive(Debug, Default)]
+struct HealthView {
+    reconnects: u64,
+    connect_attempts: u64,
+    rtt_samples: u64,
+    rtt_p50: Option<Duration>,
+    rtt_p99: Option<Duration>,
+    recent_errors: Vec<String>,
+}
+
+#[derive(Debug)]
 pub(crate) struct Counters {
+    base: Instant,
     pub state: AtomicU8,
     pub messages_in: AtomicU64,
     pub bytes_in: AtomicU64,
@@ -46,9 +83,35 @@ pub(crate) struct Counters {
     pub events_dropped: AtomicU64,
     pub events_blocked: AtomicU64,
     pub discarded_after_close: AtomicU64,
+    pub discarded_on_disconnect: AtomicU64,
+    /// Nanoseconds after `base` of the last data message (0: none yet).
+    last_data_ns: AtomicU64,
+    /// Nanoseconds after `base` of the last socket write (0: none yet).
+    last_send_ns: AtomicU64,
+    health: Mutex<HealthView>,
 }
 
 impl Counters {
+    pub(crate) fn new() -> Self {
+        Counters {
+            base: Instant::now(),
+            state: AtomicU8::new(State::Connecting as u8),
+            messages_in: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            messages_out: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            pings_in: AtomicU64::new(0),
+            pongs_dropped: AtomicU64::new(0),
+            events_dropped: AtomicU64::new(0),
+            events_blocked: AtomicU64::new(0),
+            discarded_after_close: AtomicU64::new(0),
+            discarded_on_disconnect: AtomicU64::new(0),
+            last_data_ns: AtomicU64::new(0),
+            last_send_ns: AtomicU64::new(0),
+            health: Mutex::new(HealthView::default()),
+        }
+    }
+
     pub(crate) fn bump(counter: &AtomicU64, by: u64) {
         counter.fetch_add(by, Relaxed);
     }
@@ -57,11 +120,54 @@ impl Counters {
         self.state.store(state as u8, Relaxed);
     }
 
-    pub(crate) fn is_open(&self) -> bool {
-        self.state.load(Relaxed) == State::Open as u8
+    pub(crate) fn state(&self) -> u8 {
+        self.state.load(Relaxed)
+    }
+
+    fn stamp(&self, slot: &AtomicU64, at: Instant) {
+        let ns = at.saturating_duration_since(self.base).as_nanos().max(1);
+        slot.store(u64::try_from(ns).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    fn read_stamp(&self, slot: &AtomicU64) -> Option<Instant> {
+        match slot.load(Relaxed) {
+            0 => None,
+            ns => Some(self.base + Duration::from_nanos(ns)),
+        }
+    }
+
+    /// The reader saw a data message now.
+    pub(crate) fn data_seen(&self, at: Instant) {
+        self.stamp(&self.last_data_ns, at);
+    }
+
+    /// The writer wrote to the socket now.
+    pub(crate) fn sent(&self, at: Instant) {
+        self.stamp(&self.last_send_ns, at);
+    }
+
+    pub(crate) fn last_data(&self) -> Option<Instant> {
+        self.read_stamp(&self.last_data_ns)
+    }
+
+    /// Copies the coordinator's health figures if they changed.
+    pub(crate) fn publish(&self, health: &mut Health) {
+        if !health.dirty {
+            return;
+        }
+        health.dirty = false;
+        let mut view = self.health.lock();
+        view.reconnects = health.reconnects;
+        view.connect_attempts = health.connect_attempts;
+        view.rtt_samples = health.rtt.count();
+        view.rtt_p50 = health.rtt.quantile(0.5);
+        view.rtt_p99 = health.rtt.quantile(0.99);
+        view.recent_errors = health.errors.to_vec();
     }
 
     pub(crate) fn snapshot(&self) -> Stats {
+        let now = Instant::now();
+        let view = self.health.lock();
         Stats {
             messages_in: self.messages_in.load(Relaxed),
             bytes_in: self.bytes_in.load(Relaxed),
@@ -72,6 +178,17 @@ impl Counters {
             events_dropped: self.events_dropped.load(Relaxed),
             events_blocked: self.events_blocked.load(Relaxed),
             discarded_after_close: self.discarded_after_close.load(Relaxed),
+            discarded_on_disconnect: self.discarded_on_disconnect.load(Relaxed),
+            reconnects: view.reconnects,
+            connect_attempts: view.connect_attempts,
+            since_last_receive: self.last_data().map(|t| now.saturating_duration_since(t)),
+            since_last_send: self
+                .read_stamp(&self.last_send_ns)
+                .map(|t| now.saturating_duration_since(t)),
+            rtt_samples: view.rtt_samples,
+            rtt_p50: view.rtt_p50,
+            rtt_p99: view.rtt_p99,
+            recent_errors: view.recent_errors.clone(),
         }
     }
 }

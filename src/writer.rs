@@ -17,7 +17,7 @@ use std::sync::Arc;
 use crossbeam_channel::{Receiver, Sender, select};
 
 use crate::codec::{self, OP_BINARY, OP_PING, OP_PONG, OP_TEXT};
-use crate::coordinator::{Control, Input};
+use crate::coordinator::{Control, Input, LinkEvent};
 use crate::error::Error;
 use crate::frame::{CloseCode, Frame};
 use crate::stats::Counters;
@@ -57,7 +57,12 @@ impl Masks {
 
 pub(crate) struct Writer {
     pub half: WriteHalf,
+    pub epoch: u64,
     pub control: Receiver<Control>,
+    /// Session frames (auth, subscriptions, application pings): ahead of user data.
+    pub session: Receiver<Frame>,
+    /// The user data lane, shared by every connection of the client; read only once the
+    /// session is ready ([`Control::OpenData`]).
     pub data: Receiver<Frame>,
     /// Disconnected when the link is released.
     pub stop: Receiver<()>,
@@ -84,19 +89,48 @@ impl Writer {
             batch: Vec::new(),
             pending_close: None,
             close_sent: false,
+            data_open: false,
         };
+        let closed_lane = crossbeam_channel::never();
         loop {
+            let data = if st.data_open {
+                &self.data
+            } else {
+                &closed_lane
+            };
             let first = select! {
                 recv(self.control) -> c => match c { Ok(c) => Item::Control(c), Err(_) => return },
-                recv(self.data) -> d => match d { Ok(d) => Item::Data(d), Err(_) => return },
+                recv(self.session) -> d => match d { Ok(d) => Item::Data(d), Err(_) => return },
+                recv(data) -> d => match d { Ok(d) => Item::Data(d), Err(_) => return },
                 recv(self.stop) -> _ => return,
             };
             if let Err(e) = self.write_batch(&mut st, first) {
                 log::debug!("writer stopping: {e}");
-                crate::driver::report(&self.coord, &self.stop, Input::WriteFailed(e));
+                self.report(LinkEvent::WriteFailed(e));
                 return;
             }
         }
+    }
+
+    fn report(&self, event: LinkEvent) {
+        let input = Input::Link {
+            epoch: self.epoch,
+            event,
+        };
+        crate::driver::report(&self.coord, &self.stop, input);
+    }
+
+    /// Frames queued now that a close must wait for.
+    fn queued(&self, st: &State) -> usize {
+        self.session.len() + if st.data_open { self.data.len() } else { 0 }
+    }
+
+    /// The next data frame: session frames first, then user data once the session is ready.
+    fn next_data(&self, st: &State) -> Option<Frame> {
+        self.session
+            .try_recv()
+            .ok()
+            .or_else(|| st.data_open.then(|| self.data.try_recv().ok()).flatten())
     }
 
     /// Encodes one batch (control first, then data up to [`BATCH_BYTES`]) and writes it.
@@ -106,22 +140,25 @@ impl Writer {
         let (mut messages, mut bytes) = (0u64, 0u64);
         let mut held = None;
         match first {
-            Item::Control(c) => st.encode_control(c, self.data.len(), &mut flush_tls)?,
+            Item::Control(c) => {
+                let queued = self.queued(st);
+                st.encode_control(c, queued, &mut flush_tls)?;
+            }
             Item::Data(d) => held = Some(d),
         }
         let close_was_sent = st.close_sent;
         loop {
             while let Ok(c) = self.control.try_recv() {
-                let queued = self.data.len() + usize::from(held.is_some());
+                let queued = self.queued(st) + usize::from(held.is_some());
                 st.encode_control(c, queued, &mut flush_tls)?;
             }
             st.encode_close_if_due()?;
             let next = match held.take() {
                 Some(d) => d,
                 None if st.batch.len() >= BATCH_BYTES => break,
-                None => match self.data.try_recv() {
-                    Ok(d) => d,
-                    Err(_) => break,
+                None => match self.next_data(st) {
+                    Some(d) => d,
+                    None => break,
                 },
             };
             if let Some(len) = st.encode_data(&next, &self.counters)? {
@@ -130,8 +167,8 @@ impl Writer {
             }
         }
         // The lane ran dry: whatever the close was waiting for has been written.
-        if let Some(p) = &mut st.pending_close {
-            if self.data.is_empty() {
+        if self.queued(st) == 0 {
+            if let Some(p) = &mut st.pending_close {
                 p.data_before = 0;
             }
         }
@@ -140,13 +177,14 @@ impl Writer {
             self.half
                 .write_all(&st.batch)
                 .map_err(crate::error::from_io)?;
+            self.counters.sent(std::time::Instant::now());
         } else if flush_tls {
             self.half.flush_tls().map_err(crate::error::from_io)?;
         }
         Counters::bump(&self.counters.messages_out, messages);
         Counters::bump(&self.counters.bytes_out, bytes);
         if st.close_sent && !close_was_sent {
-            crate::driver::report(&self.coord, &self.stop, Input::CloseWritten);
+            self.report(LinkEvent::CloseWritten);
         }
         Ok(())
     }
@@ -157,6 +195,8 @@ struct State {
     batch: Vec<u8>,
     pending_close: Option<PendingClose>,
     close_sent: bool,
+    /// The session is ready: user data may be written.
+    data_open: bool,
 }
 
 impl State {
@@ -189,6 +229,7 @@ impl State {
                 }
             }
             Control::FlushTls => *flush_tls = true,
+            Control::OpenData => self.data_open = true,
         }
         Ok(())
     }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use support::{
     Conn, Pki, TestServer, frame, next_event, raw_accept, read_client_frame, read_request,
 };
-use syncws::{Client, CloseCode, Error, Event, Frame, Initiator};
+use syncws::{Cause, Client, CloseCode, Error, Event, Frame, Initiator};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -231,8 +231,10 @@ fn refuse(status: u16) {
             status: s,
             headers,
             body,
+            retry_after,
         }) => {
             assert_eq!(s, status);
+            assert_eq!(retry_after, Some(Duration::from_secs(3)));
             assert!(headers.contains("Retry-After: 3"), "{headers}");
             assert_eq!(body, "no entry\n");
         }
@@ -411,8 +413,8 @@ fn violation(bytes: Vec<u8>, code: u16, max_frame: Option<usize>) {
     let info = closed_info(&client);
     assert_eq!(info.initiator, Initiator::Local);
     assert_eq!(info.code, CloseCode(code));
-    match &info.error {
-        Some(Error::Protocol { code: c, .. }) => assert_eq!(*c, CloseCode(code)),
+    match &info.cause {
+        Cause::Protocol(Error::Protocol { code: c, .. }) => assert_eq!(*c, CloseCode(code)),
         other => panic!("expected protocol error, got {other:?}"),
     }
     assert_eq!(

@@ -111,8 +111,10 @@ fn closures_are_ingresses() {
 
 fn flood(policy: Overflow) -> syncws::Stats {
     let (sent_tx, sent_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
     let server = TestServer::start(None, 1, move |_, mut conn| {
         raw_accept(&mut conn, &[]);
+        go_rx.recv().unwrap();
         let mut wire = Vec::new();
         for i in 0..100u32 {
             wire.extend(frame(0x82, &i.to_be_bytes()));
@@ -127,6 +129,19 @@ fn flood(policy: Overflow) -> syncws::Stats {
         .overflow(policy)
         .connect()
         .unwrap();
+    // Take the lifecycle events out first so the channel's 10 slots are all for data.
+    assert!(matches!(
+        client.events().try_recv(),
+        Ok(Event::Connected {
+            epoch: 1,
+            is_reconnect: false
+        })
+    ));
+    assert!(matches!(
+        client.events().try_recv(),
+        Ok(Event::SessionReady { epoch: 1 })
+    ));
+    go_tx.send(()).unwrap();
     sent_rx.recv_timeout(WAIT).unwrap();
     // Wait until the reader has processed all 100 messages (or is blocked on a full channel).
     let stats = support::wait_until("reader to settle", WAIT, || {

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use support::{Pki, next_event};
-use syncws::{Client, ClientBuilder, CloseCode, CloseInfo, Error, Event, Frame, Initiator};
+use syncws::{Cause, Client, ClientBuilder, CloseCode, CloseInfo, Error, Event, Frame, Initiator};
 
 /// Bound on every single wait in these tests.
 const WAIT: Duration = Duration::from_secs(5);
@@ -513,7 +513,10 @@ fn server_close_codes(transport: Transport) {
             (Initiator::Remote, CloseCode(code), reason.as_str(), true),
             "server close with {code} ({transport:?}): {info:?}"
         );
-        assert!(info.error.is_none(), "{info:?}");
+        assert!(
+            matches!(info.cause, Cause::ServerClosed(c) if c == CloseCode(code)),
+            "{info:?}"
+        );
         assert!(!client.is_open());
         assert!(matches!(
             client.send(Frame::text("too late")),
@@ -553,7 +556,7 @@ fn client_close_codes(transport: Transport) {
             (Initiator::Local, CloseCode(code), reason.as_str(), true),
             "client close with {code} ({transport:?}): {info:?}"
         );
-        assert!(info.error.is_none(), "{info:?}");
+        assert!(matches!(info.cause, Cause::Requested), "{info:?}");
         assert_eq!(server.expect_line("CLOSED "), format!("{code} {reason}"));
         client.shutdown(SHUTDOWN);
     }
@@ -656,7 +659,10 @@ fn server_drops_connection_without_close_frame() {
             (Initiator::Transport, CloseCode::ABNORMAL, false),
             "{transport:?}: {info:?}"
         );
-        assert!(info.error.is_some(), "{transport:?}: {info:?}");
+        assert!(
+            matches!(info.cause, Cause::Transport(_)),
+            "{transport:?}: {info:?}"
+        );
         assert!(!client.is_open());
         assert_eq!(server.expect_line("CLOSED "), "1006 ");
         client.shutdown(SHUTDOWN);
@@ -686,7 +692,7 @@ fn client_close_while_server_streams() {
             (Initiator::Local, CloseCode(4002), "enough", true),
             "{transport:?}: {info:?}"
         );
-        assert!(info.error.is_none(), "{info:?}");
+        assert!(matches!(info.cause, Cause::Requested), "{info:?}");
         assert_eq!(server.expect_line("CLOSED "), "4002 enough");
         client.shutdown(SHUTDOWN);
     }
@@ -714,8 +720,8 @@ fn invalid_utf8_from_server_closes_with_1007() {
         );
         assert!(
             matches!(
-                info.error,
-                Some(Error::Protocol {
+                info.cause,
+                Cause::Protocol(Error::Protocol {
                     code: CloseCode::INVALID_PAYLOAD,
                     ..
                 })
@@ -885,6 +891,7 @@ fn rejected(transport: Transport, status: u16) {
             status: got,
             headers,
             body,
+            retry_after,
         }) => {
             assert_eq!(got, status, "headers: {headers}");
             assert!(
@@ -895,6 +902,7 @@ fn rejected(transport: Transport, status: u16) {
                 status: got,
                 headers,
                 body,
+                retry_after,
             }
             .is_transient();
             assert_eq!(transient, status == 503);

@@ -1,0 +1,751 @@
+//! Deterministic tests of the coordinator: a manual clock, no sockets, no threads.
+
+use super::*;
+use crate::backoff::Backoff;
+use crate::endpoint::NoSession;
+
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+const MS: Duration = Duration::from_millis(1);
+
+fn settings() -> Settings {
+    Settings {
+        close_timeout: CLOSE_TIMEOUT,
+        stable_after: Duration::from_secs(30),
+        keepalive: Keepalive::ServerDriven,
+        stale_after: None,
+        ack_timeout: Duration::from_secs(5),
+        max_topics: 100,
+        latency: None,
+    }
+}
+
+/// A venue with auth (optionally gated), acks recognised from `ack:`/`nack:`/`authok` texts,
+/// and headers that change with every attempt.
+struct Venue {
+    gated: bool,
+}
+
+impl Endpoint for Venue {
+    fn headers(&mut self, attempt: u32) -> Vec<(String, String)> {
+        vec![("X-Attempt".into(), attempt.to_string())]
+    }
+    fn on_open(&mut self, epoch: u64) -> Vec<Frame> {
+        vec![Frame::text(format!("auth {epoch}"))]
+    }
+    fn auth_gated(&self) -> bool {
+        self.gated
+    }
+    fn subscribe(&mut self, topic: &str) -> Frame {
+        Frame::text(format!("sub {topic}"))
+    }
+    fn precheck(&self) -> Option<crate::endpoint::Precheck> {
+        Some(std::sync::Arc::new(|_| true))
+    }
+    fn parse_reply(&mut self, msg: Data<'_>) -> Option<Reply> {
+        let Data::Text(t) = msg else { return None };
+        if t == "authok" {
+            Some(Reply::AuthOk)
+        } else if let Some(topic) = t.strip_prefix("ack:") {
+            Some(Reply::Subscribed(topic.into()))
+        } else {
+            t.strip_prefix("nack:")
+                .map(|topic| Reply::SubscribeRejected {
+                    topic: topic.into(),
+                    reason: "no".into(),
+                })
+        }
+    }
+}
+
+struct Harness {
+    coord: Coordinator,
+    now: Instant,
+    out: Vec<Output>,
+}
+
+impl Harness {
+    fn with(
+        settings: Settings,
+        endpoint: Box<dyn Endpoint>,
+        reconnect: Option<Box<dyn Reconnect>>,
+    ) -> Self {
+        let now = Instant::now();
+        let mut h = Harness {
+            coord: Coordinator::new(settings, endpoint, reconnect, now),
+            now,
+            out: Vec::new(),
+        };
+        h.feed(Input::Connected { epoch: 1 });
+        h
+    }
+
+    /// No session, no reconnect: the issue-2 behaviour.
+    fn new() -> Self {
+        Harness::with(settings(), Box::new(NoSession), None)
+    }
+
+    fn feed(&mut self, input: Input) -> Vec<Output> {
+        self.coord.handle(self.now, input, &mut self.out);
+        std::mem::take(&mut self.out)
+    }
+
+    fn link(&mut self, event: LinkEvent) -> Vec<Output> {
+        let epoch = self.coord.epoch;
+        self.feed(Input::Link { epoch, event })
+    }
+
+    fn advance(&mut self, d: Duration) -> Vec<Output> {
+        self.now += d;
+        self.feed(Input::Tick)
+    }
+}
+
+fn closed(outputs: &[Output]) -> Option<(&CloseInfo, Option<Duration>)> {
+    outputs.iter().find_map(|o| match o {
+        Output::Notify(Notice::Closed {
+            info, reconnect, ..
+        }) => Some((info, *reconnect)),
+        _ => None,
+    })
+}
+
+fn session_texts(outputs: &[Output]) -> Vec<String> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::SendSession(Frame::Text(t)) => Some(t.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn dial_delay(outputs: &[Output]) -> Option<Duration> {
+    closed(outputs).and_then(|(_, r)| r).or_else(|| {
+        outputs.iter().find_map(|o| match o {
+            Output::Notify(Notice::ConnectFailed { reconnect, .. }) => *reconnect,
+            _ => None,
+        })
+    })
+}
+
+// ---- close handshake ----
+
+#[test]
+fn opens_ready_without_a_session() {
+    let mut h = Harness::with(settings(), Box::new(NoSession), None);
+    assert_eq!(h.coord.state(), State::Ready);
+    assert!(h.feed(Input::Tick).is_empty());
+}
+
+#[test]
+fn local_close_waits_for_reply_and_eof() {
+    let mut h = Harness::new();
+    let out = h.feed(Input::Close {
+        code: CloseCode(4000),
+        reason: "bye".into(),
+    });
+    assert!(
+        matches!(&out[..], [Output::Send(Control::Close(Some((CloseCode(4000), r))))] if r == "bye")
+    );
+    assert_eq!(h.coord.state(), State::Closing);
+    assert!(
+        h.link(LinkEvent::PeerClose(Some((CloseCode(4000), String::new()))))
+            .is_empty()
+    );
+    let out = h.link(LinkEvent::ReaderEnded(None));
+    assert!(matches!(out[0], Output::Disconnect));
+    let (info, reconnect) = closed(&out).unwrap();
+    assert_eq!(
+        (info.initiator, info.code, info.clean),
+        (Initiator::Local, CloseCode(4000), true)
+    );
+    assert!(matches!(info.cause, Cause::Requested));
+    assert_eq!(reconnect, None);
+    assert_eq!(h.coord.state(), State::Stopped);
+}
+
+#[test]
+fn remote_close_is_echoed_with_its_code() {
+    let mut h = Harness::new();
+    let out = h.link(LinkEvent::PeerClose(Some((
+        CloseCode::GOING_AWAY,
+        "deploy".into(),
+    ))));
+    assert!(matches!(
+        &out[..],
+        [Output::Send(Control::Close(Some((
+            CloseCode::GOING_AWAY,
+            _
+        ))))]
+    ));
+    let out = h.link(LinkEvent::ReaderEnded(None));
+    let (info, _) = closed(&out).unwrap();
+    assert_eq!(
+        (info.initiator, info.code, info.reason.as_str()),
+        (Initiator::Remote, CloseCode::GOING_AWAY, "deploy")
+    );
+    assert!(info.clean);
+    assert!(matches!(
+        info.cause,
+        Cause::ServerClosed(CloseCode::GOING_AWAY)
+    ));
+}
+
+#[test]
+fn empty_remote_close_reports_no_status() {
+    let mut h = Harness::new();
+    let out = h.link(LinkEvent::PeerClose(None));
+    assert!(matches!(&out[..], [Output::Send(Control::Close(None))]));
+    let out = h.link(LinkEvent::ReaderEnded(None));
+    assert_eq!(
+        closed(&out).map(|(i, _)| i.code),
+        Some(CloseCode::NO_STATUS)
+    );
+}
+
+#[test]
+fn close_without_reply_times_out_exactly_at_the_deadline() {
+    let mut h = Harness::new();
+    h.feed(Input::Close {
+        code: CloseCode::NORMAL,
+        reason: String::new(),
+    });
+    assert_eq!(h.coord.next_deadline(), Some(h.now + CLOSE_TIMEOUT));
+    assert!(h.advance(CLOSE_TIMEOUT - MS).is_empty());
+    let out = h.advance(MS);
+    let (info, _) = closed(&out).unwrap();
+    assert!(!info.clean);
+    assert_eq!(h.coord.next_deadline(), None);
+}
+
+#[test]
+fn violation_closes_with_its_code_and_drops_once_written() {
+    let mut h = Harness::new();
+    let v = Violation {
+        code: CloseCode::INVALID_PAYLOAD,
+        reason: "bad utf-8".into(),
+    };
+    let out = h.link(LinkEvent::Violation(v));
+    assert!(matches!(
+        &out[..],
+        [Output::Send(Control::Close(Some((
+            CloseCode::INVALID_PAYLOAD,
+            _
+        ))))]
+    ));
+    let out = h.link(LinkEvent::CloseWritten);
+    let (info, _) = closed(&out).unwrap();
+    assert_eq!(
+        (info.initiator, info.code),
+        (Initiator::Local, CloseCode::INVALID_PAYLOAD)
+    );
+    assert!(matches!(
+        info.cause,
+        Cause::Protocol(Error::Protocol {
+            code: CloseCode::INVALID_PAYLOAD,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn eof_without_close_is_abnormal() {
+    let mut h = Harness::new();
+    let out = h.link(LinkEvent::ReaderEnded(None));
+    let (info, _) = closed(&out).unwrap();
+    assert_eq!(
+        (info.initiator, info.code, info.clean),
+        (Initiator::Transport, CloseCode::ABNORMAL, false)
+    );
+    assert!(matches!(info.cause, Cause::Transport(_)));
+}
+
+#[test]
+fn shutdown_bounds_the_close_by_its_deadline_and_stops() {
+    let mut h = Harness::new();
+    let deadline = h.now + 100 * MS;
+    let out = h.feed(Input::Shutdown { deadline });
+    assert!(matches!(
+        &out[..],
+        [Output::Send(Control::Close(Some((CloseCode::NORMAL, _))))]
+    ));
+    assert_eq!(h.coord.next_deadline(), Some(deadline));
+    let out = h.advance(100 * MS);
+    assert!(matches!(
+        out[..],
+        [Output::Disconnect, Output::Notify(_), Output::Stop]
+    ));
+    assert!(
+        h.link(LinkEvent::ReaderEnded(None)).is_empty(),
+        "nothing after stop"
+    );
+}
+
+#[test]
+fn shutdown_after_close_stops_at_once() {
+    let mut h = Harness::new();
+    h.link(LinkEvent::ReaderEnded(None));
+    let out = h.feed(Input::Shutdown { deadline: h.now });
+    assert!(matches!(out[..], [Output::Stop]));
+}
+
+#[test]
+fn events_from_an_old_connection_are_ignored() {
+    let mut h = Harness::with(
+        settings(),
+        Box::new(NoSession),
+        Some(Box::new(Backoff::default())),
+    );
+    h.link(LinkEvent::ReaderEnded(None));
+    let out = h.advance(Duration::from_secs(60));
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Dial { epoch: 2, .. }))
+    );
+    h.feed(Input::Connected { epoch: 2 });
+    let stale = h.feed(Input::Link {
+        epoch: 1,
+        event: LinkEvent::ReaderEnded(None),
+    });
+    assert!(stale.is_empty());
+    assert_eq!(h.coord.state(), State::Ready);
+}
+
+// ---- reconnect ----
+
+fn schedule(seed: u64) -> Vec<Duration> {
+    let reconnect = Box::new(Backoff::default().seed(seed));
+    let mut h = Harness::with(settings(), Box::new(NoSession), Some(reconnect));
+    let mut delays = Vec::new();
+    let mut out = h.link(LinkEvent::ReaderEnded(None));
+    for attempt in 2..12 {
+        let delay = dial_delay(&out).expect("reconnect planned");
+        delays.push(delay);
+        if delay > Duration::ZERO {
+            assert!(
+                h.advance(delay - Duration::from_nanos(1)).is_empty(),
+                "no early dial"
+            );
+        }
+        let dialed = h.advance(Duration::from_nanos(1));
+        assert!(
+            dialed
+                .iter()
+                .any(|o| matches!(o, Output::Dial { attempt: a, .. } if *a == attempt))
+        );
+        let epoch = h.coord.epoch + 1;
+        out = h.feed(Input::ConnectFailed {
+            epoch,
+            error: Error::Io(std::io::ErrorKind::ConnectionRefused.into()),
+        });
+    }
+    delays
+}
+
+#[test]
+fn same_seed_gives_the_same_reconnect_schedule() {
+    assert_eq!(schedule(7), schedule(7));
+    assert_ne!(schedule(7), schedule(8));
+}
+
+#[test]
+fn headers_are_rebuilt_for_every_attempt() {
+    let mut h = Harness::with(
+        settings(),
+        Box::new(Venue { gated: false }),
+        Some(Box::new(Backoff::default())),
+    );
+    h.link(LinkEvent::ReaderEnded(None));
+    let out = h.advance(Duration::from_secs(60));
+    let headers = out.iter().find_map(|o| match o {
+        Output::Dial { headers, .. } => Some(headers.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        headers,
+        Some(vec![("X-Attempt".to_string(), "2".to_string())])
+    );
+}
+
+#[test]
+fn auth_failures_and_policy_closes_stop_by_default() {
+    let stops = |event: Input| {
+        let mut h = Harness::with(
+            settings(),
+            Box::new(NoSession),
+            Some(Box::new(Backoff::default())),
+        );
+        if let Input::ConnectFailed { .. } = event {
+            h.link(LinkEvent::ReaderEnded(None));
+            h.advance(Duration::from_secs(60));
+        }
+        let out = h.feed(event);
+        let mut out = out;
+        out.extend(h.link(LinkEvent::ReaderEnded(None)));
+        dial_delay(&out).is_none() && h.coord.state() == State::Stopped
+    };
+    let rejected = |status| Error::HandshakeRejected {
+        status,
+        headers: String::new(),
+        body: String::new(),
+        retry_after: None,
+    };
+    assert!(stops(Input::ConnectFailed {
+        epoch: 2,
+        error: rejected(401)
+    }));
+    assert!(stops(Input::ConnectFailed {
+        epoch: 2,
+        error: rejected(403)
+    }));
+    assert!(!stops(Input::ConnectFailed {
+        epoch: 2,
+        error: rejected(502)
+    }));
+    assert!(stops(Input::Link {
+        epoch: 1,
+        event: LinkEvent::PeerClose(Some((CloseCode::POLICY, "auth".into())))
+    }));
+    assert!(!stops(Input::Link {
+        epoch: 1,
+        event: LinkEvent::PeerClose(Some((CloseCode::GOING_AWAY, "".into())))
+    }));
+}
+
+#[test]
+fn retry_after_is_a_floor_on_the_backoff() {
+    let mut h = Harness::with(
+        settings(),
+        Box::new(NoSession),
+        Some(Box::new(Backoff::default())),
+    );
+    h.link(LinkEvent::ReaderEnded(None));
+    h.advance(Duration::from_secs(60));
+    let error = Error::HandshakeRejected {
+        status: 429,
+        headers: String::new(),
+        body: String::new(),
+        retry_after: Some(Duration::from_secs(7)),
+    };
+    let out = h.feed(Input::ConnectFailed { epoch: 2, error });
+    assert!(dial_delay(&out).unwrap() >= Duration::from_secs(7));
+}
+
+#[test]
+fn a_stable_connection_resets_the_backoff() {
+    let reconnect =
+        Box::new(Backoff::new(Duration::from_secs(1), Duration::from_secs(1000)).seed(3));
+    let mut h = Harness::with(settings(), Box::new(NoSession), Some(reconnect));
+    // Fail fast a few times: the failure count climbs.
+    for _ in 0..5 {
+        h.link(LinkEvent::ReaderEnded(None));
+        h.advance(Duration::from_secs(2000));
+        let epoch = h.coord.epoch + 1;
+        h.feed(Input::Connected { epoch });
+    }
+    assert_eq!(h.coord.failures, 5);
+    // Stay up past stable_after: the next loss starts the count over.
+    h.advance(Duration::from_secs(31));
+    h.link(LinkEvent::ReaderEnded(None));
+    assert_eq!(h.coord.failures, 1);
+}
+
+#[test]
+fn max_attempts_ends_in_stopped() {
+    let mut h = Harness::with(
+        settings(),
+        Box::new(NoSession),
+        Some(Box::new(Backoff::default().max_attempts(2))),
+    );
+    h.link(LinkEvent::ReaderEnded(None));
+    for _ in 0..2 {
+        h.advance(Duration::from_secs(60));
+        let epoch = h.coord.epoch + 1;
+        h.feed(Input::ConnectFailed {
+            epoch,
+            error: Error::Timeout("connect"),
+        });
+    }
+    assert_eq!(h.coord.state(), State::Stopped);
+}
+
+// ---- session ----
+
+#[test]
+fn subscriptions_replay_once_per_connection_after_auth_when_gated() {
+    let mut h = Harness::with(
+        settings(),
+        Box::new(Venue { gated: true }),
+        Some(Box::new(Backoff::default())),
+    );
+    h.feed(Input::Subscribe("b".into()));
+    h.feed(Input::Subscribe("a".into()));
+    for epoch in 1..=3u64 {
+        if epoch > 1 {
+            let out = h.advance(Duration::from_secs(60));
+            assert!(out.iter().any(|o| matches!(o, Output::Dial { .. })));
+            let out = h.feed(Input::Connected { epoch });
+            assert_eq!(
+                session_texts(&out),
+                [format!("auth {epoch}")],
+                "nothing before auth"
+            );
+        }
+        assert_eq!(h.coord.state(), State::Open);
+        let out = h.link(LinkEvent::Reply(Frame::text("authok")));
+        assert_eq!(session_texts(&out), ["sub a", "sub b"]);
+        h.link(LinkEvent::Reply(Frame::text("ack:a")));
+        let out = h.link(LinkEvent::Reply(Frame::text("ack:b")));
+        assert!(out.iter().any(|o| matches!(o, Output::Ready)));
+        assert_eq!(h.coord.state(), State::Ready);
+        h.link(LinkEvent::ReaderEnded(None));
+    }
+}
+
+#[test]
+fn missing_subscription_ack_disconnects_and_reconnects() {
+    let mut h = Harness::with(
+        settings(),
+        Box::new(Venue { gated: false }),
+        Some(Box::new(Backoff::default())),
+    );
+    h.feed(Input::Subscribe("x".into()));
+    let out = h.advance(Duration::from_secs(5));
+    let (info, reconnect) = closed(&out).unwrap();
+    assert!(matches!(&info.cause, Cause::AckTimeout(Some(t)) if t == "x"));
+    assert!(reconnect.is_some());
+}
+
+// ---- liveness ----
+
+#[test]
+fn staleness_counts_data_not_pongs() {
+    let s = Settings {
+        keepalive: Keepalive::Ping {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(5),
+        },
+        stale_after: Some(Duration::from_secs(3)),
+        ..settings()
+    };
+    let mut h = Harness::with(s, Box::new(NoSession), None);
+    let t0 = h.now;
+    let mut out = Vec::new();
+    for _ in 0..2 {
+        out = h.advance(Duration::from_secs(1));
+        let payload = out.iter().find_map(|o| match o {
+            Output::Send(Control::Ping(p)) => Some(p.clone()),
+            _ => None,
+        });
+        out.extend(h.link(LinkEvent::Pong(payload.expect("keepalive ping"))));
+    }
+    assert!(closed(&out).is_none());
+    assert_eq!(h.coord.health.rtt.count(), 2);
+    h.coord.data_seen(t0 + Duration::from_millis(2500));
+    assert!(
+        closed(&h.advance(Duration::from_secs(1))).is_none(),
+        "data moved the window"
+    );
+    let out = h.advance(Duration::from_millis(2500));
+    let (info, _) = closed(&out).expect("stale");
+    assert!(matches!(info.cause, Cause::Stale));
+    assert_eq!(
+        h.now,
+        t0 + Duration::from_millis(5500),
+        "detected exactly at the window's end"
+    );
+}
+
+#[test]
+fn unanswered_ping_disconnects_with_pong_timeout() {
+    let s = Settings {
+        keepalive: Keepalive::Ping {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(2),
+        },
+        ..settings()
+    };
+    let mut h = Harness::with(s, Box::new(NoSession), None);
+    let mut out = Vec::new();
+    for _ in 0..3 {
+        out.extend(h.advance(Duration::from_secs(1)));
+    }
+    let (info, _) = closed(&out).expect("pong timeout");
+    assert!(matches!(info.cause, Cause::PongTimeout));
+}
+
+#[test]
+fn latency_policy_disconnects_after_consecutive_breaches() {
+    let s = Settings {
+        keepalive: Keepalive::Ping {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(10),
+        },
+        latency: Some(LatencyPolicy {
+            percentile: 0.5,
+            threshold: 100 * MS,
+            window: 1,
+            consecutive: 3,
+        }),
+        ..settings()
+    };
+    let mut h = Harness::with(s, Box::new(NoSession), None);
+    let mut all = Vec::new();
+    for _ in 0..3 {
+        let out = h.advance(Duration::from_secs(1));
+        let payload = out.iter().find_map(|o| match o {
+            Output::Send(Control::Ping(p)) => Some(p.clone()),
+            _ => None,
+        });
+        h.now += 200 * MS;
+        all.extend(h.link(LinkEvent::Pong(payload.unwrap())));
+    }
+    let (info, _) = closed(&all).expect("latency policy");
+    assert!(matches!(info.cause, Cause::LatencyPolicy));
+}
+
+// ---- generated fault schedules ----
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Thousands of random schedules of drops, stalls, refused connects, late and missing acks, lost
+/// pings and user commands. Invariants: at most one live connection (a dial only when none is
+/// live, every connection ends with one Disconnect and one Closed); subscriptions replayed exactly
+/// once per connection and never before auth; every deadline acted on at the tick that reaches
+/// it; tables bounded.
+#[test]
+fn generated_fault_schedules_hold_the_invariants() {
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    for case in 0..3_000 {
+        let gated = rng.below(2) == 0;
+        let s = Settings {
+            keepalive: match rng.below(3) {
+                0 => Keepalive::ServerDriven,
+                _ => Keepalive::Ping {
+                    interval: Duration::from_millis(500),
+                    timeout: Duration::from_millis(700),
+                },
+            },
+            stale_after: (rng.below(2) == 0).then_some(Duration::from_millis(1500)),
+            ack_timeout: Duration::from_millis(800),
+            max_topics: 5,
+            ..settings()
+        };
+        let reconnect = Backoff::new(Duration::from_millis(50), Duration::from_secs(2)).seed(case);
+        let mut h = Harness::with(s, Box::new(Venue { gated }), Some(Box::new(reconnect)));
+        let mut live = true; // epoch 1 is connected
+        let mut dialing = false;
+        let mut authed = !gated;
+        let mut sent_this_conn: Vec<String> = Vec::new();
+        let mut shutdown = false;
+        for _ in 0..rng.below(60) {
+            let step = Duration::from_millis(rng.below(900));
+            let ticked = h.advance(step);
+            assert!(
+                h.coord.next_deadline().is_none_or(|d| d > h.now),
+                "case {case}: a deadline at or before now was left unacted"
+            );
+            let epoch = h.coord.epoch;
+            let input = match rng.below(14) {
+                0 => Input::Subscribe(format!("t{}", rng.below(7))),
+                1 => Input::Unsubscribe(format!("t{}", rng.below(7))),
+                2 => Input::Link {
+                    epoch,
+                    event: LinkEvent::ReaderEnded(None),
+                },
+                3 => Input::Link {
+                    epoch,
+                    event: LinkEvent::PeerClose(Some((CloseCode::GOING_AWAY, String::new()))),
+                },
+                4 => Input::Link {
+                    epoch,
+                    event: LinkEvent::Reply(Frame::text("authok")),
+                },
+                5 => Input::Link {
+                    epoch,
+                    event: LinkEvent::Reply(Frame::text(format!("ack:t{}", rng.below(7)))),
+                },
+                6 => Input::Link {
+                    epoch,
+                    event: LinkEvent::Reply(Frame::text(format!("nack:t{}", rng.below(7)))),
+                },
+                7 => Input::Link {
+                    epoch,
+                    event: LinkEvent::Pong(vec![0; 12]),
+                },
+                8 if dialing => Input::Connected { epoch: epoch + 1 },
+                9 if dialing => Input::ConnectFailed {
+                    epoch: epoch + 1,
+                    error: Error::Timeout("connect"),
+                },
+                10 => Input::Link {
+                    epoch,
+                    event: LinkEvent::WriteFailed(Error::Io(std::io::ErrorKind::BrokenPipe.into())),
+                },
+                11 if rng.below(20) == 0 => {
+                    shutdown = true;
+                    Input::Shutdown {
+                        deadline: h.now + Duration::from_millis(300),
+                    }
+                }
+                _ => Input::Tick,
+            };
+            let auth_input = matches!(&input, Input::Link { event: LinkEvent::Reply(Frame::Text(t)), .. } if t == "authok");
+            let fed = h.feed(input);
+            for (i, o) in ticked.iter().chain(fed.iter()).enumerate() {
+                if i == ticked.len() && auth_input && live {
+                    authed = true; // the venue's auth reply precedes what it triggers
+                }
+                match o {
+                    Output::Dial { .. } => {
+                        assert!(
+                            !live && !dialing,
+                            "case {case}: dial while a connection is live"
+                        );
+                        dialing = true;
+                    }
+                    Output::Notify(Notice::Connected { .. }) => {
+                        assert!(dialing && !live, "case {case}: connected without a dial");
+                        dialing = false;
+                        live = true;
+                        authed = !gated;
+                        sent_this_conn.clear();
+                    }
+                    Output::Notify(Notice::ConnectFailed { .. }) => dialing = false,
+                    Output::Disconnect => live = false,
+                    Output::SendSession(Frame::Text(t)) if !t.starts_with("auth") => {
+                        assert!(live, "case {case}: session frame without a connection");
+                        assert!(authed, "case {case}: {t} before auth");
+                        let topic = t.strip_prefix("sub ").unwrap().to_string();
+                        assert!(
+                            !sent_this_conn.contains(&topic),
+                            "case {case}: {topic} twice on one connection"
+                        );
+                        sent_this_conn.push(topic);
+                    }
+                    _ => {}
+                }
+            }
+            if fed.is_empty() && auth_input && live {
+                authed = true;
+            }
+            assert!(h.coord.desired().count() <= 5, "desired set bounded");
+            assert!(h.coord.session.pending() <= 5, "ack table bounded");
+            assert!(h.coord.liveness.outstanding() <= 64, "ping table bounded");
+            if shutdown && h.coord.stopped {
+                break;
+            }
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! A link: the I/O side of one connection — its socket, reader thread and writer thread — and
+//! the factory that dials and starts one.
+//!
+//! Each connection gets fresh control and session lanes (so nothing queued for one connection
+//! can leak onto the next) and shares the client's user data lane. The reader takes the client's
+//! ingress for the life of the link and hands it back when it ends, so ingress state survives
+//! reconnects.
+
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+use parking_lot::Mutex;
+
+use crate::codec::{Decoder, Limits};
+use crate::config::Overflow;
+use crate::connect::Dialer;
+use crate::coordinator::{Control, Input};
+use crate::endpoint::Precheck;
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::frame::Frame;
+use crate::ingress::Ingress;
+use crate::reader::{CONTROL_HEADROOM, Reader};
+use crate::stats::Counters;
+use crate::transport::{SocketHandle, Stream};
+use crate::writer::Writer;
+
+/// The I/O side of one open connection.
+pub(crate) struct Link<I> {
+    pub epoch: u64,
+    pub control: Sender<Control>,
+    pub session: Sender<Frame>,
+    socket: SocketHandle,
+    /// Dropped to let the reader start reading (after the coordinator has announced the
+    /// connection, so its `Connected` event precedes its data).
+    go: Option<Sender<()>>,
+    /// Dropped to release the reader and writer from any blocking channel operation.
+    release: Option<Sender<()>>,
+    reader: Option<JoinHandle<I>>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl<I> Link<I> {
+    /// Lets the reader start reading. Idempotent.
+    pub(crate) fn go(&mut self) {
+        self.go.take();
+    }
+
+    /// Shuts the socket down (unblocking `read` and `write`), releases both threads and joins
+    /// them. Returns the ingress the reader handed back (`None` if the ingress panicked).
+    pub(crate) fn disconnect(mut self) -> Option<I> {
+        self.socket.shutdown();
+        self.release.take();
+        if let Some(writer) = self.writer.take() {
+            if writer.join().is_err() {
+                log::error!("writer thread panicked");
+            }
+        }
+        let ingress = self.reader.take().and_then(|r| r.join().ok());
+        if ingress.is_none() {
+            log::error!("reader thread panicked (in the ingress?); the client cannot reconnect");
+        }
+        ingress
+    }
+}
+
+/// What opening a link gives: the link and the negotiated subprotocol, or the error and (when
+/// it was not lost to a failed thread spawn) the ingress back.
+pub(crate) type Opened<I> = std::result::Result<(Link<I>, Option<String>), (Error, Option<I>)>;
+
+/// Where a dial in progress publishes its socket, so it can be aborted from another thread.
+pub(crate) type AbortSlot = Arc<Mutex<Option<TcpStream>>>;
+
+/// Everything needed to open links for one client.
+pub(crate) struct LinkFactory<T> {
+    pub name: String,
+    pub dialer: Dialer,
+    pub limits: Limits,
+    pub read_buffer: usize,
+    pub overflow: Overflow,
+    pub control_queue: usize,
+    pub session_queue: usize,
+    pub precheck: Option<Precheck>,
+    pub events: Sender<Event<T>>,
+    pub inputs: Sender<Input>,
+    pub data: Receiver<Frame>,
+    pub counters: Arc<Counters>,
+}
+
+impl<T: Send + 'static> LinkFactory<T> {
+    /// Dials and starts the link's threads. On failure the ingress comes back with the error
+    /// (unless a thread could not be spawned after it was handed over).
+    pub(crate) fn open<I: Ingress<Output = T>>(
+        &self,
+        epoch: u64,
+        extra_headers: &[(String, String)],
+        ingress: I,
+        abort: &AbortSlot,
+    ) -> Opened<I> {
+        let mut publish = |sock: &TcpStream| *abort.lock() = sock.try_clone().ok();
+        let dialed = self.dialer.dial(extra_headers, &mut publish);
+        abort.lock().take();
+        let (stream, upgraded) = match dialed {
+            Ok(ok) => ok,
+            Err(e) => return Err((e, Some(ingress))),
+        };
+        let link = self
+            .start(epoch, stream, upgraded.leftover, ingress)
+            .map_err(|e| (e, None))?;
+        Ok((link, upgraded.protocol))
+    }
+
+    /// Starts the reader and writer of an upgraded stream.
+    fn start<I: Ingress<Output = T>>(
+        &self,
+        epoch: u64,
+        stream: Stream,
+        leftover: Vec<u8>,
+        ingress: I,
+    ) -> Result<Link<I>> {
+        let (read_half, write_half, socket) = stream.split().map_err(Error::Io)?;
+        let control_capacity = self.control_queue.max(2 * CONTROL_HEADROOM);
+        let (control_tx, control_rx) = bounded(control_capacity);
+        let (session_tx, session_rx) = bounded(self.session_queue.max(1));
+        let (release_tx, release_rx) = bounded::<()>(0);
+        let (go_tx, go_rx) = bounded::<()>(0);
+        let mut buf = leftover;
+        let end = buf.len();
+        buf.resize(end.max(self.read_buffer.max(1024)), 0);
+        let reader = Reader {
+            half: read_half,
+            ingress,
+            decoder: Decoder::new(self.limits),
+            buf,
+            start: 0,
+            end,
+            epoch,
+            overflow: self.overflow,
+            precheck: self.precheck.clone(),
+            events: self.events.clone(),
+            coord: self.inputs.clone(),
+            control: control_tx.clone(),
+            control_capacity,
+            stop: release_rx.clone(),
+            go: go_rx,
+            counters: self.counters.clone(),
+        };
+        let writer = Writer {
+            half: write_half,
+            epoch,
+            control: control_rx,
+            session: session_rx,
+            data: self.data.clone(),
+            stop: release_rx,
+            coord: self.inputs.clone(),
+            counters: self.counters.clone(),
+        };
+        let mut link = Link {
+            epoch,
+            control: control_tx,
+            session: session_tx,
+            socket,
+            go: Some(go_tx),
+            release: Some(release_tx),
+            reader: None,
+            writer: None,
+        };
+        let name = &self.name;
+        match spawn(format!("{name}-writer"), move || writer.run()) {
+            Ok(handle) => link.writer = Some(handle),
+            Err(e) => {
+                link.socket.shutdown();
+                return Err(e);
+            }
+        }
+        match spawn(format!("{name}-reader"), move || reader.run()) {
+            Ok(handle) => link.reader = Some(handle),
+            Err(e) => {
+                link.disconnect();
+                return Err(e);
+            }
+        }
+        Ok(link)
+    }
+}
+
+/// Spawns a named thread.
+pub(crate) fn spawn<R: Send + 'static>(
+    name: String,
+    f: impl FnOnce() -> R + Send + 'static,
+) -> Result<JoinHandle<R>> {
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(f)
+        .map_err(Error::Io)
+}
