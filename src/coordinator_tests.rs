@@ -38,6 +38,9 @@ impl Endpoint for Venue {
     fn subscribe(&mut self, topic: &str) -> Frame {
         Frame::text(format!("sub {topic}"))
     }
+    fn app_ping(&mut self, seq: u64) -> Option<Frame> {
+        Some(Frame::text(format!("ping {seq}")))
+    }
     fn precheck(&self) -> Option<crate::endpoint::Precheck> {
         Some(std::sync::Arc::new(|_| true))
     }
@@ -45,6 +48,8 @@ impl Endpoint for Venue {
         let Data::Text(t) = msg else { return None };
         if t == "authok" {
             Some(Reply::AuthOk)
+        } else if let Some(seq) = t.strip_prefix("pong ") {
+            seq.parse().ok().map(Reply::AppPong)
         } else if let Some(topic) = t.strip_prefix("ack:") {
             Some(Reply::Subscribed(topic.into()))
         } else {
@@ -602,6 +607,33 @@ fn latency_policy_disconnects_after_consecutive_breaches() {
     }
     let (info, _) = closed(&all).expect("latency policy");
     assert!(matches!(info.cause, Cause::LatencyPolicy));
+}
+
+#[test]
+fn application_pings_measure_rtt_and_fail_when_unanswered() {
+    let s = Settings {
+        keepalive: Keepalive::App {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(10),
+            max_outstanding: 2,
+        },
+        ..settings()
+    };
+    let mut h = Harness::with(s, Box::new(Venue { gated: false }), None);
+    let out = h.advance(Duration::from_secs(1));
+    assert_eq!(session_texts(&out), ["ping 1"]);
+    h.now += 30 * MS;
+    h.link(LinkEvent::Reply(Frame::text("pong 1")));
+    assert_eq!(h.coord.health.rtt.count(), 1);
+    assert_eq!(h.coord.health.rtt.quantile(0.5), Some(30 * MS));
+    // Two more go unanswered; the third interval finds the limit reached.
+    let mut out = Vec::new();
+    for _ in 0..3 {
+        out.extend(h.advance(Duration::from_secs(1)));
+    }
+    assert_eq!(session_texts(&out), ["ping 2", "ping 3"]);
+    let (info, _) = closed(&out).expect("app pong timeout");
+    assert!(matches!(info.cause, Cause::AppPongTimeout));
 }
 
 // ---- generated fault schedules ----

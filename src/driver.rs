@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, select};
 
-use crate::coordinator::{Control, Coordinator, Input, Notice, Output};
+use crate::coordinator::{Control, Coordinator, Input, Notice, Output, State};
 use crate::error::Error;
 use crate::event::Event;
 use crate::ingress::Ingress;
@@ -123,7 +123,11 @@ impl<I: Ingress> Driver<I> {
         }
         self.coordinator
             .handle(Instant::now(), input, &mut self.out);
-        self.counters.set_state(self.coordinator.state());
+        // `Ready` is published by `Output::Ready`, after stale frames have left the lane.
+        let state = self.coordinator.state();
+        if state != State::Ready {
+            self.counters.set_state(state);
+        }
         self.counters.publish(self.coordinator.health_mut());
         let mut outputs = std::mem::take(&mut self.out);
         let mut keep_running = true;
@@ -136,6 +140,11 @@ impl<I: Ingress> Driver<I> {
                     self.to_link(|l| l.session.try_send(frame).map_err(drop))
                 }
                 Output::Ready => {
+                    if !self.buffer_while_disconnected {
+                        // Frames that raced with the loss of the previous connection.
+                        self.discard_queued();
+                    }
+                    self.counters.set_state(State::Ready);
                     self.to_link(|l| l.control.try_send(Control::OpenData).map_err(drop))
                 }
                 Output::Notify(notice) => self.notify(notice),
@@ -178,13 +187,17 @@ impl<I: Ingress> Driver<I> {
             }
         }
         if !self.buffer_while_disconnected {
-            // Nothing queued for one connection is sent on the next on its own.
-            let mut dropped = 0;
-            while self.factory.data.try_recv().is_ok() {
-                dropped += 1;
-            }
-            Counters::bump(&self.counters.discarded_on_disconnect, dropped);
+            self.discard_queued();
         }
+    }
+
+    /// Nothing queued for one connection is sent on the next on its own: empty the user lane.
+    fn discard_queued(&self) {
+        let mut dropped = 0;
+        while self.factory.data.try_recv().is_ok() {
+            dropped += 1;
+        }
+        Counters::bump(&self.counters.discarded_on_disconnect, dropped);
     }
 
     fn start_dial(&mut self, epoch: u64, attempt: u32, headers: Vec<(String, String)>) {

@@ -42,6 +42,15 @@
 //! Over TLS the reader and writer each own a duplicate of the socket; the rustls state is locked
 //! only around in-memory encryption and decryption, so a blocked read never delays a write.
 //!
+//! ## Self-healing
+//!
+//! With an [`Endpoint`] (the venue's dialect: authentication, subscriptions, acknowledgements)
+//! and a [`Reconnect`] strategy such as [`Backoff`], the coordinator notices a dead link within
+//! a bounded time ([`Keepalive`] pings, data staleness, acknowledgement timeouts, a
+//! [`LatencyPolicy`]), reconnects on a deterministic schedule, and restores the session:
+//! authentication first, then every desired subscription exactly once. [`Event`]s report each
+//! step with the connection epoch; [`Stats`] has the health figures.
+//!
 //! ## Guarantees
 //!
 //! - Every queue is bounded; overflow behaviour is documented on each knob of [`Config`] and
@@ -92,3 +101,8 @@ pub use tls::certificates_from_pem;
 
 /// Re-exported so callers can build a [`ClientBuilder::tls_config`] with the same rustls version.
 pub use rustls;
+
+/// The README's examples, compiled as doctests so they cannot rot.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
