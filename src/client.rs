@@ -5,6 +5,7 @@
 //! threads that send, while one thread consumes [`Client::events`].
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -24,7 +25,9 @@ use crate::event::Event;
 use crate::frame::{CloseCode, Frame};
 use crate::ingress::Ingress;
 use crate::link::{AbortSlot, LinkFactory, spawn};
+use crate::requests::{Outcome, Request, Undelivered, WaiterId};
 use crate::stats::{Counters, Stats};
+use crate::ticket::Ticket;
 
 /// Capacity of the coordinator's input channel (user commands and reader/writer reports).
 const INPUT_QUEUE: usize = 1024;
@@ -61,6 +64,7 @@ pub struct Client<T> {
     coordinator: Option<JoinHandle<()>>,
     close_timeout: Duration,
     protocol: Option<String>,
+    next_waiter: AtomicU64,
 }
 
 impl Client<std::convert::Infallible> {
@@ -105,6 +109,7 @@ impl<T: Send + 'static> Client<T> {
             ack_timeout: config.ack_timeout,
             max_topics: config.max_subscriptions,
             latency: config.latency_policy,
+            max_pending: config.max_pending.max(1),
         };
         let precheck = endpoint.precheck();
         let mut coordinator = Coordinator::new(settings, endpoint, reconnect, Instant::now());
@@ -120,6 +125,7 @@ impl<T: Send + 'static> Client<T> {
             overflow: config.overflow,
             control_queue: config.control_queue,
             session_queue: config.max_subscriptions + 64,
+            request_queue: config.max_pending.max(1),
             precheck,
             events: event_tx,
             inputs: input_tx.clone(),
@@ -159,6 +165,7 @@ impl<T: Send + 'static> Client<T> {
             coordinator: Some(coordinator),
             close_timeout: config.close_timeout,
             protocol,
+            next_waiter: AtomicU64::new(1),
         })
     }
 }
@@ -258,6 +265,49 @@ impl<T> Client<T> {
     /// the endpoint has an unsubscribe frame).
     pub fn unsubscribe(&self, topic: impl Into<String>) -> Result<()> {
         self.command(Input::Unsubscribe(topic.into()))
+    }
+
+    /// Sends `request` and blocks until its one [`Outcome`] is known: at the latest at its
+    /// deadline (`request.timeout` from now).
+    ///
+    /// The outcome tells the truth about the order: [`Outcome::NotDelivered`] only if its bytes
+    /// certainly never reached the socket (safe to retry); [`Outcome::Unconfirmed`] if they may
+    /// have and no answer came (reconcile before retrying) — on a disconnect at once, not at the
+    /// deadline. A request is never resent on its own after a reconnect. A second call with an
+    /// id in flight joins it (same fingerprint) or gets [`Outcome::PayloadMismatch`].
+    ///
+    /// Responses are recognised by the endpoint's
+    /// [`precheck`](crate::Endpoint::precheck) and [`parse_reply`](crate::Endpoint::parse_reply)
+    /// returning [`Reply::Response`](crate::Reply::Response).
+    pub fn send_and_confirm(&self, request: Request) -> Outcome {
+        self.submit(request).wait()
+    }
+
+    /// Sends `request` without waiting; the [`Ticket`] gives the outcome later. Usable from any
+    /// number of threads at once.
+    pub fn submit(&self, request: Request) -> Ticket {
+        let id = request.id;
+        let state = self.counters.state();
+        if state != State::Ready as u8 {
+            let why = if state == State::Stopped as u8 {
+                Undelivered::ShutDown
+            } else {
+                Undelivered::NotConnected
+            };
+            return Ticket::resolved(id, Outcome::NotDelivered(why));
+        }
+        let deadline = Instant::now() + request.timeout;
+        let waiter = WaiterId(self.next_waiter.fetch_add(1, Ordering::Relaxed));
+        let (tx, rx) = bounded(1);
+        let input = Input::Submit {
+            waiter,
+            request,
+            reply: Some(tx),
+        };
+        if self.inputs.send(input).is_err() {
+            return Ticket::resolved(id, Outcome::NotDelivered(Undelivered::ShutDown));
+        }
+        Ticket::new(id, rx, deadline)
     }
 
     /// The channel of everything that happens on the client. Consume it from one thread;

@@ -80,6 +80,9 @@ pub struct Config {
     pub buffer_while_disconnected: bool,
     /// Disconnect (and reconnect) after sustained slow round trips. Default `None`.
     pub latency_policy: Option<LatencyPolicy>,
+    /// Most requests in flight at once ([`Client::send_and_confirm`], [`Client::submit`]);
+    /// more get [`Outcome::TooManyPending`](crate::Outcome::TooManyPending). Default 1024.
+    pub max_pending: usize,
 }
 
 impl Default for Config {
@@ -104,6 +107,7 @@ impl Default for Config {
             max_subscriptions: 1024,
             buffer_while_disconnected: false,
             latency_policy: None,
+            max_pending: 1024,
         }
     }
 }
@@ -206,6 +210,12 @@ impl ClientBuilder {
     /// See [`Config::buffer_while_disconnected`].
     pub fn buffer_while_disconnected(mut self, buffer: bool) -> Self {
         self.config.buffer_while_disconnected = buffer;
+        self
+    }
+
+    /// See [`Config::max_pending`].
+    pub fn max_pending(mut self, requests: usize) -> Self {
+        self.config.max_pending = requests;
         self
     }
 

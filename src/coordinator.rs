@@ -35,6 +35,8 @@
 
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::Sender;
+
 use crate::backoff::Reconnect;
 use crate::codec::Violation;
 use crate::endpoint::{Action, Cause, Endpoint, Reply};
@@ -43,6 +45,7 @@ use crate::event::{CloseInfo, Initiator};
 use crate::frame::{CloseCode, Data, Frame};
 use crate::health::{ErrorRing, LatencyPolicy, LatencyWatch, RttHistogram};
 use crate::liveness::{Due, Keepalive, Liveness};
+use crate::requests::{Outcome, Request, RequestOut, Requests, Response, WaiterId};
 use crate::session::{Session, SessionOut};
 
 /// How many recent errors are kept for [`Stats`](crate::Stats).
@@ -58,6 +61,7 @@ pub(crate) struct Settings {
     pub ack_timeout: Duration,
     pub max_topics: usize,
     pub latency: Option<LatencyPolicy>,
+    pub max_pending: usize,
 }
 
 /// Everything the coordinator reacts to.
@@ -73,6 +77,16 @@ pub(crate) enum Input {
     Subscribe(String),
     /// User: remove a topic from the desired subscriptions.
     Unsubscribe(String),
+    /// User: register a request for `waiter`. The driver takes `reply` out (and keeps it)
+    /// before the coordinator sees the input.
+    Submit {
+        waiter: WaiterId,
+        request: Request,
+        reply: Option<Sender<Outcome>>,
+    },
+    /// Driver: the link of `epoch` is down and its writer joined; it had taken requests up to
+    /// `last_taken` from its request lane.
+    LinkDown { epoch: u64, last_taken: u64 },
     /// Driver: the dial for `epoch` succeeded; its reader and writer run.
     Connected { epoch: u64 },
     /// Driver: the dial for `epoch` failed.
@@ -98,6 +112,8 @@ pub(crate) enum LinkEvent {
     ReaderEnded(Option<Error>),
     /// Writer: our close frame has been written to the socket.
     CloseWritten,
+    /// Writer: every request up to this link sequence number has been written.
+    Written(u64),
     /// Writer: a write failed; the writer has stopped.
     WriteFailed(Error),
 }
@@ -145,6 +161,11 @@ pub(crate) enum Notice {
         cause: Cause,
         reconnect: Option<Duration>,
     },
+    Orphan {
+        epoch: u64,
+        id: u64,
+        response: Response,
+    },
 }
 
 /// What the driver must do.
@@ -154,6 +175,14 @@ pub(crate) enum Output {
     Send(Control),
     /// Queue a session frame (auth, subscribe) ahead of user data.
     SendSession(Frame),
+    /// Queue a request frame on the current link's request lane.
+    SendRequest {
+        seq: u64,
+        frame: Frame,
+        deadline: Instant,
+    },
+    /// Deliver a request outcome to a waiter.
+    Resolve(WaiterId, Outcome),
     /// The session is ready: open the user data lane.
     Ready,
     /// Deliver a lifecycle event.
@@ -232,6 +261,9 @@ pub(crate) struct Coordinator {
     session: Session,
     liveness: Liveness,
     latency: Option<LatencyWatch>,
+    requests: Requests,
+    /// The current link's `last_taken` as last read by the driver.
+    last_taken: u64,
     health: Health,
     stop_requested: Option<Instant>,
     stopped: bool,
@@ -259,6 +291,8 @@ impl Coordinator {
             session: Session::new(settings.ack_timeout, settings.max_topics, acks),
             liveness: Liveness::new(settings.keepalive, settings.stale_after, now),
             latency: settings.latency.map(LatencyWatch::new),
+            requests: Requests::new(settings.max_pending),
+            last_taken: 0,
             settings,
             endpoint,
             reconnect,
@@ -311,14 +345,34 @@ impl Coordinator {
             return None;
         }
         match &self.phase {
-            Phase::Closing(c) => Some(c.deadline),
+            Phase::Closing(c) => Some(
+                self.requests
+                    .next_deadline()
+                    .map_or(c.deadline, |d| d.min(c.deadline)),
+            ),
             Phase::Waiting { until, .. } => Some(*until),
-            Phase::Open { .. } => [self.liveness.next_deadline(), self.session.next_deadline()]
-                .into_iter()
-                .flatten()
-                .min(),
+            Phase::Open { .. } => [
+                self.liveness.next_deadline(),
+                self.session.next_deadline(),
+                self.requests.next_deadline(),
+            ]
+            .into_iter()
+            .flatten()
+            .min(),
             Phase::Connecting { .. } | Phase::Stopped => None,
         }
+    }
+
+    /// The driver's latest reading of the current link's `last_taken` (read after sampling
+    /// `now`, see the `requests` module docs).
+    pub(crate) fn set_last_taken(&mut self, last_taken: u64) {
+        self.last_taken = last_taken;
+    }
+
+    /// Number of requests in flight.
+    #[cfg(test)]
+    pub(crate) fn pending_requests(&self) -> usize {
+        self.requests.len()
     }
 
     /// The reader saw a data message at `at` (for staleness). Cheap; the driver calls it with
@@ -329,6 +383,25 @@ impl Coordinator {
 
     /// Feeds one input; outputs are appended to `out` in the order they must be carried out.
     pub(crate) fn handle(&mut self, now: Instant, input: Input, out: &mut Vec<Output>) {
+        if let Input::LinkDown { epoch, last_taken } = input {
+            // Also after a stop: every request must be answered.
+            if epoch == self.epoch {
+                let mut r = Vec::new();
+                self.requests.on_link_down(last_taken, &mut r);
+                self.apply_requests(r, out);
+            }
+            return;
+        }
+        if let Input::Submit {
+            waiter, request, ..
+        } = input
+        {
+            let ready = matches!(self.phase, Phase::Open { ready: true, .. }) && !self.stopped;
+            let mut r = Vec::new();
+            self.requests.submit(now, waiter, request, ready, &mut r);
+            self.apply_requests(r, out);
+            return;
+        }
         if self.stopped {
             if let Input::Connected { .. } = input {
                 out.push(Output::Disconnect); // A dial that finished after the stop.
@@ -376,6 +449,7 @@ impl Coordinator {
                     self.on_link(now, event, out);
                 }
             }
+            Input::Submit { .. } | Input::LinkDown { .. } => {}
             Input::Tick => {}
         }
         // Act on every deadline that has been reached; acting can arm a deadline that is due at
@@ -425,6 +499,7 @@ impl Coordinator {
             since: now,
             ready: false,
         };
+        self.requests.on_link_up();
         out.push(Output::Notify(Notice::Connected { epoch }));
         self.liveness.on_open(now);
         if let Some(l) = &mut self.latency {
@@ -511,6 +586,11 @@ impl Coordinator {
                 }
                 _ => {}
             },
+            LinkEvent::Written(seq) => {
+                let mut r = Vec::new();
+                self.requests.on_written(seq, &mut r);
+                self.apply_requests(r, out);
+            }
             LinkEvent::CloseWritten => {
                 // A close after a violation is done once written: the reader is gone, so no
                 // reply can be read anyway.
@@ -547,6 +627,11 @@ impl Coordinator {
                 if let Some(rtt) = self.liveness.on_app_pong(now, seq) {
                     self.record_rtt(now, rtt, out);
                 }
+            }
+            Some(Reply::Response { id, response }) => {
+                let mut r = Vec::new();
+                self.requests.on_response(id, response, &mut r);
+                self.apply_requests(r, out);
             }
             Some(reply) => {
                 let mut s = Vec::new();
@@ -614,11 +699,38 @@ impl Coordinator {
         }
     }
 
+    /// Carries out what the request table asked for.
+    fn apply_requests(&mut self, outs: Vec<RequestOut>, out: &mut Vec<Output>) {
+        for o in outs {
+            out.push(match o {
+                RequestOut::Send {
+                    seq,
+                    frame,
+                    deadline,
+                } => Output::SendRequest {
+                    seq,
+                    frame,
+                    deadline,
+                },
+                RequestOut::Resolve(waiter, outcome) => Output::Resolve(waiter, outcome),
+                RequestOut::Orphan { id, response } => Output::Notify(Notice::Orphan {
+                    epoch: self.epoch,
+                    id,
+                    response,
+                }),
+            });
+        }
+    }
+
     fn poll_timers(&mut self, now: Instant, out: &mut Vec<Output>) {
         match &mut self.phase {
             Phase::Closing(c) => {
                 if now >= c.deadline {
                     self.finish(now, out);
+                } else {
+                    let mut r = Vec::new();
+                    self.requests.poll(now, self.last_taken, &mut r);
+                    self.apply_requests(r, out);
                 }
             }
             Phase::Waiting { until, attempt } => {
@@ -647,6 +759,9 @@ impl Coordinator {
                 let mut s = Vec::new();
                 self.session.poll(now, &mut s);
                 self.apply_session(now, s, out);
+                let mut r = Vec::new();
+                self.requests.poll(now, self.last_taken, &mut r);
+                self.apply_requests(r, out);
             }
             Phase::Connecting { .. } | Phase::Stopped => {}
         }

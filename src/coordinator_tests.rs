@@ -16,6 +16,7 @@ fn settings() -> Settings {
         ack_timeout: Duration::from_secs(5),
         max_topics: 100,
         latency: None,
+        max_pending: 8,
     }
 }
 
@@ -48,6 +49,23 @@ impl Endpoint for Venue {
         let Data::Text(t) = msg else { return None };
         if t == "authok" {
             Some(Reply::AuthOk)
+        } else if let Some(rest) = t.strip_prefix("resp ") {
+            let (id, ok) = rest.split_once(' ')?;
+            let response = if ok == "ok" {
+                crate::requests::Response::Ok {
+                    retry_after: None,
+                    hint: None,
+                }
+            } else {
+                crate::requests::Response::Err {
+                    message: ok.into(),
+                    retry_after: Some(Duration::from_secs(1)),
+                }
+            };
+            Some(Reply::Response {
+                id: id.parse().ok()?,
+                response,
+            })
         } else if let Some(seq) = t.strip_prefix("pong ") {
             seq.parse().ok().map(Reply::AppPong)
         } else if let Some(topic) = t.strip_prefix("ack:") {
@@ -779,5 +797,347 @@ fn generated_fault_schedules_hold_the_invariants() {
                 break;
             }
         }
+    }
+}
+
+// ---- requests ----
+
+use crate::requests::{ConfirmMode, Outcome, Request, Undelivered, Unknown, WaiterId};
+
+fn submit(
+    h: &mut Harness,
+    waiter: u64,
+    id: u64,
+    fp: u64,
+    timeout: Duration,
+    mode: ConfirmMode,
+) -> Vec<Output> {
+    let request = Request::new(id, fp, Frame::text(format!("order {id}")))
+        .timeout(timeout)
+        .mode(mode);
+    h.feed(Input::Submit {
+        waiter: WaiterId(waiter),
+        request,
+        reply: None,
+    })
+}
+
+fn outcomes(out: &[Output]) -> Vec<(u64, Outcome)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Resolve(w, outcome) => Some((w.0, outcome.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn disconnect_resolves_requests_at_once_by_what_the_writer_took() {
+    let mut h = Harness::with(
+        settings(),
+        Box::new(Venue { gated: false }),
+        Some(Box::new(Backoff::default())),
+    );
+    let s = Duration::from_secs(10);
+    let sends: usize = (1..=3)
+        .map(|i| submit(&mut h, i, i, i, s, ConfirmMode::Confirmed))
+        .map(|o| {
+            o.iter()
+                .filter(|x| matches!(x, Output::SendRequest { .. }))
+                .count()
+        })
+        .sum();
+    assert_eq!(sends, 3);
+    // The writer took 1 and 2, wrote 1; then the transport dies.
+    h.link(LinkEvent::Written(1));
+    let out = h.link(LinkEvent::ReaderEnded(None));
+    assert!(out.iter().any(|o| matches!(o, Output::Disconnect)));
+    assert!(
+        outcomes(&out).is_empty(),
+        "settled only once the writer is joined"
+    );
+    let out = h.feed(Input::LinkDown {
+        epoch: 1,
+        last_taken: 2,
+    });
+    let mut got = outcomes(&out);
+    got.sort_by_key(|(w, _)| *w);
+    assert_eq!(
+        got,
+        [
+            (1, Outcome::Unconfirmed(Unknown::Disconnected)),
+            (2, Outcome::Unconfirmed(Unknown::Disconnected)),
+            (3, Outcome::NotDelivered(Undelivered::Disconnected)),
+        ]
+    );
+    assert_eq!(h.coord.pending_requests(), 0);
+    // Nothing is resent on the next connection.
+    h.advance(Duration::from_secs(60));
+    let out = h.feed(Input::Connected { epoch: 2 });
+    assert!(!out.iter().any(|o| matches!(o, Output::SendRequest { .. })));
+}
+
+#[test]
+fn responses_confirm_or_reject_and_late_ones_are_orphans() {
+    let mut h = Harness::with(settings(), Box::new(Venue { gated: false }), None);
+    submit(
+        &mut h,
+        1,
+        10,
+        1,
+        Duration::from_secs(1),
+        ConfirmMode::Confirmed,
+    );
+    submit(
+        &mut h,
+        2,
+        11,
+        1,
+        Duration::from_secs(1),
+        ConfirmMode::Confirmed,
+    );
+    submit(
+        &mut h,
+        3,
+        12,
+        1,
+        Duration::from_millis(100),
+        ConfirmMode::Confirmed,
+    );
+    let out = h.link(LinkEvent::Reply(Frame::text("resp 10 ok")));
+    assert_eq!(
+        outcomes(&out),
+        [(
+            1,
+            Outcome::Confirmed {
+                retry_after: None,
+                hint: None
+            }
+        )]
+    );
+    let out = h.link(LinkEvent::Reply(Frame::text("resp 11 insufficient")));
+    assert!(
+        matches!(&outcomes(&out)[..], [(2, Outcome::EndpointRejected { message, retry_after: Some(_) })] if message == "insufficient")
+    );
+    h.coord.set_last_taken(3);
+    let out = h.advance(Duration::from_millis(100));
+    assert_eq!(
+        outcomes(&out),
+        [(3, Outcome::Unconfirmed(Unknown::Deadline))]
+    );
+    let out = h.link(LinkEvent::Reply(Frame::text("resp 12 ok")));
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Notify(Notice::Orphan { id: 12, .. })))
+    );
+}
+
+#[test]
+fn requests_are_refused_while_not_ready() {
+    let mut h = Harness::with(settings(), Box::new(Venue { gated: true }), None);
+    let out = submit(
+        &mut h,
+        1,
+        1,
+        1,
+        Duration::from_secs(1),
+        ConfirmMode::Confirmed,
+    );
+    assert_eq!(
+        outcomes(&out),
+        [(1, Outcome::NotDelivered(Undelivered::NotConnected))]
+    );
+}
+
+/// Generated interleavings of submits (new, duplicate, conflicting), writer progress, responses,
+/// disconnects and deadlines. Invariants: every waiter gets exactly one outcome, by its deadline
+/// tick; Confirmed/Rejected only for a request whose response arrived; NotDelivered only for a
+/// request the writer never took; Sent only once written; the table never exceeds its cap and is
+/// empty at the end; nothing is sent twice for one id and nothing is resent after a reconnect.
+#[test]
+fn generated_request_interleavings_hold_the_invariants() {
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    for case in 0..2_000 {
+        let mut h = Harness::with(
+            settings(),
+            Box::new(Venue { gated: false }),
+            Some(Box::new(Backoff::new(MS, 10 * MS).seed(case))),
+        );
+        let mut waiter_deadline: std::collections::HashMap<u64, Instant> = Default::default();
+        let mut answered: std::collections::HashMap<u64, Outcome> = Default::default();
+        // Link-local view: seq -> request id; which seqs the writer took / wrote.
+        let mut seq_of: Vec<(u64, u64)> = Vec::new();
+        let mut taken = 0u64;
+        let mut written = 0u64;
+        let mut responded: Vec<u64> = Vec::new();
+        let mut sent_ids: Vec<u64> = Vec::new();
+        let mut waiter_req: std::collections::HashMap<u64, u64> = Default::default();
+        // The link sequence number each waiter's request went out with (joiners share it).
+        let mut waiter_seq: std::collections::HashMap<u64, u64> = Default::default();
+        let mut seq_for_id: std::collections::HashMap<u64, u64> = Default::default();
+        let mut next_waiter = 1;
+        let mut connected = true;
+        for _ in 0..rng.below(80) {
+            let mut out = Vec::new();
+            match rng.below(10) {
+                0..=2 => {
+                    let id = rng.below(6);
+                    let fp = rng.below(2);
+                    let timeout = Duration::from_millis(1 + rng.below(400));
+                    let mode = if rng.below(4) == 0 {
+                        ConfirmMode::Sent
+                    } else {
+                        ConfirmMode::Confirmed
+                    };
+                    waiter_deadline.insert(next_waiter, h.now + timeout);
+                    waiter_req.insert(next_waiter, id);
+                    out = submit(&mut h, next_waiter, id, fp, timeout, mode);
+                    let sent = out.iter().any(|o| matches!(o, Output::SendRequest { .. }));
+                    let refused = out.iter().any(|o| matches!(o, Output::Resolve(..)));
+                    if sent {
+                        waiter_seq.insert(next_waiter, seq_of.len() as u64 + 1);
+                    } else if !refused {
+                        waiter_seq.insert(next_waiter, seq_for_id[&id]);
+                    }
+                    next_waiter += 1;
+                }
+                3 if connected && (taken as usize) < seq_of.len() => {
+                    taken += 1 + rng.below((seq_of.len() as u64 - taken).max(1));
+                    taken = taken.min(seq_of.len() as u64);
+                    h.coord.set_last_taken(taken);
+                }
+                4 if connected && written < taken => {
+                    written = taken;
+                    out = h.link(LinkEvent::Written(written));
+                }
+                5 if connected && !seq_of.is_empty() => {
+                    let (_, id) = seq_of[rng.below(seq_of.len() as u64) as usize];
+                    responded.push(id);
+                    let text = if rng.below(3) == 0 {
+                        format!("resp {id} nope")
+                    } else {
+                        format!("resp {id} ok")
+                    };
+                    out = h.link(LinkEvent::Reply(Frame::text(text)));
+                }
+                6 if connected => {
+                    out = h.link(LinkEvent::ReaderEnded(None));
+                    out.extend(h.feed(Input::LinkDown {
+                        epoch: h.coord.epoch,
+                        last_taken: taken,
+                    }));
+                    connected = false;
+                }
+                7 if !connected => {
+                    out = h.advance(Duration::from_millis(20));
+                    if out.iter().any(|o| matches!(o, Output::Dial { .. })) {
+                        out.extend(h.feed(Input::Connected {
+                            epoch: h.coord.epoch + 1,
+                        }));
+                    }
+                    if h.coord.state() == State::Ready {
+                        connected = true;
+                        seq_of.clear();
+                        taken = 0;
+                        written = 0;
+                        h.coord.set_last_taken(0);
+                    }
+                }
+                _ => out = h.advance(Duration::from_millis(rng.below(150))),
+            }
+            for o in &out {
+                match o {
+                    Output::SendRequest {
+                        seq,
+                        frame: Frame::Text(t),
+                        ..
+                    } => {
+                        let id: u64 = t.strip_prefix("order ").unwrap().parse().unwrap();
+                        assert!(connected, "case {case}: request sent without a session");
+                        assert_eq!(*seq, seq_of.len() as u64 + 1, "case {case}: seq order");
+                        seq_of.push((*seq, id));
+                        seq_for_id.insert(id, *seq);
+                        sent_ids.push(id);
+                    }
+                    Output::Resolve(w, outcome) => {
+                        assert!(
+                            answered.insert(w.0, outcome.clone()).is_none(),
+                            "case {case}: waiter {} answered twice",
+                            w.0
+                        );
+                        let deadline = waiter_deadline[&w.0];
+                        assert!(
+                            h.now <= deadline
+                                || matches!(
+                                    outcome,
+                                    Outcome::Unconfirmed(_) | Outcome::NotDelivered(_)
+                                ),
+                            "case {case}"
+                        );
+                        let id = waiter_req[&w.0];
+                        let seq = waiter_seq.get(&w.0).copied();
+                        match outcome {
+                            Outcome::Confirmed { .. } | Outcome::EndpointRejected { .. } => {
+                                assert!(
+                                    responded.contains(&id),
+                                    "case {case}: confirmed without a response"
+                                )
+                            }
+                            Outcome::NotDelivered(
+                                Undelivered::Disconnected | Undelivered::Deadline,
+                            ) => {
+                                assert!(
+                                    seq.is_none_or(|s| s > taken),
+                                    "case {case}: NotDelivered but taken"
+                                )
+                            }
+                            Outcome::Sent => assert!(
+                                seq.is_some_and(|s| s <= written),
+                                "case {case}: Sent before written"
+                            ),
+                            _ => {}
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            assert!(
+                h.coord.pending_requests() <= 8,
+                "case {case}: table bounded"
+            );
+            // Every waiter whose deadline passed has its answer.
+            for (w, d) in &waiter_deadline {
+                if *d <= h.now && !matches!(h.coord.phase, Phase::Stopped) {
+                    assert!(
+                        answered.contains_key(w) || !connected,
+                        "case {case}: waiter {w} past its deadline unanswered"
+                    );
+                }
+            }
+        }
+        // Drain: disconnect and let everything settle.
+        let mut out = h.feed(Input::Shutdown { deadline: h.now });
+        out.extend(h.feed(Input::LinkDown {
+            epoch: h.coord.epoch,
+            last_taken: taken,
+        }));
+        for o in &out {
+            if let Output::Resolve(w, outcome) = o {
+                assert!(
+                    answered.insert(w.0, outcome.clone()).is_none(),
+                    "case {case}: waiter answered twice"
+                );
+            }
+        }
+        assert_eq!(
+            answered.len(),
+            waiter_deadline.len(),
+            "case {case}: every waiter answered exactly once"
+        );
+        assert_eq!(
+            h.coord.pending_requests(),
+            0,
+            "case {case}: table empty at the end"
+        );
     }
 }

@@ -5,7 +5,9 @@
 //! notices to the application's event channel, a dial starts a short-lived `NAME-dial` thread,
 //! a disconnect shuts the link down and joins its threads.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -16,7 +18,9 @@ use crate::error::Error;
 use crate::event::Event;
 use crate::ingress::Ingress;
 use crate::link::{AbortSlot, Link, LinkFactory, Opened, spawn};
+use crate::requests::{Outcome, Unknown, WaiterId};
 use crate::stats::Counters;
+use crate::writer::RequestFrame;
 
 /// A dial running on its own thread.
 struct Dial<I> {
@@ -41,6 +45,8 @@ pub(crate) struct Driver<I: Ingress> {
     pub buffer_while_disconnected: bool,
     dial: Option<Dial<I>>,
     out: Vec<Output>,
+    /// Reply channels of callers waiting for a request outcome.
+    waiters: HashMap<WaiterId, Sender<Outcome>>,
     /// True until the driver runs on its own thread: notices must not wait for room then,
     /// because nobody can be consuming events yet.
     pub starting: bool,
@@ -68,6 +74,7 @@ impl<I: Ingress> Driver<I> {
             buffer_while_disconnected,
             dial: None,
             out: Vec::new(),
+            waiters: HashMap::new(),
             starting: true,
         }
     }
@@ -118,53 +125,92 @@ impl<I: Ingress> Driver<I> {
 
     /// Feeds one input and carries out the outputs; false once the driver must exit.
     pub(crate) fn step(&mut self, input: Input) -> bool {
-        if let Some(at) = self.counters.last_data() {
-            self.coordinator.data_seen(at);
-        }
-        self.coordinator
-            .handle(Instant::now(), input, &mut self.out);
-        // `Ready` is published by `Output::Ready`, after stale frames have left the lane.
-        let state = self.coordinator.state();
-        if state != State::Ready {
-            self.counters.set_state(state);
-        }
-        self.counters.publish(self.coordinator.health_mut());
-        let mut outputs = std::mem::take(&mut self.out);
         let mut keep_running = true;
-        for output in outputs.drain(..) {
-            match output {
-                Output::Send(control) => {
-                    self.to_link(|l| l.control.try_send(control).map_err(drop))
-                }
-                Output::SendSession(frame) => {
-                    self.to_link(|l| l.session.try_send(frame).map_err(drop))
-                }
-                Output::Ready => {
-                    if !self.buffer_while_disconnected {
-                        // Frames that raced with the loss of the previous connection.
-                        self.discard_queued();
-                    }
-                    self.counters.set_state(State::Ready);
-                    self.to_link(|l| l.control.try_send(Control::OpenData).map_err(drop))
-                }
-                Output::Notify(notice) => self.notify(notice),
-                Output::Dial {
-                    epoch,
-                    attempt,
-                    headers,
-                } => self.start_dial(epoch, attempt, headers),
-                Output::Disconnect => self.disconnect(),
-                Output::Stop => {
-                    self.abort_dial();
-                    self.disconnect();
-                    keep_running = false;
+        let mut next = Some(input);
+        while let Some(mut input) = next.take() {
+            if let Input::Submit { waiter, reply, .. } = &mut input {
+                if let Some(tx) = reply.take() {
+                    self.waiters.insert(*waiter, tx);
                 }
             }
+            // `now` first, then `last_taken`: see the `requests` module docs.
+            let now = Instant::now();
+            let last_taken = self
+                .link
+                .as_ref()
+                .map_or(0, |l| l.last_taken.load(Ordering::SeqCst));
+            self.coordinator.set_last_taken(last_taken);
+            if let Some(at) = self.counters.last_data() {
+                self.coordinator.data_seen(at);
+            }
+            self.coordinator.handle(now, input, &mut self.out);
+            // `Ready` is published by `Output::Ready`, after stale frames have left the lane.
+            let state = self.coordinator.state();
+            if state != State::Ready {
+                self.counters.set_state(state);
+            }
+            self.counters.publish(self.coordinator.health_mut());
+            let mut outputs = std::mem::take(&mut self.out);
+            for output in outputs.drain(..) {
+                match output {
+                    Output::Send(control) => {
+                        self.to_link(|l| l.control.try_send(control).map_err(drop))
+                    }
+                    Output::SendSession(frame) => {
+                        self.to_link(|l| l.session.try_send(frame).map_err(drop))
+                    }
+                    Output::SendRequest {
+                        seq,
+                        frame,
+                        deadline,
+                    } => {
+                        // A request that cannot be queued is never taken: its deadline resolves
+                        // it as not delivered.
+                        let request = RequestFrame {
+                            seq,
+                            frame,
+                            deadline,
+                        };
+                        self.to_link(|l| l.requests.try_send(request).map_err(drop));
+                    }
+                    Output::Resolve(waiter, outcome) => {
+                        if let Some(tx) = self.waiters.remove(&waiter) {
+                            let _ = tx.try_send(outcome); // The caller may have given up.
+                        }
+                    }
+                    Output::Ready => {
+                        if !self.buffer_while_disconnected {
+                            // Frames that raced with the loss of the previous connection.
+                            self.discard_queued();
+                        }
+                        self.counters.set_state(State::Ready);
+                        self.to_link(|l| l.control.try_send(Control::OpenData).map_err(drop))
+                    }
+                    Output::Notify(notice) => self.notify(notice),
+                    Output::Dial {
+                        epoch,
+                        attempt,
+                        headers,
+                    } => self.start_dial(epoch, attempt, headers),
+                    Output::Disconnect => next = self.disconnect().or(next),
+                    Output::Stop => {
+                        self.abort_dial();
+                        next = self.disconnect().or(next);
+                        keep_running = false;
+                    }
+                }
+            }
+            self.out = outputs;
         }
-        self.out = outputs;
         // A new connection has been announced (or dropped): its reader may start.
         if let Some(link) = &mut self.link {
             link.go();
+        }
+        if !keep_running {
+            // Every caller gets an answer, even if the table missed one (it should not).
+            for (_, tx) in self.waiters.drain() {
+                let _ = tx.try_send(Outcome::Unconfirmed(Unknown::Disconnected));
+            }
         }
         keep_running
     }
@@ -180,15 +226,25 @@ impl<I: Ingress> Driver<I> {
         }
     }
 
-    fn disconnect(&mut self) {
-        if let Some(link) = self.link.take() {
+    /// Releases the current link; returns the `LinkDown` input that settles its requests (read
+    /// after the writer is joined, so no request can still be taken).
+    fn disconnect(&mut self) -> Option<Input> {
+        let link = self.link.take();
+        let down = link.map(|link| {
+            let epoch = link.epoch;
+            let last_taken = link.last_taken.clone();
             if let Some(ingress) = link.disconnect() {
                 self.ingress = Some(ingress);
             }
-        }
+            Input::LinkDown {
+                epoch,
+                last_taken: last_taken.load(Ordering::SeqCst),
+            }
+        });
         if !self.buffer_while_disconnected {
             self.discard_queued();
         }
+        down
     }
 
     /// Nothing queued for one connection is sent on the next on its own: empty the user lane.
@@ -268,7 +324,7 @@ impl<I: Ingress> Driver<I> {
             let _ = sock.shutdown(std::net::Shutdown::Both);
         }
         if let Ok(Ok((link, _))) = dial.handle.join() {
-            link.disconnect();
+            link.disconnect(); // Never announced: it carried no request.
         }
     }
 
@@ -307,6 +363,15 @@ impl<I: Ingress> Driver<I> {
                 attempt,
                 cause,
                 reconnect,
+            },
+            Notice::Orphan {
+                epoch,
+                id,
+                response,
+            } => Event::Orphan {
+                epoch,
+                id,
+                response,
             },
         };
         // Lifecycle events are never dropped: wait for room unless the client aborts (or the

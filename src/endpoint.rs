@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::error::Error;
 use crate::frame::{CloseCode, Data, Frame};
+use crate::requests::Response;
 
 /// A venue's reply to something the session sent, as recognised by [`Endpoint::parse_reply`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,10 +28,19 @@ pub enum Reply {
     },
     /// An application-level pong answering the ping with sequence number `seq`.
     AppPong(u64),
+    /// The endpoint's answer to the request with this id (see
+    /// [`Client::send_and_confirm`](crate::Client::send_and_confirm)).
+    Response {
+        /// The request id the answer carries.
+        id: u64,
+        /// Accepted or refused.
+        response: Response,
+    },
 }
 
 /// A cheap check run on the reader thread on every inbound message: true if the coordinator
-/// should see it (acknowledgements, application pongs). The message still goes to the ingress.
+/// should see it (acknowledgements, application pongs, request responses). Only messages that
+/// pass it cost a copy and a hop to the coordinator; the message still goes to the ingress.
 pub type Precheck = Arc<dyn Fn(Data<'_>) -> bool + Send + Sync>;
 
 /// Why a connection ended or could not be made.

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::endpoint::Cause;
 use crate::frame::{CloseCode, Frame};
+use crate::requests::Response;
 
 /// One thing that happened on a client.
 ///
@@ -80,6 +81,16 @@ pub enum Event<T> {
         info: CloseInfo,
         /// When the next attempt starts; `None` if the client will not reconnect.
         reconnect: Option<Duration>,
+    },
+    /// A response to a request arrived after the request was resolved (its deadline passed, or
+    /// its connection was lost). Never dropped silently: reconcile with it.
+    Orphan {
+        /// The connection epoch it arrived on.
+        epoch: u64,
+        /// The request id it answers.
+        id: u64,
+        /// What the endpoint said.
+        response: Response,
     },
     /// A reconnect attempt failed.
     ConnectFailed {

@@ -79,9 +79,11 @@ mod ingress;
 mod link;
 mod liveness;
 mod reader;
+mod requests;
 mod session;
 mod stats;
 mod target;
+mod ticket;
 mod tls;
 mod transport;
 mod writer;
@@ -96,7 +98,9 @@ pub use frame::{CloseCode, CloseFrame, Data, Frame};
 pub use health::LatencyPolicy;
 pub use ingress::{ForwardAll, Ingress, Verdict};
 pub use liveness::Keepalive;
+pub use requests::{ConfirmMode, Outcome, Request, Response, Undelivered, Unknown};
 pub use stats::Stats;
+pub use ticket::{DEADLINE_GRACE, Ticket};
 pub use tls::certificates_from_pem;
 
 /// Re-exported so callers can build a [`ClientBuilder::tls_config`] with the same rustls version.

@@ -8,6 +8,7 @@
 
 use std::net::TcpStream;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender, bounded};
@@ -25,13 +26,16 @@ use crate::ingress::Ingress;
 use crate::reader::{CONTROL_HEADROOM, Reader};
 use crate::stats::Counters;
 use crate::transport::{SocketHandle, Stream};
-use crate::writer::Writer;
+use crate::writer::{RequestFrame, Writer};
 
 /// The I/O side of one open connection.
 pub(crate) struct Link<I> {
     pub epoch: u64,
     pub control: Sender<Control>,
     pub session: Sender<Frame>,
+    pub requests: Sender<RequestFrame>,
+    /// The writer's highest taken request sequence number.
+    pub last_taken: Arc<AtomicU64>,
     socket: SocketHandle,
     /// Dropped to let the reader start reading (after the coordinator has announced the
     /// connection, so its `Connected` event precedes its data).
@@ -82,6 +86,7 @@ pub(crate) struct LinkFactory<T> {
     pub overflow: Overflow,
     pub control_queue: usize,
     pub session_queue: usize,
+    pub request_queue: usize,
     pub precheck: Option<Precheck>,
     pub events: Sender<Event<T>>,
     pub inputs: Sender<Input>,
@@ -124,6 +129,8 @@ impl<T: Send + 'static> LinkFactory<T> {
         let control_capacity = self.control_queue.max(2 * CONTROL_HEADROOM);
         let (control_tx, control_rx) = bounded(control_capacity);
         let (session_tx, session_rx) = bounded(self.session_queue.max(1));
+        let (request_tx, request_rx) = bounded(self.request_queue.max(1));
+        let last_taken = Arc::new(AtomicU64::new(0));
         let (release_tx, release_rx) = bounded::<()>(0);
         let (go_tx, go_rx) = bounded::<()>(0);
         let mut buf = leftover;
@@ -153,6 +160,8 @@ impl<T: Send + 'static> LinkFactory<T> {
             control: control_rx,
             session: session_rx,
             data: self.data.clone(),
+            requests: request_rx,
+            last_taken: last_taken.clone(),
             stop: release_rx,
             coord: self.inputs.clone(),
             counters: self.counters.clone(),
@@ -161,6 +170,8 @@ impl<T: Send + 'static> LinkFactory<T> {
             epoch,
             control: control_tx,
             session: session_tx,
+            requests: request_tx,
+            last_taken,
             socket,
             go: Some(go_tx),
             release: Some(release_tx),

@@ -215,7 +215,7 @@ impl Session {
                 }
                 self.check_ready(out);
             }
-            Reply::AppPong(_) => {}
+            Reply::AppPong(_) | Reply::Response { .. } => {}
         }
     }
 

@@ -13,6 +13,8 @@
 //! The thread ends when its link is released or a write fails (reported to the coordinator).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, select};
 
@@ -64,15 +66,34 @@ pub(crate) struct Writer {
     /// The user data lane, shared by every connection of the client; read only once the
     /// session is ready ([`Control::OpenData`]).
     pub data: Receiver<Frame>,
+    /// Request frames for `send_and_confirm`: after session frames, before user data.
+    pub requests: Receiver<RequestFrame>,
+    /// The highest request sequence number taken from `requests` (stored before the frame's
+    /// deadline is checked and before it is written; read by the coordinator).
+    pub last_taken: Arc<AtomicU64>,
     /// Disconnected when the link is released.
     pub stop: Receiver<()>,
     pub coord: Sender<Input>,
     pub counters: Arc<Counters>,
 }
 
+/// A request frame on its way to the socket.
+#[derive(Debug)]
+pub(crate) struct RequestFrame {
+    pub seq: u64,
+    pub frame: Frame,
+    pub deadline: Instant,
+}
+
 enum Item {
     Control(Control),
-    Data(Frame),
+    Data(Outgoing),
+}
+
+/// A data frame, plain or a tracked request.
+enum Outgoing {
+    Plain(Frame),
+    Request(RequestFrame),
 }
 
 /// A close frame waiting for the data queued before it.
@@ -100,8 +121,9 @@ impl Writer {
             };
             let first = select! {
                 recv(self.control) -> c => match c { Ok(c) => Item::Control(c), Err(_) => return },
-                recv(self.session) -> d => match d { Ok(d) => Item::Data(d), Err(_) => return },
-                recv(data) -> d => match d { Ok(d) => Item::Data(d), Err(_) => return },
+                recv(self.session) -> d => match d { Ok(d) => Item::Data(Outgoing::Plain(d)), Err(_) => return },
+                recv(self.requests) -> r => match r { Ok(r) => Item::Data(Outgoing::Request(r)), Err(_) => return },
+                recv(data) -> d => match d { Ok(d) => Item::Data(Outgoing::Plain(d)), Err(_) => return },
                 recv(self.stop) -> _ => return,
             };
             if let Err(e) = self.write_batch(&mut st, first) {
@@ -122,15 +144,21 @@ impl Writer {
 
     /// Frames queued now that a close must wait for.
     fn queued(&self, st: &State) -> usize {
-        self.session.len() + if st.data_open { self.data.len() } else { 0 }
+        self.session.len() + self.requests.len() + if st.data_open { self.data.len() } else { 0 }
     }
 
-    /// The next data frame: session frames first, then user data once the session is ready.
-    fn next_data(&self, st: &State) -> Option<Frame> {
-        self.session
-            .try_recv()
-            .ok()
-            .or_else(|| st.data_open.then(|| self.data.try_recv().ok()).flatten())
+    /// The next data frame: session frames first, then requests, then user data once the
+    /// session is ready.
+    fn next_data(&self, st: &State) -> Option<Outgoing> {
+        if let Ok(f) = self.session.try_recv() {
+            return Some(Outgoing::Plain(f));
+        }
+        if let Ok(r) = self.requests.try_recv() {
+            return Some(Outgoing::Request(r));
+        }
+        st.data_open
+            .then(|| self.data.try_recv().ok().map(Outgoing::Plain))
+            .flatten()
     }
 
     /// Encodes one batch (control first, then data up to [`BATCH_BYTES`]) and writes it.
@@ -138,6 +166,7 @@ impl Writer {
         st.batch.clear();
         let mut flush_tls = false;
         let (mut messages, mut bytes) = (0u64, 0u64);
+        let mut written_request = 0u64;
         let mut held = None;
         match first {
             Item::Control(c) => {
@@ -161,7 +190,20 @@ impl Writer {
                     None => break,
                 },
             };
-            if let Some(len) = st.encode_data(&next, &self.counters)? {
+            let frame = match next {
+                Outgoing::Plain(f) => f,
+                Outgoing::Request(r) => {
+                    // Taken first, deadline second: once the coordinator has seen a request as
+                    // not taken after its deadline, this check is sure to skip it.
+                    self.last_taken.store(r.seq, Ordering::SeqCst);
+                    if Instant::now() >= r.deadline {
+                        continue;
+                    }
+                    written_request = r.seq;
+                    r.frame
+                }
+            };
+            if let Some(len) = st.encode_data(&frame, &self.counters)? {
                 messages += 1;
                 bytes += len as u64;
             }
@@ -177,12 +219,15 @@ impl Writer {
             self.half
                 .write_all(&st.batch)
                 .map_err(crate::error::from_io)?;
-            self.counters.sent(std::time::Instant::now());
+            self.counters.sent(Instant::now());
         } else if flush_tls {
             self.half.flush_tls().map_err(crate::error::from_io)?;
         }
         Counters::bump(&self.counters.messages_out, messages);
         Counters::bump(&self.counters.bytes_out, bytes);
+        if written_request > 0 {
+            self.report(LinkEvent::Written(written_request));
+        }
         if st.close_sent && !close_was_sent {
             self.report(LinkEvent::CloseWritten);
         }
