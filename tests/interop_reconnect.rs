@@ -417,8 +417,6 @@ fn subscriptions_survive_20_server_restarts_tls() {
 /// never acknowledges, the first connection must never become ready: it is dropped at the ack
 /// timeout instead.
 #[test]
-#[ignore = "bug: SessionReady{epoch: 1} is reported before the builder's subscriptions are even \
-            sent (Client::start steps Connected before Subscribe, src/client.rs:142-145)"]
 fn first_session_waits_for_acks_of_builder_subscriptions() {
     if !python_ready() {
         return;
