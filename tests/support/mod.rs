@@ -3,6 +3,8 @@
 //! poll a condition against a deadline (never a bare sleep standing in for synchronisation).
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
