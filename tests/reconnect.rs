@@ -26,8 +26,8 @@
 //!
 //! Also: three losses in a row (every connection restored, backoff growing), a short stall that
 //! must not count as a loss, the first `SessionReady` waiting for the builder's subscriptions to
-//! be acknowledged, and a test marked `#[ignore = "bug: ..."]` that shows a library bug (a plain
-//! connection dropped before the `101` stops reconnecting for good).
+//! be acknowledged, and a connection dropped before the `101` being retried like any other
+//! transport failure (a regression test: it used to stop plain clients for good).
 //!
 //! All tests of this file run one at a time (a process-wide mutex): timings are measured on an
 //! otherwise idle process, and the thread checks see only the threads of the running test. The
@@ -1251,7 +1251,7 @@ fn first_session_ready_waits_for_builder_subscriptions() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// A suspected library bug (see the ignore reason)
+// Regression: a connection dropped before the upgrade response is retried
 // ---------------------------------------------------------------------------------------------
 
 /// A connection dropped by the far side before any upgrade response is a transport failure
@@ -1278,8 +1278,6 @@ fn dropped_before_upgrade_is_retried(tls: bool) {
 }
 
 #[test]
-#[ignore = "bug: plain ws:// connection closed before the 101 is InvalidHandshake (non-transient), \
-            so the client stops reconnecting (src/handshake.rs, n == 0 in upgrade)"]
 fn dropped_before_upgrade_is_retried_plain() {
     dropped_before_upgrade_is_retried(false);
 }
