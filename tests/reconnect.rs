@@ -100,19 +100,14 @@ fn serial() -> MutexGuard<'static, ()> {
 /// (`venue-*`). The harness names its threads after the tests (`proxy_kills_...`), which none of
 /// these prefixes match.
 fn our_threads() -> Vec<String> {
-    let mut names = Vec::new();
-    for entry in std::fs::read_dir("/proc/self/task").unwrap() {
-        let comm = entry.unwrap().path().join("comm");
-        if let Ok(name) = std::fs::read_to_string(comm) {
-            let name = name.trim().to_string();
-            if ["rc-", "proxy-", "venue-"]
+    let mut names: Vec<String> = support::thread_names()
+        .into_iter()
+        .filter(|name| {
+            ["rc-", "proxy-", "venue-"]
                 .iter()
                 .any(|p| name.starts_with(p))
-            {
-                names.push(name);
-            }
-        }
-    }
+        })
+        .collect();
     names.sort();
     names
 }

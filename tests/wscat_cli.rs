@@ -11,7 +11,9 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, unbounded};
-use support::{Pki, TestServer, accept_ws, frame, raw_accept, read_client_frame, read_request};
+use support::{
+    Pki, TestServer, accept_ws, echo_server, frame, raw_accept, read_client_frame, read_request,
+};
 use tungstenite::Message;
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -66,19 +68,7 @@ impl Wscat {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn wscat");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = unbounded();
-        thread::Builder::new()
-            .name("wscat-stdout".into())
-            .spawn(move || {
-                for line in BufReader::new(stdout).lines() {
-                    let Ok(line) = line else { return };
-                    if tx.send(line).is_err() {
-                        return;
-                    }
-                }
-            })
-            .unwrap();
+        let rx = support::lines_on_channel("wscat-stdout", child.stdout.take().unwrap());
         let stderr = child.stderr.take().unwrap();
         let (tx, stderr_lines) = unbounded();
         let stderr = thread::Builder::new()
@@ -192,23 +182,6 @@ impl Wscat {
             .unwrap_or_default();
         (lines, stderr)
     }
-}
-
-fn echo_server(tls: Option<std::sync::Arc<rustls::ServerConfig>>) -> TestServer {
-    TestServer::start(tls, 1, |_, conn| {
-        let mut ws = accept_ws(conn);
-        loop {
-            match ws.read() {
-                Ok(m @ (Message::Text(_) | Message::Binary(_))) => ws.send(m).unwrap(),
-                Ok(Message::Close(_)) => {
-                    let _ = ws.flush();
-                    return;
-                }
-                Ok(_) => {}
-                Err(_) => return,
-            }
-        }
-    })
 }
 
 /// A PEM file in the temp dir, removed on drop.

@@ -1,13 +1,13 @@
-//! The Python `websockets` (>= 17) peer shared by interop tests: `tests/python/ws_server.py`
-//! started as a guarded subprocess, with the skip/require logic of `tests/interop_python.rs`
-//! (skipped without `python3` + `websockets >= 17`, unless `SYNCWS_REQUIRE_PEERS=1`, where that
-//! fails; `SYNCWS_PYTHON` names another interpreter).
+//! The Python `websockets` (>= 17) peer shared by the interop tests (`tests/interop_python.rs`,
+//! `tests/interop_reconnect.rs`): `tests/python/ws_server.py` started as a guarded subprocess,
+//! and the skip/require logic (skipped without `python3` + `websockets >= 17`, unless
+//! `SYNCWS_REQUIRE_PEERS=1`, where that fails; `SYNCWS_PYTHON` names another interpreter).
 //!
 //! Use it from a test crate that also declares `mod support;` (it relies on
-//! `crate::support` for the certificate authority and `skip_or_fail`).
+//! `crate::support` for the certificate authority, `skip_or_fail` and `lines_on_channel`).
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -153,19 +153,7 @@ impl PyServer {
             .unwrap_or_else(|e| panic!("spawning {SCRIPT}: {e}"));
         let stdin = child.stdin.take();
 
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = crossbeam_channel::unbounded();
-        thread::Builder::new()
-            .name("py-stdout".into())
-            .spawn(move || {
-                for line in BufReader::new(stdout).lines() {
-                    let Ok(line) = line else { return };
-                    if tx.send(line).is_err() {
-                        return;
-                    }
-                }
-            })
-            .unwrap();
+        let lines = support::lines_on_channel("py-stdout", child.stdout.take().unwrap());
 
         let mut stderr_pipe = child.stderr.take().unwrap();
         let stderr = Arc::new(Mutex::new(String::new()));
