@@ -3,17 +3,39 @@
 //! Each stdin line (without its line ending) is sent as a text frame. Each incoming frame is
 //! printed on its own stdout line: text as is, binary as lowercase hex, pongs as `pong PAYLOAD`,
 //! and the end of the connection as `close CODE REASON`. At end of input (Ctrl+D) it closes with
-//! 1000 and waits, bounded, for the close handshake. Status and errors go to stderr.
+//! 1000 and waits, bounded, for the close handshake. So stdout holds only frames and that final
+//! close line; everything else goes to stderr: errors as `wscat: ...`, and the connection's
+//! lifecycle as `# ...` lines:
+//!
+//! ```text
+//! # connected (epoch 1)
+//! # session ready (epoch 1)
+//! # closed epoch 1: server closed with close code 1001; reconnecting in 63 ms
+//! # connecting (attempt 2)
+//! # connect failed (attempt 2): could not connect to 127.0.0.1:9001: Connection refused ...; retrying in 148 ms
+//! ```
+//!
+//! With `--reconnect` a lost connection is not the end: wscat reconnects on syncws' default
+//! backoff (100 ms doubling to 30 s, full jitter seeded with the process id, forever) and goes
+//! on; stdin lines typed while it is disconnected are not sent (`# not sent: ...`). The first
+//! connection must still succeed (a failed first attempt exits 1), and end of input still
+//! closes and exits 0, connected or not. `--ping-interval` and `--stale-after` set how a dead
+//! link is detected: a protocol ping every SECS seconds that must be answered within SECS
+//! seconds (`0`: never ping, only answer the server's pings), and a connection dropped when no
+//! message arrives for SECS seconds.
 //!
 //! ```text
 //! cargo run --example wscat -- wss://echo.example.com/
 //! echo '{"op":"subscribe"}' | cargo run --example wscat -- -H "Authorization: Bearer t0k" wss://host/ws
 //! cargo run --example wscat -- --ca-file my-ca.pem --subprotocol v2.json wss://internal:8443/feed
 //! cargo run --example wscat -- --ping hello ws://127.0.0.1:9001/ < /dev/null
+//! cargo run --example wscat -- --reconnect --ping-interval 5 --stale-after 30 wss://host/feed
 //! ```
 //!
-//! Exit status: 0 after a clean close (whoever started it), 1 when the connection fails or ends
-//! without a close handshake, 2 for a usage error (bad option, URL or CA file).
+//! Exit status: 0 after a clean close (whoever started it) or at end of input while
+//! disconnected; 1 when the connection fails or ends without a close handshake and no reconnect
+//! follows (with `--reconnect`: when the first connection fails, or a reconnect is refused for
+//! good, such as HTTP 401); 2 for a usage error (bad option, URL or CA file).
 
 use std::io::{self, BufRead, Write};
 use std::process::ExitCode;
@@ -21,13 +43,14 @@ use std::thread;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, after, bounded, never, select};
-use syncws::{Client, CloseCode, Event, Frame};
+use syncws::{Backoff, Cause, Client, CloseCode, Event, Frame, Keepalive};
 
 const USAGE: &str = "\
 usage: wscat [options] URL
 
 Sends each stdin line as a text frame; prints each incoming frame on a stdout line
 (text as is, binary as hex), then `close CODE REASON`. EOF on stdin closes with 1000.
+Errors and lifecycle events (`# connected (epoch N)`, ...) go to stderr.
 
 options:
   -H, --header 'Name: value'  add a header to the upgrade request (repeatable)
@@ -38,6 +61,11 @@ options:
       --max-message BYTES     largest accepted inbound message
       --connect-timeout SECS  time allowed to open the connection (TCP, TLS and upgrade)
       --ping TEXT             send a ping after connecting (the answer prints as `pong TEXT`)
+      --reconnect             reconnect after a lost connection (exponential backoff with
+                              jitter, forever) instead of exiting; EOF still closes and exits
+      --ping-interval SECS    ping every SECS seconds; no pong within SECS seconds drops the
+                              connection (0: never ping, only answer the server; default 15)
+      --stale-after SECS      drop the connection when no message arrives for SECS seconds
   -h, --help                  print this help and exit";
 
 /// How long to wait for `Closed` beyond the library's own close timeout (2 s by default).
@@ -54,6 +82,9 @@ struct Options {
     max_message: Option<usize>,
     connect_timeout: Option<Duration>,
     ping: Option<String>,
+    reconnect: bool,
+    keepalive: Option<Keepalive>,
+    stale_after: Option<Duration>,
 }
 
 /// Parses the arguments; `Ok(None)` means `--help`.
@@ -87,13 +118,28 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
             "--subprotocol" => o.subprotocols.push(value()?),
             "--max-frame" => o.max_frame = Some(number(&name, &value()?)?),
             "--max-message" => o.max_message = Some(number(&name, &value()?)?),
-            "--connect-timeout" => {
-                let v = value()?;
-                let secs = v.parse::<f64>().ok();
-                let d = secs.and_then(|s| Duration::try_from_secs_f64(s).ok());
-                o.connect_timeout = Some(d.ok_or_else(|| format!("bad {name} {v:?}"))?);
-            }
+            "--connect-timeout" => o.connect_timeout = Some(seconds(&name, &value()?)?),
             "--ping" => o.ping = Some(value()?),
+            "--reconnect" => o.reconnect = true,
+            "--ping-interval" => {
+                let every = seconds(&name, &value()?)?;
+                o.keepalive = Some(if every.is_zero() {
+                    Keepalive::ServerDriven
+                } else {
+                    Keepalive::Ping {
+                        interval: every,
+                        timeout: every,
+                    }
+                });
+            }
+            "--stale-after" => {
+                let v = value()?;
+                let window = seconds(&name, &v)?;
+                if window.is_zero() {
+                    return Err(format!("bad {name} {v:?} (must be more than 0)"));
+                }
+                o.stale_after = Some(window);
+            }
             s if s.starts_with('-') && s.len() > 1 => return Err(format!("unknown option {s}")),
             _ if url.is_some() => return Err(format!("unexpected argument {arg:?}")),
             _ => url = Some(arg),
@@ -105,6 +151,13 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
 
 fn number(name: &str, v: &str) -> Result<usize, String> {
     v.parse().map_err(|_| format!("bad {name} {v:?}"))
+}
+
+/// A non-negative, finite number of seconds (`1`, `0.25`).
+fn seconds(name: &str, v: &str) -> Result<Duration, String> {
+    let secs = v.parse::<f64>().ok();
+    secs.and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .ok_or_else(|| format!("bad {name} {v:?} (seconds expected)"))
 }
 
 /// Prints `wscat: MESSAGE` on one stderr line (line breaks folded) and returns `code`.
@@ -161,6 +214,16 @@ fn main() -> ExitCode {
     if let Some(t) = opts.connect_timeout {
         builder = builder.connect_timeout(t).handshake_timeout(t);
     }
+    if let Some(keepalive) = opts.keepalive {
+        builder = builder.keepalive(keepalive);
+    }
+    if let Some(window) = opts.stale_after {
+        builder = builder.stale_after(window);
+    }
+    if opts.reconnect {
+        // Seeded per process, so many wscats dropped at once do not retry in lockstep.
+        builder = builder.reconnect(Backoff::default().seed(u64::from(std::process::id())));
+    }
     let client = match builder.connect() {
         Ok(client) => client,
         Err(e @ (syncws::Error::Url(_) | syncws::Error::Config(_))) => return fail(2, e),
@@ -207,11 +270,24 @@ fn spawn_stdin_reader() -> io::Result<Receiver<String>> {
     Ok(rx)
 }
 
-/// Pumps stdin lines to the server and events to stdout until the connection ends.
+/// A lifecycle line on stderr (`# ...`).
+fn status(msg: impl std::fmt::Display) {
+    eprintln!("# {msg}");
+}
+
+/// ` reconnecting in X ms` / ` retrying in X ms`, or nothing when no attempt follows.
+fn next_attempt(verb: &str, delay: Option<Duration>) -> String {
+    delay.map_or_else(String::new, |d| format!("; {verb} in {} ms", d.as_millis()))
+}
+
+/// Pumps stdin lines to the server and events to stdout until the connection ends for good
+/// (without `--reconnect`: the first time it ends).
 fn run(client: &Client<std::convert::Infallible>, lines: Receiver<String>) -> ExitCode {
     let mut stdout = io::stdout().lock();
     let mut lines = Some(lines);
     let (no_input, mut give_up) = (never(), never());
+    // True while a connection's `Closed` event is still to come (`connect` opened the first).
+    let mut open = true;
     loop {
         let input = lines.as_ref().unwrap_or(&no_input);
         let line = select! {
@@ -225,7 +301,40 @@ fn run(client: &Client<std::convert::Infallible>, lines: Receiver<String>) -> Ex
                     Ok(Event::Pong { payload, .. }) => {
                         format!("pong {}", String::from_utf8_lossy(&payload))
                     }
-                    Ok(Event::Closed { info, .. }) => {
+                    Ok(Event::Connecting { attempt }) => {
+                        status(format_args!("connecting (attempt {attempt})"));
+                        continue;
+                    }
+                    Ok(Event::Connected { epoch, .. }) => {
+                        open = true;
+                        status(format_args!("connected (epoch {epoch})"));
+                        continue;
+                    }
+                    Ok(Event::SessionReady { epoch }) => {
+                        status(format_args!("session ready (epoch {epoch})"));
+                        continue;
+                    }
+                    Ok(Event::ConnectFailed { attempt, cause, reconnect }) => {
+                        let cause = match cause {
+                            Cause::ConnectFailed(e) => e.to_string(),
+                            other => other.to_string(),
+                        };
+                        let retry = next_attempt("retrying", reconnect);
+                        status(format_args!("connect failed (attempt {attempt}): {cause}{retry}"));
+                        if reconnect.is_none() {
+                            return fail(1, format!("giving up after attempt {attempt}: {cause}"));
+                        }
+                        continue;
+                    }
+                    Ok(Event::Closed { epoch, info, reconnect }) => {
+                        open = false;
+                        // After end of input nothing more is wanted, whatever the policy says.
+                        let reconnect = reconnect.filter(|_| lines.is_some());
+                        let again = next_attempt("reconnecting", reconnect);
+                        status(format_args!("closed epoch {epoch}: {}{again}", info.cause));
+                        if reconnect.is_some() {
+                            continue;
+                        }
                         let line = match info.reason.as_str() {
                             "" => format!("close {}", info.code.0),
                             reason => format!("close {} {reason}", info.code.0),
@@ -247,11 +356,22 @@ fn run(client: &Client<std::convert::Infallible>, lines: Receiver<String>) -> Ex
             recv(give_up) -> _ => return fail(1, "timed out waiting for the close handshake"),
         };
         match line {
-            // Once the connection is closing, sends fail; the Closed event reports the outcome.
-            Ok(line) => drop(client.send(Frame::text(line))),
+            Ok(line) => {
+                // Between connections (`--reconnect`) the line is lost: say so. Once the
+                // connection is closing, sends fail too; the Closed event reports the outcome.
+                if let Err(e @ syncws::Error::NotConnected) = client.send(Frame::text(line)) {
+                    status(format_args!("not sent: {e}"));
+                }
+            }
             Err(_) => {
-                // EOF on stdin: close normally and wait (bounded) for the handshake to finish.
                 lines = None;
+                if !open {
+                    // Between connections: nothing to close. Shutdown (in main) stops the
+                    // reconnecting, and closes a connection that opened meanwhile.
+                    status("end of input while disconnected; not reconnecting");
+                    return ExitCode::SUCCESS;
+                }
+                // EOF on stdin: close normally and wait (bounded) for the handshake to finish.
                 let _ = client.close(CloseCode::NORMAL, "");
                 give_up = after(CLOSE_GRACE);
             }

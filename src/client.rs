@@ -144,11 +144,12 @@ impl<T: Send + 'static> Client<T> {
             counters.clone(),
             config.buffer_while_disconnected,
         );
-        // The first steps run here, so the client is ready (or knows it is not) on return.
-        driver.step(Input::Connected { epoch: 1 });
+        // The first steps run here, so the client is ready (or knows it is not) on return. The
+        // builder's topics join the desired set first, so the first session replays them too.
         for topic in topics {
             driver.step(Input::Subscribe(topic));
         }
+        driver.step(Input::Connected { epoch: 1 });
         driver.starting = false;
         let coordinator = spawn(format!("{}-coord", config.name), move || {
             let _done = done_tx;
@@ -237,7 +238,9 @@ impl<T> Client<T> {
 
     /// Starts the close handshake with `code` and `reason` (truncated to 123 bytes). Returns at
     /// once; [`Event::Closed`](crate::Event::Closed) reports the end. No reconnect follows a
-    /// close the application asked for.
+    /// close the application asked for. Called between connections (while waiting to
+    /// reconnect), it cancels the reconnect: no further event follows, since the last
+    /// connection's `Closed` was already delivered.
     ///
     /// Returns [`Error::Config`] for a code that may not appear on the wire (RFC 6455 §7.4:
     /// only 1000-1003, 1007-1014 and 3000-4999 may be sent); the connection stays open.

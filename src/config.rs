@@ -353,6 +353,16 @@ impl ClientBuilder {
         if let Some(msg) = self.invalid {
             return Err(Error::Config(msg));
         }
+        if let Keepalive::Ping { interval, timeout }
+        | Keepalive::App {
+            interval, timeout, ..
+        } = self.config.keepalive
+        {
+            if interval.is_zero() || timeout.is_zero() {
+                let msg = "keepalive interval and timeout must be above zero (use ServerDriven)";
+                return Err(Error::Config(msg.into()));
+            }
+        }
         let target = Target::parse(&self.url)?;
         let tls_config = if target.tls {
             Some(self.tls.client_config()?)

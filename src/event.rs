@@ -46,7 +46,8 @@ pub enum Event<T> {
     },
     /// A reconnect attempt is starting (the first connection is made by `connect` itself).
     Connecting {
-        /// Attempt number since the connection was lost (2 for the first retry).
+        /// Attempt number: the failed attempts and lost connections since the backoff was last
+        /// reset (by a connection that stayed up for `stable_after`), plus one.
         attempt: u32,
     },
     /// A connection is open: the upgrade succeeded.

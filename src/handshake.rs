@@ -72,9 +72,12 @@ pub(crate) fn upgrade<S: Read + Write>(
     loop {
         let n = stream.read(&mut chunk).map_err(io_error)?;
         if n == 0 {
-            return Err(Error::InvalidHandshake(
-                "connection closed before the upgrade response was complete".into(),
-            ));
+            // A network failure (server restarting, balancer dropping the flow), not a bad
+            // handshake: transient, so reconnect policies retry it.
+            return Err(Error::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed before the upgrade response was complete",
+            )));
         }
         buf.extend_from_slice(&chunk[..n]);
         let mut parsed = [httparse::EMPTY_HEADER; MAX_HEADERS];

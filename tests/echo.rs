@@ -6,37 +6,13 @@ mod support;
 use std::io::Write;
 use std::time::Duration;
 
-use support::{Pki, TestServer, accept_ws, frame, next_event, raw_accept};
+use support::{Pki, TestServer, echo_server, frame, next_event, payload, raw_accept};
 use syncws::{Client, Event, Frame};
-use tungstenite::Message;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-fn echo_server(tls: Option<std::sync::Arc<rustls::ServerConfig>>) -> TestServer {
-    TestServer::start(tls, 1, |_, conn| {
-        let mut ws = accept_ws(conn);
-        loop {
-            match ws.read() {
-                Ok(m @ (Message::Text(_) | Message::Binary(_))) => ws.send(m).unwrap(),
-                Ok(Message::Close(_)) => {
-                    let _ = ws.flush();
-                    return;
-                }
-                Ok(_) => {}
-                Err(_) => return,
-            }
-        }
-    })
-}
-
 fn sizes() -> Vec<usize> {
     vec![0, 1, 125, 126, 127, 65_535, 65_536, 100_000, 1 << 20]
-}
-
-fn payload(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
 }
 
 fn echo_all_sizes(server: TestServer, builder: syncws::ClientBuilder) {

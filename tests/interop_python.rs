@@ -1,5 +1,6 @@
 //! Interoperability with an independent implementation: Python `websockets` (>= 17) as the
-//! server, started per test as a subprocess running `tests/python/ws_server.py`.
+//! server, started per test as a subprocess running `tests/python/ws_server.py` (the guard and
+//! the skip/require logic are in `tests/python_peer`, shared with `tests/interop_reconnect.rs`).
 //!
 //! Covered, over plain TCP and TLS: echo of text and binary from empty to 1 MiB, server-side
 //! fragmentation (with a ping between fragments), server pings answered with the same payload,
@@ -13,303 +14,26 @@
 //! The tests need `python3` with `websockets >= 17`. Without it they are skipped, unless
 //! `SYNCWS_REQUIRE_PEERS=1` (CI), where they fail. `SYNCWS_PYTHON` names another interpreter.
 
+mod python_peer;
 mod support;
 
-use std::io::{BufRead, BufReader, Read};
-use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
-use support::{Pki, next_event};
-use syncws::{Cause, Client, ClientBuilder, CloseCode, CloseInfo, Error, Event, Frame, Initiator};
+use python_peer::{PyServer, TlsFiles, Transport, python_ready, setup};
+use support::{Pki, next_event, payload};
+use syncws::{Cause, Client, CloseCode, CloseInfo, Error, Event, Frame, Initiator};
 
 /// Bound on every single wait in these tests.
 const WAIT: Duration = Duration::from_secs(5);
-/// Bound on the Python server starting up (interpreter start and `import websockets`).
-const STARTUP: Duration = Duration::from_secs(15);
 /// What `shutdown` is given at the end of each test.
 const SHUTDOWN: Duration = Duration::from_secs(2);
-
-const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/ws_server.py");
 
 /// Must match `REJECT_BODY` in ws_server.py.
 const REJECT_BODY: &str = "syncws interop: upgrade refused";
 
 // ---------------------------------------------------------------------------------------------
-// The Python peer
-// ---------------------------------------------------------------------------------------------
-
-fn python() -> String {
-    std::env::var("SYNCWS_PYTHON").unwrap_or_else(|_| "python3".to_string())
-}
-
-/// Checks once per process that the interpreter has `websockets >= 17`.
-fn websockets_status() -> &'static Result<(), String> {
-    static STATUS: OnceLock<Result<(), String>> = OnceLock::new();
-    STATUS.get_or_init(|| {
-        let python = python();
-        let check = "import websockets, sys; \
-                     sys.exit(0 if int(websockets.__version__.split('.')[0]) >= 17 else 1)";
-        match Command::new(&python)
-            .args(["-c", check])
-            .stdin(Stdio::null())
-            .output()
-        {
-            Ok(out) if out.status.success() => Ok(()),
-            Ok(out) => {
-                let stderr = String::from_utf8_lossy(&out.stderr);
-                let last = stderr.lines().rev().find(|l| !l.trim().is_empty());
-                Err(format!(
-                    "`{python} -c <version check>` exited with {}: {}",
-                    out.status,
-                    last.unwrap_or("websockets too old").trim()
-                ))
-            }
-            Err(e) => Err(format!("cannot run `{python}`: {e}")),
-        }
-    })
-}
-
-/// True when the tests can run; otherwise skips (or fails under `SYNCWS_REQUIRE_PEERS=1`).
-fn python_ready() -> bool {
-    match websockets_status() {
-        Ok(()) => true,
-        Err(why) => {
-            support::skip_or_fail(&format!("python websockets >= 17 not installed: {why}"));
-            false
-        }
-    }
-}
-
-/// A directory under the system temp dir, unique to this test, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let dir = std::env::temp_dir().join(format!(
-            "syncws-interop-{tag}-{}-{}-{nanos}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Certificate and key PEM files for the Python server.
-struct TlsFiles {
-    dir: TempDir,
-}
-
-impl TlsFiles {
-    /// A leaf certificate for `names` issued by `pki`.
-    fn new(pki: &Pki, names: &[&str]) -> TlsFiles {
-        let leaf = pki.server_cert(names);
-        let dir = TempDir::new("tls");
-        std::fs::write(dir.0.join("cert.pem"), leaf.cert_pem).unwrap();
-        std::fs::write(dir.0.join("key.pem"), leaf.key_pem).unwrap();
-        TlsFiles { dir }
-    }
-
-    fn args(&self) -> [PathBuf; 2] {
-        [self.dir.0.join("cert.pem"), self.dir.0.join("key.pem")]
-    }
-}
-
-/// A running `ws_server.py`. Dropping it closes its stdin (it exits on EOF), then kills and
-/// reaps it if it has not exited within a moment.
-struct PyServer {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    /// Lines the server printed on stdout after `PORT`.
-    lines: Receiver<String>,
-    stderr: Arc<Mutex<String>>,
-    stderr_thread: Option<JoinHandle<()>>,
-    port: u16,
-    tls: bool,
-    _files: Option<TlsFiles>,
-}
-
-impl PyServer {
-    fn start(mode: &[&str]) -> PyServer {
-        PyServer::spawn(mode, None)
-    }
-
-    fn start_tls(mode: &[&str], files: TlsFiles) -> PyServer {
-        PyServer::spawn(mode, Some(files))
-    }
-
-    fn spawn(mode: &[&str], files: Option<TlsFiles>) -> PyServer {
-        let mut cmd = Command::new(python());
-        cmd.arg(SCRIPT).arg("--mode").args(mode);
-        if let Some(files) = &files {
-            cmd.arg("--tls").args(files.args());
-        }
-        cmd.env("PYTHONUNBUFFERED", "1")
-            .env("PYTHONIOENCODING", "utf-8")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {SCRIPT}: {e}"));
-        let stdin = child.stdin.take();
-
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = crossbeam_channel::unbounded();
-        thread::Builder::new()
-            .name("py-stdout".into())
-            .spawn(move || {
-                for line in BufReader::new(stdout).lines() {
-                    let Ok(line) = line else { return };
-                    if tx.send(line).is_err() {
-                        return;
-                    }
-                }
-            })
-            .unwrap();
-
-        let mut stderr_pipe = child.stderr.take().unwrap();
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let sink = stderr.clone();
-        let stderr_thread = thread::Builder::new()
-            .name("py-stderr".into())
-            .spawn(move || {
-                let mut chunk = [0u8; 4096];
-                while let Ok(n @ 1..) = stderr_pipe.read(&mut chunk) {
-                    sink.lock()
-                        .unwrap()
-                        .push_str(&String::from_utf8_lossy(&chunk[..n]));
-                }
-            })
-            .unwrap();
-
-        let mut server = PyServer {
-            child,
-            stdin,
-            lines,
-            stderr,
-            stderr_thread: Some(stderr_thread),
-            port: 0,
-            tls: files.is_some(),
-            _files: files,
-        };
-        let first = server.next_line(STARTUP, "the PORT line");
-        server.port = first
-            .strip_prefix("PORT ")
-            .and_then(|p| p.trim().parse().ok())
-            .unwrap_or_else(|| panic!("first line of ws_server.py is not `PORT <n>`: {first:?}"));
-        server
-    }
-
-    /// The next stdout line, within `within`.
-    fn next_line(&self, within: Duration, what: &str) -> String {
-        match self.lines.recv_timeout(within) {
-            Ok(line) => line,
-            Err(RecvTimeoutError::Timeout) => {
-                panic!("ws_server.py printed no {what} within {within:?}")
-            }
-            // Its stderr (a traceback, say) is printed when the guard drops.
-            Err(RecvTimeoutError::Disconnected) => {
-                panic!("ws_server.py exited before printing {what}")
-            }
-        }
-    }
-
-    /// The next stdout line that starts with `prefix` (others are skipped), without the prefix.
-    fn expect_line(&self, prefix: &str) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self.next_line(left, &format!("line starting with {prefix:?}"));
-            if let Some(rest) = line.strip_prefix(prefix) {
-                return rest.to_string();
-            }
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        if self.tls {
-            format!("wss://localhost:{}{path}", self.port)
-        } else {
-            format!("ws://127.0.0.1:{}{path}", self.port)
-        }
-    }
-}
-
-impl Drop for PyServer {
-    fn drop(&mut self) {
-        // EOF on stdin asks the server to exit; kill it if it is slow about it.
-        drop(self.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(2);
-        let exited = loop {
-            match self.child.try_wait() {
-                Ok(Some(_)) => break true,
-                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(5)),
-                _ => break false,
-            }
-        };
-        if !exited {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-        if let Some(t) = self.stderr_thread.take() {
-            let _ = t.join();
-        }
-        if thread::panicking() {
-            eprintln!(
-                "--- ws_server.py (port {}) stderr ---\n{}",
-                self.port,
-                self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
-            );
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-/// A plain or TLS variant of a test: which server to start and how to build the client.
-#[derive(Clone, Copy, Debug)]
-enum Transport {
-    Plain,
-    Tls,
-}
-
-/// Starts the server in `mode` over `transport`; returns it with a client builder that trusts
-/// it (and the CA, kept alive in the returned value).
-fn setup(transport: Transport, mode: &[&str], path: &str) -> (PyServer, ClientBuilder) {
-    match transport {
-        Transport::Plain => {
-            let server = PyServer::start(mode);
-            let builder = Client::builder(&server.url(path)).name("py-plain");
-            (server, builder)
-        }
-        Transport::Tls => {
-            let pki = Pki::new("syncws interop CA");
-            let server = PyServer::start_tls(mode, TlsFiles::new(&pki, &["localhost"]));
-            let builder = Client::builder(&server.url(path))
-                .name("py-tls")
-                .add_root_certificate(pki.ca_der());
-            (server, builder)
-        }
-    }
-}
 
 fn next_frame<T: std::fmt::Debug>(client: &Client<T>) -> Frame {
     next_event(client, WAIT, |e| match e {
@@ -324,12 +48,6 @@ fn next_closed<T: std::fmt::Debug>(client: &Client<T>) -> CloseInfo {
         Event::Closed { info, .. } => Some(info),
         _ => None,
     })
-}
-
-fn payload(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
 }
 
 /// Text of `len` bytes with multi-byte characters where they fit.

@@ -11,22 +11,14 @@ use std::io::Write;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use support::{Pki, TestServer, accept_ws, frame, raw_accept, read_client_frame, thread_count};
+use support::{
+    Pki, TestServer, accept_ws, echo_server, frame, raw_accept, read_client_frame, thread_count,
+    thread_names,
+};
 use syncws::{Client, Frame};
 use tungstenite::Message;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-fn thread_names() -> Vec<String> {
-    let mut names = Vec::new();
-    for entry in std::fs::read_dir("/proc/self/task").unwrap() {
-        let comm = entry.unwrap().path().join("comm");
-        if let Ok(name) = std::fs::read_to_string(comm) {
-            names.push(name.trim().to_string());
-        }
-    }
-    names
-}
 
 fn back_to(baseline: usize, scenario: &str) {
     support::wait_until(
@@ -34,17 +26,6 @@ fn back_to(baseline: usize, scenario: &str) {
         WAIT,
         || (thread_count() == baseline).then_some(()),
     );
-}
-
-fn echo_server(tls: Option<std::sync::Arc<rustls::ServerConfig>>) -> TestServer {
-    TestServer::start(tls, 1, |_, conn| {
-        let mut ws = accept_ws(conn);
-        while let Ok(m) = ws.read() {
-            if (m.is_text() || m.is_binary()) && ws.send(m).is_err() {
-                return;
-            }
-        }
-    })
 }
 
 fn named_threads_and_clean_shutdown(baseline: usize) {

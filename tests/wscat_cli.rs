@@ -4,14 +4,16 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, unbounded};
-use support::{Pki, TestServer, accept_ws, frame, raw_accept, read_client_frame, read_request};
+use support::{
+    Pki, TestServer, accept_ws, echo_server, frame, raw_accept, read_client_frame, read_request,
+};
 use tungstenite::Message;
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -47,11 +49,13 @@ fn wscat_bin() -> PathBuf {
     bin
 }
 
-/// A running wscat child with its stdout split into lines on a channel.
+/// A running wscat child with its stdout split into lines on a channel, and its stderr both
+/// collected whole and split into lines on a channel (for the `# ...` lifecycle lines).
 struct Wscat {
     child: Child,
     stdin: Option<ChildStdin>,
     stdout: Receiver<String>,
+    stderr_lines: Receiver<String>,
     stderr: Option<JoinHandle<String>>,
 }
 
@@ -64,33 +68,47 @@ impl Wscat {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn wscat");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = unbounded();
-        thread::Builder::new()
-            .name("wscat-stdout".into())
-            .spawn(move || {
-                for line in BufReader::new(stdout).lines() {
-                    let Ok(line) = line else { return };
-                    if tx.send(line).is_err() {
-                        return;
-                    }
-                }
-            })
-            .unwrap();
-        let mut stderr = child.stderr.take().unwrap();
+        let rx = support::lines_on_channel("wscat-stdout", child.stdout.take().unwrap());
+        let stderr = child.stderr.take().unwrap();
+        let (tx, stderr_lines) = unbounded();
         let stderr = thread::Builder::new()
             .name("wscat-stderr".into())
             .spawn(move || {
-                let mut s = String::new();
-                let _ = stderr.read_to_string(&mut s);
-                s
+                let mut all = String::new();
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    all.push_str(&line);
+                    all.push('\n');
+                    let _ = tx.send(line);
+                }
+                all
             })
             .unwrap();
         Wscat {
             stdin: child.stdin.take(),
             child,
             stdout: rx,
+            stderr_lines,
             stderr: Some(stderr),
+        }
+    }
+
+    /// Waits (bounded) for a stderr line equal to `wanted` or starting with it; returns it.
+    fn wait_stderr(&mut self, wanted: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        let mut seen = Vec::new();
+        loop {
+            match self.stderr_lines.recv_deadline(deadline) {
+                Ok(line) if line.starts_with(wanted) => return line,
+                Ok(line) => seen.push(line),
+                Err(e) => {
+                    let (status, lines, _) = self.kill();
+                    panic!(
+                        "no stderr line {wanted:?} from wscat within {WAIT:?} ({e}); \
+                         stderr so far: {seen:?}; {status:?}; stdout: {lines:?}"
+                    )
+                }
+            }
         }
     }
 
@@ -164,23 +182,6 @@ impl Wscat {
             .unwrap_or_default();
         (lines, stderr)
     }
-}
-
-fn echo_server(tls: Option<std::sync::Arc<rustls::ServerConfig>>) -> TestServer {
-    TestServer::start(tls, 1, |_, conn| {
-        let mut ws = accept_ws(conn);
-        loop {
-            match ws.read() {
-                Ok(m @ (Message::Text(_) | Message::Binary(_))) => ws.send(m).unwrap(),
-                Ok(Message::Close(_)) => {
-                    let _ = ws.flush();
-                    return;
-                }
-                Ok(_) => {}
-                Err(_) => return,
-            }
-        }
-    })
 }
 
 /// A PEM file in the temp dir, removed on drop.
@@ -340,8 +341,10 @@ fn oversized_frame_fails_with_1009() {
     assert_eq!(status.code(), Some(1), "stderr: {stderr}");
     assert_eq!(lines.len(), 1, "stdout: {lines:?}");
     assert!(lines[0].starts_with("close 1009"), "stdout: {lines:?}");
+    // Lifecycle lines (`# ...`) come first; the error is the last line.
+    let last = stderr.lines().last().unwrap_or_default();
     assert!(
-        stderr.starts_with("wscat: ") && stderr.contains("1009"),
+        last.starts_with("wscat: ") && last.contains("1009"),
         "stderr: {stderr}"
     );
     server.join();
@@ -352,10 +355,24 @@ fn help_and_usage_errors() {
     let (status, lines, _) = Wscat::spawn(&["--help"]).finish();
     assert!(status.success());
     assert!(lines[0].starts_with("usage: wscat"), "{lines:?}");
+    for option in ["--reconnect", "--ping-interval SECS", "--stale-after SECS"] {
+        assert!(
+            lines.iter().any(|l| l.trim_start().starts_with(option)),
+            "--help lacks {option}: {lines:?}"
+        );
+    }
     for args in [
         &[][..],
         &["--bogus", "ws://x/"],
         &["--max-frame", "lots", "ws://x/"],
+        &["--ping-interval", "-1", "ws://x/"],
+        &["--ping-interval", "soon", "ws://x/"],
+        &["--ping-interval", "inf", "ws://x/"],
+        &["--ping-interval=", "ws://x/"],
+        &["--stale-after", "0", "ws://x/"],
+        &["--stale-after", "NaN", "ws://x/"],
+        &["--stale-after", "ws://x/"], // the URL taken as the value, then no URL
+        &["ws://x/", "--ping-interval"],
     ] {
         let (status, lines, stderr) = Wscat::spawn(args).finish();
         assert_eq!(status.code(), Some(2), "{args:?}: {stderr}");
@@ -378,5 +395,190 @@ fn piped_lines_then_eof() {
     let (status, lines, stderr) = wscat.finish();
     assert_eq!(lines, ["one", "two", "close 1000"], "stderr: {stderr}");
     assert!(status.success(), "{status:?}; stderr: {stderr}");
+    server.join();
+}
+
+/// The server's close frame: `code` and `reason`.
+fn close_payload(code: u16, reason: &str) -> Vec<u8> {
+    let mut payload = code.to_be_bytes().to_vec();
+    payload.extend_from_slice(reason.as_bytes());
+    payload
+}
+
+/// Accepts, closes with 1001 at once, and checks the client echoes the code.
+fn going_away(conn: &mut support::Conn) {
+    raw_accept(conn, &frame(0x88, &close_payload(1001, "restart")));
+    let (b0, payload) = read_client_frame(conn).expect("client close");
+    assert_eq!((b0, &payload[..2]), (0x88, &1001u16.to_be_bytes()[..]));
+}
+
+/// `--reconnect`: the first connection is closed with 1001 (a server restart); wscat reconnects
+/// instead of exiting, says so on stderr only, and a line typed after the reconnect is echoed
+/// on the new connection.
+#[test]
+fn reconnect_after_going_away_then_echo() {
+    let server = TestServer::start(None, 2, |i, mut conn| match i {
+        0 => going_away(&mut conn),
+        _ => {
+            let mut ws = accept_ws(conn);
+            loop {
+                match ws.read() {
+                    Ok(m @ Message::Text(_)) => ws.send(m).unwrap(),
+                    Ok(Message::Close(_)) | Err(_) => {
+                        let _ = ws.flush();
+                        return;
+                    }
+                    Ok(_) => {}
+                }
+            }
+        }
+    });
+    let mut wscat = Wscat::spawn(&["--reconnect", &server.url("/")]);
+    let closed = wscat.wait_stderr("# closed epoch 1: ");
+    assert!(
+        closed.contains("1001") && closed.contains("; reconnecting in "),
+        "{closed}"
+    );
+    wscat.wait_stderr("# connecting (attempt 2)");
+    wscat.wait_stderr("# connected (epoch 2)");
+    wscat.wait_stderr("# session ready (epoch 2)");
+    wscat.send_line("after the restart");
+    assert_eq!(wscat.next_line(), "after the restart");
+    wscat.close_stdin();
+    let (status, lines, stderr) = wscat.finish();
+    // Only the final close reaches stdout; the 1001 was reported on stderr.
+    assert_eq!(lines, ["close 1000"], "stderr: {stderr}");
+    assert!(status.success(), "{status:?}; stderr: {stderr}");
+    assert!(
+        stderr.lines().all(|l| l.starts_with("# ")),
+        "only lifecycle lines on stderr: {stderr}"
+    );
+    server.join();
+}
+
+/// Without `--reconnect` the same 1001 is the end: printed on stdout, exit 0 (a clean close).
+#[test]
+fn without_reconnect_going_away_ends_the_session() {
+    let server = TestServer::start(None, 1, |_, mut conn| going_away(&mut conn));
+    let wscat = Wscat::spawn(&[&server.url("/")]);
+    let (status, lines, stderr) = wscat.finish();
+    assert_eq!(lines, ["close 1001 restart"], "stderr: {stderr}");
+    assert!(status.success(), "{status:?}; stderr: {stderr}");
+    assert!(
+        stderr.contains("# closed epoch 1: ") && !stderr.contains("reconnecting"),
+        "stderr: {stderr}"
+    );
+    server.join();
+}
+
+/// `--reconnect` when the server is gone for good: failed attempts are reported on stderr and
+/// retried; end of input while disconnected still ends wscat with 0, and lines typed meanwhile
+/// are reported as not sent.
+#[test]
+fn reconnect_reports_failed_attempts_and_eof_while_disconnected_exits_0() {
+    // One connection only: afterwards the listener is closed and connecting is refused.
+    let server = TestServer::start(None, 1, |_, mut conn| going_away(&mut conn));
+    let mut wscat = Wscat::spawn(&["--reconnect", &server.url("/")]);
+    let failed = wscat.wait_stderr("# connect failed (attempt 2): ");
+    assert!(failed.contains("; retrying in "), "{failed}");
+    wscat.send_line("into the void");
+    wscat.wait_stderr("# not sent: ");
+    wscat.close_stdin();
+    let (status, lines, stderr) = wscat.finish();
+    assert!(lines.is_empty(), "stdout: {lines:?}; stderr: {stderr}");
+    assert!(status.success(), "{status:?}; stderr: {stderr}");
+    server.join();
+}
+
+/// `--ping-interval SECS` sends keepalive pings on that interval (answered pongs are consumed,
+/// not printed).
+#[test]
+fn ping_interval_sends_keepalive_pings() {
+    let server = TestServer::start(None, 1, |_, mut conn| {
+        raw_accept(&mut conn, &[]);
+        conn.tcp()
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        for _ in 0..2 {
+            let (b0, payload) = read_client_frame(&mut conn).expect("a keepalive ping");
+            assert_eq!(b0, 0x89, "expected a ping, got {b0:#x} {payload:?}");
+            conn.write_all(&frame(0x8A, &payload)).unwrap();
+        }
+        conn.write_all(&frame(0x88, &close_payload(1000, "pinged")))
+            .unwrap();
+        let (b0, _) = read_client_frame(&mut conn).expect("client close");
+        assert_eq!(b0, 0x88);
+    });
+    let wscat = Wscat::spawn(&["--ping-interval", "0.05", &server.url("/")]);
+    let (status, lines, stderr) = wscat.finish();
+    assert_eq!(lines, ["close 1000 pinged"], "stderr: {stderr}");
+    assert!(status.success(), "{status:?}; stderr: {stderr}");
+    server.join();
+}
+
+/// `--ping-interval 0`: never ping (the server's pings are still answered).
+#[test]
+fn ping_interval_zero_only_answers_the_server() {
+    let server = TestServer::start(None, 1, |_, mut conn| {
+        raw_accept(&mut conn, &frame(0x89, b"srv"));
+        conn.tcp()
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let (b0, payload) = read_client_frame(&mut conn).expect("the pong");
+        assert_eq!((b0, &payload[..]), (0x8A, &b"srv"[..]));
+        // Silence from the client for a while (a 0.05 s interval would have pinged by then).
+        conn.tcp()
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let err = read_client_frame(&mut conn).expect_err("no frame from the client");
+        assert!(
+            matches!(
+                err.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "{err}"
+        );
+        conn.write_all(&frame(0x88, &close_payload(1000, "quiet")))
+            .unwrap();
+        conn.tcp()
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let (b0, _) = read_client_frame(&mut conn).expect("client close");
+        assert_eq!(b0, 0x88);
+    });
+    let wscat = Wscat::spawn(&["--ping-interval", "0", &server.url("/")]);
+    let (status, lines, stderr) = wscat.finish();
+    assert_eq!(lines, ["close 1000 quiet"], "stderr: {stderr}");
+    assert!(status.success(), "{status:?}; stderr: {stderr}");
+    server.join();
+}
+
+/// `--stale-after SECS`: a connection that stays silent that long is dropped (no close
+/// handshake: the link is presumed dead), reported as `close 1006` and exit 1.
+#[test]
+fn stale_after_drops_a_silent_connection() {
+    let server = TestServer::start(None, 1, |_, mut conn| {
+        raw_accept(&mut conn, &[]);
+        conn.tcp()
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        // Nothing is sent; the client gives up and shuts the socket down.
+        let end = read_client_frame(&mut conn);
+        assert!(
+            end.is_err(),
+            "expected the client to drop the connection: {end:?}"
+        );
+    });
+    let started = Instant::now();
+    let wscat = Wscat::spawn(&["--stale-after", "0.3", &server.url("/")]);
+    let (status, lines, stderr) = wscat.finish();
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "dropped too early"
+    );
+    assert_eq!(status.code(), Some(1), "stderr: {stderr}");
+    assert_eq!(lines.len(), 1, "stdout: {lines:?}");
+    assert!(lines[0].starts_with("close 1006"), "stdout: {lines:?}");
+    assert!(stderr.contains("staleness"), "stderr: {stderr}");
     server.join();
 }

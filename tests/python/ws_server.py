@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Independent WebSocket peer for syncws interop tests (tests/interop_python.rs).
+"""Independent WebSocket peer for syncws interop tests (tests/interop_python.rs,
+tests/interop_reconnect.rs).
 
 Runs a Python `websockets` (>= 17) server on 127.0.0.1, port chosen by the OS, and prints
 `PORT <n>` as its first stdout line. Later stdout lines report what the server observed, one
@@ -9,6 +10,18 @@ per line, flushed at once, so the Rust test can assert on them:
     CLOSED <code> <reason>    when a connection has ended, in every mode: the close code and
                               reason the server received from the client (1006 and an empty
                               reason when no close frame arrived, 1005 for an empty close frame)
+    PONG_IN <n>               `keepalive` mode: the client answered a keepalive ping (n-th)
+    CLIENT_PING <hex>         `keepalive` mode: the client sent a ping (payload in hex)
+    KEEPALIVE sent=<n> answered=<n> client_pings=<n>
+                              `keepalive` mode, when a connection has ended (before CLOSED):
+                              keepalive pings sent, pings answered by the client's pongs, and
+                              pings the client sent
+    CONN <n> SUBS <t1,t2,...> `resubscribe` and `subscribe-no-ack` modes, once connection n
+                              (1-based, in accept order) is done: the topics of the `sub <topic>`
+                              frames it received, in order, duplicates included
+    CONN <n> OTHER <message>  those modes: a message on connection n that is not `sub <topic>`
+    CONN <n> CLOSED <code> <reason>
+                              those modes: like CLOSED, tagged with the connection number
 
 The process exits by itself when its stdin reaches EOF (the Rust test holds the pipe and drops
 it at the end) and, as a last resort, after a hard lifetime limit, so it never runs forever.
@@ -42,11 +55,22 @@ Modes:
                          headers, `subprotocol:<selected>`; then echo
     subprotocol PROTO    select PROTO if the client offers it (else none); then as `request`
     reject STATUS        refuse the upgrade with HTTP STATUS and a known text body
+    keepalive INTERVAL TIMEOUT
+                         echo, with websockets' own keepalive: a ping every INTERVAL seconds,
+                         each to be answered within TIMEOUT seconds (else websockets closes
+                         with 1011); counts the client's pongs and pings (see PONG_IN,
+                         CLIENT_PING, KEEPALIVE)
+    resubscribe N DELAY  a venue that restarts often: answer each text `sub <topic>` with
+                         `ack:<topic>`; once N subscriptions arrived on a connection, wait DELAY
+                         seconds (still answering), then close with 1001 "going away"; every
+                         connection alike (see CONN lines)
+    subscribe-no-ack     record `sub <topic>` frames but never acknowledge them (see CONN lines)
 """
 
 import argparse
 import asyncio
 import http
+import itertools
 import logging
 import os
 import ssl
@@ -54,7 +78,8 @@ import sys
 import threading
 
 import websockets
-from websockets.asyncio.server import serve
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.frames import Opcode
 
 # Never outlive a forgotten test by much.
 MAX_LIFETIME_S = 120.0
@@ -176,6 +201,95 @@ async def handle_request(ws):
     await echo(ws)
 
 
+class CountingConnection(ServerConnection):
+    """A connection that counts the client's control frames (`keepalive` mode)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.pings_sent = 0
+        self.pongs_answered = 0
+        self.client_pings = 0
+
+    async def ping(self, data=None):
+        # websockets' keepalive task pings through this method.
+        waiter = await super().ping(data)
+        self.pings_sent += 1
+        return waiter
+
+    def process_event(self, event):
+        # The first event is the upgrade request; frames follow (control frames included).
+        if self.request is not None:
+            if event.opcode is Opcode.PING:
+                self.client_pings += 1
+                report(f"CLIENT_PING {bytes(event.data).hex()}")
+            elif event.opcode is Opcode.PONG and bytes(event.data) in self.pending_pings:
+                self.pongs_answered += 1
+                report(f"PONG_IN {self.pongs_answered}")
+        super().process_event(event)
+
+    def summary(self):
+        return (
+            f"KEEPALIVE sent={self.pings_sent} answered={self.pongs_answered} "
+            f"client_pings={self.client_pings}"
+        )
+
+
+# Connection numbers of the `resubscribe` and `subscribe-no-ack` modes (1-based, accept order).
+CONNECTIONS = itertools.count(1)
+
+
+def handle_subscriptions(expected, delay, ack):
+    """`resubscribe` (ack=True) and `subscribe-no-ack` (ack=False, expected=None)."""
+
+    async def handler(ws):
+        n = next(CONNECTIONS)
+        subs = []
+        enough = asyncio.Event()
+
+        async def read():
+            try:
+                async for message in ws:
+                    if isinstance(message, str) and message.startswith("sub "):
+                        topic = message[len("sub ") :]
+                        subs.append(topic)
+                        if ack:
+                            await ws.send(f"ack:{topic}")
+                        if expected is not None and len(subs) >= expected:
+                            enough.set()
+                    else:
+                        report(f"CONN {n} OTHER {message!r}")
+            except websockets.ConnectionClosed:
+                pass
+
+        reader = asyncio.create_task(read())
+        try:
+            if expected is not None:
+                waiter = asyncio.create_task(enough.wait())
+                await asyncio.wait(
+                    {reader, waiter},
+                    timeout=STEP_TIMEOUT_S,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                waiter.cancel()
+                if not reader.done():
+                    if not enough.is_set():
+                        report(f"TIMEOUT CONN {n} waiting for {expected} subscriptions")
+                    # Still reading (and acknowledging): a duplicate would be seen.
+                    await asyncio.sleep(delay)
+                    await asyncio.wait_for(ws.close(1001, "going away"), STEP_TIMEOUT_S)
+            await asyncio.wait_for(reader, STEP_TIMEOUT_S)
+        finally:
+            reader.cancel()
+            report(f"CONN {n} SUBS {','.join(subs)}")
+            try:
+                await asyncio.wait_for(ws.wait_closed(), STEP_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                pass
+            report(f"CONN {n} CLOSED {ws.close_code} {ws.close_reason}")
+
+    return handler
+
+
 def reporting(handler):
     """Runs `handler`, then waits (bounded) for the connection to end and prints `CLOSED`."""
 
@@ -192,6 +306,8 @@ def reporting(handler):
             report("TIMEOUT waiting for the connection to close")
             ws.transport.abort()
             await ws.wait_closed()
+        if isinstance(ws, CountingConnection):
+            report(ws.summary())
         report(f"CLOSED {ws.close_code} {ws.close_reason}")
 
     return wrapped
@@ -255,6 +371,15 @@ def parse_mode(parser, words):
     elif mode == "reject" and len(rest) == 1:
         handler = echo
         options["process_request"] = reject(int(rest[0]))
+    elif mode == "keepalive" and len(rest) == 2:
+        handler = echo
+        options["ping_interval"] = float(rest[0])
+        options["ping_timeout"] = float(rest[1])
+        options["create_connection"] = CountingConnection
+    elif mode == "resubscribe" and len(rest) == 2:
+        handler = handle_subscriptions(int(rest[0]), float(rest[1]), ack=True)
+    elif mode == "subscribe-no-ack" and not rest:
+        handler = handle_subscriptions(None, 0.0, ack=False)
     else:
         parser.error(f"unknown mode or wrong arguments: {words}")
     return reporting(handler), options

@@ -1,18 +1,24 @@
 //! Shared test support: a certificate authority made in the test, a loopback WebSocket server
-//! (plain or TLS) whose behaviour each test scripts, raw frame helpers, and waiting helpers that
-//! poll a condition against a deadline (never a bare sleep standing in for synchronisation).
+//! (plain or TLS) whose behaviour each test scripts (and a ready-made echo server), raw frame
+//! helpers, test payloads, a line reader for child processes, thread inspection, and waiting
+//! helpers that poll a condition against a deadline (never a bare sleep standing in for
+//! synchronisation).
 #![allow(dead_code)]
 
-use std::io::{self, Read, Write};
+pub mod proxy;
+
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::Receiver;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
 use syncws::{Client, Event};
+use tungstenite::Message;
 
 /// A throwaway certificate authority.
 pub struct Pki {
@@ -179,6 +185,26 @@ pub fn accept_ws(conn: Conn) -> tungstenite::WebSocket<Conn> {
     tungstenite::accept(conn).expect("server handshake")
 }
 
+/// A one-connection echo server (plain with `tls = None`, or TLS): text and binary messages are
+/// sent back as they came; a close frame is answered and ends the connection, as does a read
+/// error. A failed echo panics on the server thread (and so fails the test at `join`).
+pub fn echo_server(tls: Option<Arc<ServerConfig>>) -> TestServer {
+    TestServer::start(tls, 1, |_, conn| {
+        let mut ws = accept_ws(conn);
+        loop {
+            match ws.read() {
+                Ok(m @ (Message::Text(_) | Message::Binary(_))) => ws.send(m).unwrap(),
+                Ok(Message::Close(_)) => {
+                    let _ = ws.flush();
+                    return;
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    })
+}
+
 /// Reads an HTTP upgrade request head from `conn` without answering it. Returns the head.
 pub fn read_request(conn: &mut Conn) -> String {
     let mut head = Vec::new();
@@ -261,6 +287,31 @@ pub fn read_client_frame(conn: &mut impl Read) -> io::Result<(u8, Vec<u8>)> {
     Ok((h[0], payload))
 }
 
+/// `len` bytes of test data, varied by `seed`.
+pub fn payload(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+/// Sends each line `reader` yields (a child's stdout, say) on the returned channel, from a
+/// thread named `name`, until the reader ends or fails or the receiver is dropped.
+pub fn lines_on_channel(name: &str, reader: impl Read + Send + 'static) -> Receiver<String> {
+    let (tx, lines) = crossbeam_channel::unbounded();
+    thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            for line in BufReader::new(reader).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        })
+        .unwrap();
+    lines
+}
+
 /// Polls `probe` until it returns `Some` or `within` passes (then panics naming `what`).
 pub fn wait_until<T>(what: &str, within: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + within;
@@ -300,6 +351,18 @@ pub fn thread_count() -> usize {
         .find_map(|l| l.strip_prefix("Threads:"))
         .and_then(|v| v.trim().parse().ok())
         .expect("Threads: line")
+}
+
+/// The names of the threads in this process (Linux).
+pub fn thread_names() -> Vec<String> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/task").unwrap() {
+        let comm = entry.unwrap().path().join("comm");
+        if let Ok(name) = std::fs::read_to_string(comm) {
+            names.push(name.trim().to_string());
+        }
+    }
+    names
 }
 
 /// True when tests needing an outside peer must run (CI sets `SYNCWS_REQUIRE_PEERS=1`).
