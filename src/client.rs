@@ -125,7 +125,8 @@ impl<T: Send + 'static> Client<T> {
             overflow: config.overflow,
             control_queue: config.control_queue,
             session_queue: config.max_subscriptions + 64,
-            request_queue: config.max_pending.max(1),
+            // Room for expired frames still waiting in the lane besides the live ones.
+            request_queue: 2 * config.max_pending.max(1),
             precheck,
             events: event_tx,
             inputs: input_tx.clone(),
@@ -292,12 +293,9 @@ impl<T> Client<T> {
         let id = request.id;
         let state = self.counters.state();
         if state != State::Ready as u8 {
-            let why = if state == State::Stopped as u8 {
-                Undelivered::ShutDown
-            } else {
-                Undelivered::NotConnected
-            };
-            return Ticket::resolved(id, Outcome::NotDelivered(why));
+            // Between connections or closed for good; a client that is shutting down cannot be
+            // called any more (`shutdown` takes it by value).
+            return Ticket::resolved(id, Outcome::NotDelivered(Undelivered::NotConnected));
         }
         let deadline = Instant::now() + request.timeout;
         let waiter = WaiterId(self.next_waiter.fetch_add(1, Ordering::Relaxed));

@@ -87,6 +87,9 @@ pub(crate) enum Input {
     /// Driver: the link of `epoch` is down and its writer joined; it had taken requests up to
     /// `last_taken` from its request lane.
     LinkDown { epoch: u64, last_taken: u64 },
+    /// Driver: the request with this link sequence number could not be queued (lane full or
+    /// no link): it was never written.
+    RequestDropped { epoch: u64, seq: u64 },
     /// Driver: the dial for `epoch` succeeded; its reader and writer run.
     Connected { epoch: u64 },
     /// Driver: the dial for `epoch` failed.
@@ -392,6 +395,14 @@ impl Coordinator {
             }
             return;
         }
+        if let Input::RequestDropped { epoch, seq } = input {
+            if epoch == self.epoch {
+                let mut r = Vec::new();
+                self.requests.on_dropped(seq, &mut r);
+                self.apply_requests(r, out);
+            }
+            return;
+        }
         if let Input::Submit {
             waiter, request, ..
         } = input
@@ -449,7 +460,7 @@ impl Coordinator {
                     self.on_link(now, event, out);
                 }
             }
-            Input::Submit { .. } | Input::LinkDown { .. } => {}
+            Input::Submit { .. } | Input::LinkDown { .. } | Input::RequestDropped { .. } => {}
             Input::Tick => {}
         }
         // Act on every deadline that has been reached; acting can arm a deadline that is due at

@@ -5,7 +5,7 @@
 //! notices to the application's event channel, a dial starts a short-lived `NAME-dial` thread,
 //! a disconnect shuts the link down and joins its threads.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
@@ -47,6 +47,8 @@ pub(crate) struct Driver<I: Ingress> {
     out: Vec<Output>,
     /// Reply channels of callers waiting for a request outcome.
     waiters: HashMap<WaiterId, Sender<Outcome>>,
+    /// Inputs that outputs of the current step give rise to (reused buffer).
+    followups: VecDeque<Input>,
     /// True until the driver runs on its own thread: notices must not wait for room then,
     /// because nobody can be consuming events yet.
     pub starting: bool,
@@ -75,6 +77,7 @@ impl<I: Ingress> Driver<I> {
             dial: None,
             out: Vec::new(),
             waiters: HashMap::new(),
+            followups: VecDeque::new(),
             starting: true,
         }
     }
@@ -126,8 +129,9 @@ impl<I: Ingress> Driver<I> {
     /// Feeds one input and carries out the outputs; false once the driver must exit.
     pub(crate) fn step(&mut self, input: Input) -> bool {
         let mut keep_running = true;
-        let mut next = Some(input);
-        while let Some(mut input) = next.take() {
+        let mut followups = std::mem::take(&mut self.followups);
+        followups.push_back(input);
+        while let Some(mut input) = followups.pop_front() {
             if let Input::Submit { waiter, reply, .. } = &mut input {
                 if let Some(tx) = reply.take() {
                     self.waiters.insert(*waiter, tx);
@@ -164,14 +168,21 @@ impl<I: Ingress> Driver<I> {
                         frame,
                         deadline,
                     } => {
-                        // A request that cannot be queued is never taken: its deadline resolves
-                        // it as not delivered.
+                        // A request that cannot be queued is certainly not delivered: say so now
+                        // (a later request's sequence number must not make it look taken).
                         let request = RequestFrame {
                             seq,
                             frame,
                             deadline,
                         };
-                        self.to_link(|l| l.requests.try_send(request).map_err(drop));
+                        let queued = self
+                            .link
+                            .as_ref()
+                            .is_some_and(|l| l.requests.try_send(request).is_ok());
+                        if !queued {
+                            let epoch = self.link.as_ref().map_or(0, |l| l.epoch);
+                            followups.push_back(Input::RequestDropped { epoch, seq });
+                        }
                     }
                     Output::Resolve(waiter, outcome) => {
                         if let Some(tx) = self.waiters.remove(&waiter) {
@@ -192,16 +203,17 @@ impl<I: Ingress> Driver<I> {
                         attempt,
                         headers,
                     } => self.start_dial(epoch, attempt, headers),
-                    Output::Disconnect => next = self.disconnect().or(next),
+                    Output::Disconnect => followups.extend(self.disconnect()),
                     Output::Stop => {
                         self.abort_dial();
-                        next = self.disconnect().or(next);
+                        followups.extend(self.disconnect());
                         keep_running = false;
                     }
                 }
             }
             self.out = outputs;
         }
+        self.followups = followups;
         // A new connection has been announced (or dropped): its reader may start.
         if let Some(link) = &mut self.link {
             link.go();

@@ -83,8 +83,9 @@ pub enum Event<T> {
         /// When the next attempt starts; `None` if the client will not reconnect.
         reconnect: Option<Duration>,
     },
-    /// A response to a request arrived after the request was resolved (its deadline passed, or
-    /// its connection was lost). Never dropped silently: reconcile with it.
+    /// A response to a request arrived after the request was resolved (its deadline passed,
+    /// its connection was lost, or it was sent in [`ConfirmMode::Sent`](crate::ConfirmMode::Sent)),
+    /// or matched no request at all. Never dropped silently: reconcile with it.
     Orphan {
         /// The connection epoch it arrived on.
         epoch: u64,

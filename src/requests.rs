@@ -26,7 +26,8 @@ use crate::frame::Frame;
 /// When a request counts as done.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ConfirmMode {
-    /// Done once the writer has written the frame to the socket.
+    /// Done once the writer has written the frame to the socket. The endpoint's answer, if it
+    /// sends one, then arrives as [`Event::Orphan`](crate::Event::Orphan).
     Sent,
     /// Done once the endpoint's matching response is seen.
     Confirmed,
@@ -107,7 +108,7 @@ pub enum Outcome {
 /// Why a request was not delivered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Undelivered {
-    /// No session was ready (between connections, or closed).
+    /// No session was ready (between connections, or closed for good).
     NotConnected,
     /// The connection dropped before the writer took the frame.
     Disconnected,
@@ -115,6 +116,8 @@ pub enum Undelivered {
     Deadline,
     /// The client is shutting down.
     ShutDown,
+    /// The connection's request lane was full (the writer is blocked behind a slow peer).
+    QueueFull,
 }
 
 /// Why a request's outcome is unknown.
@@ -300,6 +303,18 @@ impl Requests {
             },
         };
         self.resolve_all(id, outcome, out);
+    }
+
+    /// The request with link sequence number `seq` could not be queued: it was never written.
+    pub(crate) fn on_dropped(&mut self, seq: u64, out: &mut Vec<RequestOut>) {
+        let id = self
+            .table
+            .iter()
+            .find(|(_, e)| e.seq == seq)
+            .map(|(id, _)| *id);
+        if let Some(id) = id {
+            self.resolve_all(id, Outcome::NotDelivered(Undelivered::QueueFull), out);
+        }
     }
 
     /// The link went down; the writer had taken requests up to `last_taken`. Everything
