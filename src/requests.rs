@@ -5,7 +5,10 @@
 //!
 //! - **NotDelivered** only when the frame's bytes certainly never reached the socket. The writer
 //!   publishes, before each write, the highest link sequence number it has taken from its request
-//!   lane (`last_taken`); anything at or below it may have been written.
+//!   lane (`last_taken`); anything at or below it may have been written. If a write fails before
+//!   the kernel accepted any byte of its batch, the writer lowers `last_taken` back, so those
+//!   requests count as never delivered. A request whose frame could not even be queued (lane
+//!   full) is `NotDelivered(QueueFull)` at once.
 //! - **Unconfirmed** when the bytes may have been written and no answer came: on a disconnect at
 //!   once, otherwise at the waiter's deadline.
 //! - **Sent** (mode `Sent`) once the writer reports the batch holding the frame written.

@@ -75,6 +75,7 @@ impl Stream {
             sock: self.sock,
             tls,
             cipher_out: Vec::new(),
+            bytes_reached_socket: false,
         };
         Ok((reader, writer, handle))
     }
@@ -155,13 +156,34 @@ pub(crate) struct WriteHalf {
     sock: TcpStream,
     tls: Option<Arc<Mutex<ClientConnection>>>,
     cipher_out: Vec<u8>,
+    bytes_reached_socket: bool,
+}
+
+/// `write_all` that records whether the kernel accepted any byte.
+fn write_counted(sock: &mut TcpStream, mut buf: &[u8], wrote: &mut bool) -> io::Result<()> {
+    while !buf.is_empty() {
+        match sock.write(buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                *wrote = true;
+                buf = &buf[n..];
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 impl WriteHalf {
     /// Writes all of `plain` to the socket (encrypting it first under TLS).
+    ///
+    /// On failure, `bytes_reached_socket` tells whether any byte of this call was accepted by
+    /// the kernel: if not, nothing of `plain` can have reached the peer.
     pub(crate) fn write_all(&mut self, plain: &[u8]) -> io::Result<()> {
-        let Some(tls) = &self.tls else {
-            return self.sock.write_all(plain);
+        self.bytes_reached_socket = false;
+        let Some(tls) = self.tls.clone() else {
+            return write_counted(&mut self.sock, plain, &mut self.bytes_reached_socket);
         };
         let mut rest = plain;
         loop {
@@ -176,13 +198,22 @@ impl WriteHalf {
                 }
             }
             if !self.cipher_out.is_empty() {
-                self.sock.write_all(&self.cipher_out)?;
+                write_counted(
+                    &mut self.sock,
+                    &self.cipher_out,
+                    &mut self.bytes_reached_socket,
+                )?;
                 self.cipher_out.clear();
             }
             if rest.is_empty() {
                 return Ok(());
             }
         }
+    }
+
+    /// Whether the last `write_all` got any byte into the socket.
+    pub(crate) fn bytes_reached_socket(&self) -> bool {
+        self.bytes_reached_socket
     }
 
     /// Sends whatever TLS records rustls has queued (for example after a key update).

@@ -167,6 +167,7 @@ impl Writer {
         let mut flush_tls = false;
         let (mut messages, mut bytes) = (0u64, 0u64);
         let mut written_request = 0u64;
+        let taken_before = self.last_taken.load(Ordering::SeqCst);
         let mut held = None;
         match first {
             Item::Control(c) => {
@@ -216,9 +217,14 @@ impl Writer {
         }
         st.encode_close_if_due()?;
         if !st.batch.is_empty() {
-            self.half
-                .write_all(&st.batch)
-                .map_err(crate::error::from_io)?;
+            if let Err(e) = self.half.write_all(&st.batch) {
+                if !self.half.bytes_reached_socket() {
+                    // Not one byte of this batch reached the socket: its requests were never
+                    // delivered, so they may be reported as such.
+                    self.last_taken.store(taken_before, Ordering::SeqCst);
+                }
+                return Err(crate::error::from_io(e));
+            }
             self.counters.sent(Instant::now());
         } else if flush_tls {
             self.half.flush_tls().map_err(crate::error::from_io)?;
