@@ -13,6 +13,7 @@ use crossbeam_channel::{
     Receiver, RecvTimeoutError, SendTimeoutError, Sender, TrySendError, bounded,
 };
 
+use crate::affinity::{WaitStrategy, pin_current_thread};
 use crate::backoff::Reconnect;
 use crate::codec::Limits;
 use crate::config::{ClientBuilder, Config};
@@ -65,6 +66,7 @@ pub struct Client<T> {
     close_timeout: Duration,
     protocol: Option<String>,
     next_waiter: AtomicU64,
+    wait: WaitStrategy,
 }
 
 impl Client<std::convert::Infallible> {
@@ -128,6 +130,8 @@ impl<T: Send + 'static> Client<T> {
             // Room for expired frames still waiting in the lane besides the live ones.
             request_queue: 2 * config.max_pending.max(1),
             precheck,
+            affinity: config.affinity,
+            wait: config.wait,
             events: event_tx,
             inputs: input_tx.clone(),
             data: data_rx,
@@ -152,8 +156,10 @@ impl<T: Send + 'static> Client<T> {
         }
         driver.step(Input::Connected { epoch: 1 });
         driver.starting = false;
+        let coordinator_core = config.affinity.coordinator;
         let coordinator = spawn(format!("{}-coord", config.name), move || {
             let _done = done_tx;
+            pin_current_thread(coordinator_core, "coordinator");
             driver.run();
         })?;
         Ok(Client {
@@ -168,6 +174,7 @@ impl<T: Send + 'static> Client<T> {
             close_timeout: config.close_timeout,
             protocol,
             next_waiter: AtomicU64::new(1),
+            wait: config.wait,
         })
     }
 }
@@ -308,7 +315,7 @@ impl<T> Client<T> {
         if self.inputs.send(input).is_err() {
             return Ticket::resolved(id, Outcome::NotDelivered(Undelivered::ShutDown));
         }
-        Ticket::new(id, rx, deadline)
+        Ticket::new(id, rx, deadline, self.wait)
     }
 
     /// The channel of everything that happens on the client. Consume it from one thread;

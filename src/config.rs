@@ -7,6 +7,7 @@ use std::time::Duration;
 use rustls::ClientConfig;
 use rustls::pki_types::CertificateDer;
 
+use crate::affinity::{Affinity, WaitStrategy};
 use crate::backoff::Reconnect;
 use crate::client::Client;
 use crate::connect::Dialer;
@@ -83,6 +84,11 @@ pub struct Config {
     /// Most requests in flight at once ([`Client::send_and_confirm`], [`Client::submit`]);
     /// more get [`Outcome::TooManyPending`](crate::Outcome::TooManyPending). Default 1024.
     pub max_pending: usize,
+    /// Cores for the reader, writer and coordinator threads. Default: none (the OS decides).
+    pub affinity: Affinity,
+    /// How the writer, the coordinator and callers waiting for an outcome wait for work.
+    /// Default [`WaitStrategy::Block`].
+    pub wait: WaitStrategy,
 }
 
 impl Default for Config {
@@ -108,6 +114,8 @@ impl Default for Config {
             buffer_while_disconnected: false,
             latency_policy: None,
             max_pending: 1024,
+            affinity: Affinity::default(),
+            wait: WaitStrategy::Block,
         }
     }
 }
@@ -210,6 +218,18 @@ impl ClientBuilder {
     /// See [`Config::buffer_while_disconnected`].
     pub fn buffer_while_disconnected(mut self, buffer: bool) -> Self {
         self.config.buffer_while_disconnected = buffer;
+        self
+    }
+
+    /// See [`Config::affinity`].
+    pub fn affinity(mut self, affinity: Affinity) -> Self {
+        self.config.affinity = affinity;
+        self
+    }
+
+    /// See [`Config::wait`].
+    pub fn wait_strategy(mut self, wait: WaitStrategy) -> Self {
+        self.config.wait = wait;
         self
     }
 

@@ -93,6 +93,20 @@ impl<I: Ingress> Driver<I> {
 
     /// Waits for a command or report, a finished dial, or the coordinator's next deadline.
     fn next_input(&mut self) -> Input {
+        let deadline = self.coordinator.next_deadline();
+        let wait = self.factory.wait;
+        // `Some(None)`: stop polling, the blocking path below handles it (a finished dial, a
+        // closed channel).
+        let polled = wait.spin(|| match self.inputs.try_recv() {
+            Ok(input) => Some(Some(input)),
+            Err(_) if deadline.is_some_and(|d| Instant::now() >= d) => Some(Some(Input::Tick)),
+            Err(crossbeam_channel::TryRecvError::Disconnected) => Some(None),
+            Err(_) if self.dial.as_ref().is_some_and(|d| !d.done.is_empty()) => Some(None),
+            Err(crossbeam_channel::TryRecvError::Empty) => None,
+        });
+        if let Some(Some(input)) = polled {
+            return input;
+        }
         let never = crossbeam_channel::never();
         let finished = {
             let dial_done = self.dial.as_ref().map_or(&never, |d| &d.done);

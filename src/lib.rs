@@ -62,6 +62,7 @@
 
 #![warn(missing_docs)]
 
+mod affinity;
 mod backoff;
 mod client;
 mod codec;
@@ -88,6 +89,7 @@ mod tls;
 mod transport;
 mod writer;
 
+pub use affinity::{Affinity, WaitStrategy};
 pub use backoff::{Backoff, Reconnect};
 pub use client::Client;
 pub use config::{ClientBuilder, Config, Overflow};

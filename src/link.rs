@@ -14,6 +14,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender, bounded};
 use parking_lot::Mutex;
 
+use crate::affinity::{Affinity, WaitStrategy, pin_current_thread};
 use crate::codec::{Decoder, Limits};
 use crate::config::Overflow;
 use crate::connect::Dialer;
@@ -88,6 +89,8 @@ pub(crate) struct LinkFactory<T> {
     pub session_queue: usize,
     pub request_queue: usize,
     pub precheck: Option<Precheck>,
+    pub affinity: Affinity,
+    pub wait: WaitStrategy,
     pub events: Sender<Event<T>>,
     pub inputs: Sender<Input>,
     pub data: Receiver<Frame>,
@@ -163,6 +166,7 @@ impl<T: Send + 'static> LinkFactory<T> {
             requests: request_rx,
             last_taken: last_taken.clone(),
             stop: release_rx,
+            wait: self.wait,
             coord: self.inputs.clone(),
             counters: self.counters.clone(),
         };
@@ -179,14 +183,23 @@ impl<T: Send + 'static> LinkFactory<T> {
             writer: None,
         };
         let name = &self.name;
-        match spawn(format!("{name}-writer"), move || writer.run()) {
+        let (reader_core, writer_core) = (self.affinity.reader, self.affinity.writer);
+        let writer_main = move || {
+            pin_current_thread(writer_core, "writer");
+            writer.run()
+        };
+        match spawn(format!("{name}-writer"), writer_main) {
             Ok(handle) => link.writer = Some(handle),
             Err(e) => {
                 link.socket.shutdown();
                 return Err(e);
             }
         }
-        match spawn(format!("{name}-reader"), move || reader.run()) {
+        let reader_main = move || {
+            pin_current_thread(reader_core, "reader");
+            reader.run()
+        };
+        match spawn(format!("{name}-reader"), reader_main) {
             Ok(handle) => link.reader = Some(handle),
             Err(e) => {
                 link.disconnect();

@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 
+use crate::affinity::WaitStrategy;
 use crate::requests::{Outcome, Unknown};
 
 /// How long past its deadline a ticket waits for the coordinator before answering by itself.
@@ -21,15 +22,22 @@ pub struct Ticket {
     rx: Receiver<Outcome>,
     deadline: Instant,
     outcome: Option<Outcome>,
+    wait: WaitStrategy,
 }
 
 impl Ticket {
-    pub(crate) fn new(id: u64, rx: Receiver<Outcome>, deadline: Instant) -> Self {
+    pub(crate) fn new(
+        id: u64,
+        rx: Receiver<Outcome>,
+        deadline: Instant,
+        wait: WaitStrategy,
+    ) -> Self {
         Ticket {
             id,
             rx,
             deadline,
             outcome: None,
+            wait,
         }
     }
 
@@ -41,6 +49,7 @@ impl Ticket {
             rx,
             deadline: Instant::now(),
             outcome: Some(outcome),
+            wait: WaitStrategy::Block,
         }
     }
 
@@ -49,9 +58,19 @@ impl Ticket {
         self.id
     }
 
-    /// Blocks until the outcome is known.
+    /// Blocks until the outcome is known (busy-polling first if the client's
+    /// [`WaitStrategy`] says so).
     pub fn wait(mut self) -> Outcome {
         if let Some(outcome) = self.outcome.take() {
+            return outcome;
+        }
+        let deadline = self.deadline + DEADLINE_GRACE;
+        if let Some(outcome) = self.wait.spin(|| match self.rx.try_recv() {
+            Err(TryRecvError::Empty) if Instant::now() < deadline => None,
+            Err(TryRecvError::Empty) => Some(Outcome::Unconfirmed(Unknown::Deadline)),
+            Ok(outcome) => Some(outcome),
+            Err(TryRecvError::Disconnected) => Some(Outcome::Unconfirmed(Unknown::Disconnected)),
+        }) {
             return outcome;
         }
         match self.rx.recv_deadline(self.deadline + DEADLINE_GRACE) {

@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use crossbeam_channel::{Receiver, Sender, select};
+use crossbeam_channel::{Receiver, Sender, TryRecvError, select};
+
+use crate::affinity::WaitStrategy;
 
 use crate::codec::{self, OP_BINARY, OP_PING, OP_PONG, OP_TEXT};
 use crate::coordinator::{Control, Input, LinkEvent};
@@ -73,6 +75,8 @@ pub(crate) struct Writer {
     pub last_taken: Arc<AtomicU64>,
     /// Disconnected when the link is released.
     pub stop: Receiver<()>,
+    /// How to wait for frames.
+    pub wait: WaitStrategy,
     pub coord: Sender<Input>,
     pub counters: Arc<Counters>,
 }
@@ -119,12 +123,27 @@ impl Writer {
             } else {
                 &closed_lane
             };
-            let first = select! {
-                recv(self.control) -> c => match c { Ok(c) => Item::Control(c), Err(_) => return },
-                recv(self.session) -> d => match d { Ok(d) => Item::Data(Outgoing::Plain(d)), Err(_) => return },
-                recv(self.requests) -> r => match r { Ok(r) => Item::Data(Outgoing::Request(r)), Err(_) => return },
-                recv(data) -> d => match d { Ok(d) => Item::Data(Outgoing::Plain(d)), Err(_) => return },
-                recv(self.stop) -> _ => return,
+            // Busy-poll first if the wait strategy says so, then park in `select!`.
+            let polled = self.wait.spin(|| {
+                if let Ok(c) = self.control.try_recv() {
+                    return Some(Some(Item::Control(c)));
+                }
+                if let Some(d) = self.next_data(&st) {
+                    return Some(Some(Item::Data(d)));
+                }
+                let released = matches!(self.stop.try_recv(), Err(TryRecvError::Disconnected));
+                released.then_some(None)
+            });
+            let first = match polled {
+                Some(Some(item)) => item,
+                Some(None) => return,
+                None => select! {
+                    recv(self.control) -> c => match c { Ok(c) => Item::Control(c), Err(_) => return },
+                    recv(self.session) -> d => match d { Ok(d) => Item::Data(Outgoing::Plain(d)), Err(_) => return },
+                    recv(self.requests) -> r => match r { Ok(r) => Item::Data(Outgoing::Request(r)), Err(_) => return },
+                    recv(data) -> d => match d { Ok(d) => Item::Data(Outgoing::Plain(d)), Err(_) => return },
+                    recv(self.stop) -> _ => return,
+                },
             };
             if let Err(e) = self.write_batch(&mut st, first) {
                 log::debug!("writer stopping: {e}");

@@ -29,8 +29,8 @@ use jsonrpc::{JsonRpc, Notification, Notifications, outcome_name, request_text, 
 use serde_json::json;
 use support::{next_event, wait_until};
 use syncws::{
-    Backoff, Client, ClientBuilder, ConfirmMode, DEADLINE_GRACE, Event, Frame, Outcome, Reconnect,
-    Request, Response, Undelivered, Unknown,
+    Affinity, Backoff, Client, ClientBuilder, ConfirmMode, DEADLINE_GRACE, Event, Frame, Outcome,
+    Reconnect, Request, Response, Undelivered, Unknown, WaitStrategy,
 };
 use venue::{Answer, DropWhen, Flaky, Knobs, Venue};
 
@@ -806,5 +806,51 @@ fn trader_example_prints_one_line_per_order() {
             "Confirmed"
         };
         assert_eq!(*line, format!("order {} {expected}", i + 1));
+    }
+}
+
+/// Per-role pinning and the busy-poll wait strategies: every thread runs on the core it was
+/// given, and requests still get their true outcome with each strategy.
+#[test]
+fn pinned_threads_and_spinning_waits_keep_outcomes_true() {
+    let venue = Venue::start(Knobs::default()).unwrap();
+    let strategies = [
+        WaitStrategy::Spin,
+        WaitStrategy::SpinThenBlock {
+            budget: Duration::from_micros(50),
+        },
+        WaitStrategy::Block,
+    ];
+    for (i, wait) in strategies.into_iter().enumerate() {
+        let affinity = Affinity {
+            reader: Some(0),
+            writer: Some(0),
+            coordinator: Some(0),
+        };
+        let name = format!("pin{i}");
+        let client = ready(
+            builder(&venue)
+                .name(name.clone())
+                .affinity(affinity)
+                .wait_strategy(wait),
+        );
+        for role in ["reader", "writer", "coord"] {
+            let thread = format!("{name}-{role}");
+            let allowed = support::thread_names_with_status()
+                .into_iter()
+                .find(|(n, _)| *n == thread)
+                .map(|(_, status)| status)
+                .unwrap_or_else(|| panic!("no thread {thread}"));
+            let cpus = allowed
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .unwrap();
+            assert_eq!(cpus.trim(), "0", "{thread} pinned to core 0");
+        }
+        for id in 1..=20 {
+            let id = 1000 * (i as u64 + 1) + id;
+            assert!(confirmed(&client.send_and_confirm(order(id))), "{wait:?}");
+        }
+        client.shutdown(Duration::from_secs(1));
     }
 }

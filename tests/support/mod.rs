@@ -377,3 +377,18 @@ pub fn skip_or_fail(reason: &str) {
     }
     eprintln!("SKIPPED: {reason}");
 }
+
+/// Every thread of this process with its `/proc/.../status` text (Linux).
+pub fn thread_names_with_status() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/task").unwrap() {
+        let dir = entry.unwrap().path();
+        if let (Ok(name), Ok(status)) = (
+            std::fs::read_to_string(dir.join("comm")),
+            std::fs::read_to_string(dir.join("status")),
+        ) {
+            out.push((name.trim().to_string(), status));
+        }
+    }
+    out
+}
