@@ -23,7 +23,7 @@ use crate::driver::Driver;
 use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
 use crate::event::Event;
-use crate::frame::{CloseCode, Frame};
+use crate::frame::{CloseCode, Frame, Outbound, PreparedFrame};
 use crate::ingress::Ingress;
 use crate::link::{AbortSlot, LinkFactory, spawn};
 use crate::requests::{Outcome, Request, Undelivered, WaiterId};
@@ -54,7 +54,7 @@ const INPUT_QUEUE: usize = 1024;
 /// `close_timeout`.
 pub struct Client<T> {
     inputs: Sender<Input>,
-    data: Sender<Frame>,
+    data: Sender<Outbound>,
     events: Receiver<Event<T>>,
     counters: Arc<Counters>,
     buffer_while_disconnected: bool,
@@ -100,8 +100,8 @@ impl<T: Send + 'static> Client<T> {
         let (input_tx, input_rx) = bounded(INPUT_QUEUE);
         let (data_tx, data_rx) = bounded(config.data_queue.max(1));
         let (event_tx, event_rx) = bounded(config.event_queue.max(1));
-        let (abort_tx, abort_rx) = bounded::<()>(0);
-        let (done_tx, done_rx) = bounded::<()>(0);
+        let (abort_tx, abort_rx) = bounded::<()>(1);
+        let (done_tx, done_rx) = bounded::<()>(1);
         let counters = Arc::new(Counters::new());
         let settings = Settings {
             close_timeout: config.close_timeout,
@@ -206,14 +206,29 @@ impl<T> Client<T> {
         self.enqueue(frame, Wait::Never)
     }
 
+    /// Queues a [`PreparedFrame`] (a reference to its shared payload: no allocation), waiting
+    /// while the data lane is full. Errors as for [`send`](Client::send).
+    pub fn send_prepared(&self, frame: &PreparedFrame) -> Result<()> {
+        self.enqueue_data(Outbound::Prepared(frame.clone()), Wait::Block)
+    }
+
+    /// Like [`send_prepared`](Client::send_prepared) but never waits: [`Error::QueueFull`] if
+    /// the data lane is full.
+    pub fn try_send_prepared(&self, frame: &PreparedFrame) -> Result<()> {
+        self.enqueue_data(Outbound::Prepared(frame.clone()), Wait::Never)
+    }
+
     fn enqueue(&self, frame: Frame, wait: Wait) -> Result<()> {
-        let data = match route(frame)? {
-            Ok(data) => data,
+        match route(frame)? {
+            Ok(data) => self.enqueue_data(Outbound::Owned(data), wait),
             Err(command) => {
                 self.check_connected()?;
-                return self.command(command);
+                self.command(command)
             }
-        };
+        }
+    }
+
+    fn enqueue_data(&self, data: Outbound, wait: Wait) -> Result<()> {
         let state = self.counters.state();
         if state != State::Ready as u8 {
             if state == State::Closing as u8 || state == State::Stopped as u8 {

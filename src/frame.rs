@@ -14,6 +14,7 @@
 //! ```
 
 use std::fmt;
+use std::sync::Arc;
 
 /// A WebSocket close status code (RFC 6455 §7.4).
 ///
@@ -127,6 +128,73 @@ impl From<Data<'_>> for Frame {
         match data {
             Data::Text(s) => Frame::Text(s.to_owned()),
             Data::Binary(b) => Frame::Binary(b.to_vec()),
+        }
+    }
+}
+
+/// A data frame prepared once and sent any number of times without allocating.
+///
+/// The payload is shared (`Arc`); [`Client::send_prepared`](crate::Client::send_prepared)
+/// queues a reference to it, and the writer masks it straight into its reused write buffer, so a
+/// steady stream of prepared frames allocates nothing per frame.
+///
+/// ```
+/// use syncws::PreparedFrame;
+///
+/// let heartbeat = PreparedFrame::text(r#"{"op":"ping"}"#);
+/// let again = heartbeat.clone(); // a reference count, not a copy
+/// assert_eq!(again.payload(), br#"{"op":"ping"}"#);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreparedFrame {
+    text: bool,
+    payload: Arc<[u8]>,
+}
+
+impl PreparedFrame {
+    /// A text frame.
+    pub fn text(text: impl Into<Arc<str>>) -> Self {
+        let text: Arc<str> = text.into();
+        PreparedFrame {
+            text: true,
+            payload: text.into(),
+        }
+    }
+
+    /// A binary frame.
+    pub fn binary(payload: impl Into<Arc<[u8]>>) -> Self {
+        PreparedFrame {
+            text: false,
+            payload: payload.into(),
+        }
+    }
+
+    /// True for a text frame.
+    pub fn is_text(&self) -> bool {
+        self.text
+    }
+
+    /// The payload bytes.
+    pub fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+}
+
+/// What travels on the user data lane.
+#[derive(Debug)]
+pub(crate) enum Outbound {
+    Owned(Frame),
+    Prepared(PreparedFrame),
+}
+
+impl Outbound {
+    /// `(is_text, payload)` for a data frame; `None` for anything else.
+    pub(crate) fn data(&self) -> Option<(bool, &[u8])> {
+        match self {
+            Outbound::Owned(Frame::Text(s)) => Some((true, s.as_bytes())),
+            Outbound::Owned(Frame::Binary(b)) => Some((false, b)),
+            Outbound::Owned(_) => None,
+            Outbound::Prepared(p) => Some((p.text, &p.payload)),
         }
     }
 }

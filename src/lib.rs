@@ -96,7 +96,7 @@ pub use config::{ClientBuilder, Config, Overflow};
 pub use endpoint::{Action, Cause, Endpoint, NoSession, Precheck, Reply};
 pub use error::{Error, Result};
 pub use event::{CloseInfo, Event, Initiator};
-pub use frame::{CloseCode, CloseFrame, Data, Frame};
+pub use frame::{CloseCode, CloseFrame, Data, Frame, PreparedFrame};
 pub use health::LatencyPolicy;
 pub use ingress::{ForwardAll, Ingress, Verdict};
 pub use liveness::Keepalive;

@@ -22,7 +22,7 @@ use crate::coordinator::{Control, Input};
 use crate::endpoint::Precheck;
 use crate::error::{Error, Result};
 use crate::event::Event;
-use crate::frame::Frame;
+use crate::frame::{Frame, Outbound};
 use crate::ingress::Ingress;
 use crate::reader::{CONTROL_HEADROOM, Reader};
 use crate::stats::Counters;
@@ -93,7 +93,7 @@ pub(crate) struct LinkFactory<T> {
     pub wait: WaitStrategy,
     pub events: Sender<Event<T>>,
     pub inputs: Sender<Input>,
-    pub data: Receiver<Frame>,
+    pub data: Receiver<Outbound>,
     pub counters: Arc<Counters>,
 }
 
@@ -134,8 +134,10 @@ impl<T: Send + 'static> LinkFactory<T> {
         let (session_tx, session_rx) = bounded(self.session_queue.max(1));
         let (request_tx, request_rx) = bounded(self.request_queue.max(1));
         let last_taken = Arc::new(AtomicU64::new(0));
-        let (release_tx, release_rx) = bounded::<()>(0);
-        let (go_tx, go_rx) = bounded::<()>(0);
+        // Signal channels are only ever dropped, never sent on. Capacity 1, not 0: a zero-capacity
+        // channel allocates each time `select!` waits on it.
+        let (release_tx, release_rx) = bounded::<()>(1);
+        let (go_tx, go_rx) = bounded::<()>(1);
         let mut buf = leftover;
         let end = buf.len();
         buf.resize(end.max(self.read_buffer.max(1024)), 0);

@@ -23,7 +23,7 @@ use crate::affinity::WaitStrategy;
 use crate::codec::{self, OP_BINARY, OP_PING, OP_PONG, OP_TEXT};
 use crate::coordinator::{Control, Input, LinkEvent};
 use crate::error::Error;
-use crate::frame::{CloseCode, Frame};
+use crate::frame::{CloseCode, Frame, Outbound};
 use crate::stats::Counters;
 use crate::transport::WriteHalf;
 
@@ -34,20 +34,23 @@ pub(crate) const BATCH_BYTES: usize = 64 * 1024;
 struct Masks {
     pool: [u8; 1024],
     pos: usize,
+    /// Looked up once: building a provider allocates, drawing from its RNG does not.
+    rng: &'static dyn rustls::crypto::SecureRandom,
 }
 
 impl Masks {
     fn new() -> Self {
+        let rng = rustls::crypto::ring::default_provider().secure_random;
         Masks {
             pool: [0; 1024],
             pos: 1024,
+            rng,
         }
     }
 
     fn next(&mut self) -> Result<[u8; 4], Error> {
         if self.pos + 4 > self.pool.len() {
-            rustls::crypto::ring::default_provider()
-                .secure_random
+            self.rng
                 .fill(&mut self.pool)
                 .map_err(|_| Error::Io(std::io::Error::other("secure random source failed")))?;
             self.pos = 0;
@@ -67,7 +70,7 @@ pub(crate) struct Writer {
     pub session: Receiver<Frame>,
     /// The user data lane, shared by every connection of the client; read only once the
     /// session is ready ([`Control::OpenData`]).
-    pub data: Receiver<Frame>,
+    pub data: Receiver<Outbound>,
     /// Request frames for `send_and_confirm`: after session frames, before user data.
     pub requests: Receiver<RequestFrame>,
     /// The highest request sequence number taken from `requests` (stored before the frame's
@@ -94,9 +97,10 @@ enum Item {
     Data(Outgoing),
 }
 
-/// A data frame, plain or a tracked request.
+/// A data frame: a session frame, a user frame, or a tracked request.
 enum Outgoing {
     Plain(Frame),
+    User(Outbound),
     Request(RequestFrame),
 }
 
@@ -141,7 +145,7 @@ impl Writer {
                     recv(self.control) -> c => match c { Ok(c) => Item::Control(c), Err(_) => return },
                     recv(self.session) -> d => match d { Ok(d) => Item::Data(Outgoing::Plain(d)), Err(_) => return },
                     recv(self.requests) -> r => match r { Ok(r) => Item::Data(Outgoing::Request(r)), Err(_) => return },
-                    recv(data) -> d => match d { Ok(d) => Item::Data(Outgoing::Plain(d)), Err(_) => return },
+                    recv(data) -> d => match d { Ok(d) => Item::Data(Outgoing::User(d)), Err(_) => return },
                     recv(self.stop) -> _ => return,
                 },
             };
@@ -176,7 +180,7 @@ impl Writer {
             return Some(Outgoing::Request(r));
         }
         st.data_open
-            .then(|| self.data.try_recv().ok().map(Outgoing::Plain))
+            .then(|| self.data.try_recv().ok().map(Outgoing::User))
             .flatten()
     }
 
@@ -211,7 +215,8 @@ impl Writer {
                 },
             };
             let frame = match next {
-                Outgoing::Plain(f) => f,
+                Outgoing::Plain(f) => Outbound::Owned(f),
+                Outgoing::User(u) => u,
                 Outgoing::Request(r) => {
                     // Taken first, deadline second: once the coordinator has seen a request as
                     // not taken after its deadline, this check is sure to skip it.
@@ -220,7 +225,7 @@ impl Writer {
                         continue;
                     }
                     written_request = r.seq;
-                    r.frame
+                    Outbound::Owned(r.frame)
                 }
             };
             if let Some(len) = st.encode_data(&frame, &self.counters)? {
@@ -326,17 +331,20 @@ impl State {
 
     /// Encodes a data frame into the batch; returns its payload length, or `None` if discarded
     /// because the close frame has already been sent.
-    fn encode_data(&mut self, frame: &Frame, counters: &Counters) -> Result<Option<usize>, Error> {
+    fn encode_data(
+        &mut self,
+        frame: &Outbound,
+        counters: &Counters,
+    ) -> Result<Option<usize>, Error> {
         if self.close_sent {
             Counters::bump(&counters.discarded_after_close, 1);
             return Ok(None);
         }
-        let (opcode, payload) = match frame {
-            Frame::Text(s) => (OP_TEXT, s.as_bytes()),
-            Frame::Binary(b) => (OP_BINARY, b.as_slice()),
-            // The client only queues data frames on the data lane.
-            _ => return Ok(None),
+        // Only data frames are ever queued on these lanes.
+        let Some((text, payload)) = frame.data() else {
+            return Ok(None);
         };
+        let opcode = if text { OP_TEXT } else { OP_BINARY };
         let mask = self.masks.next()?;
         codec::encode(opcode, payload, mask, &mut self.batch);
         if let Some(p) = &mut self.pending_close {
