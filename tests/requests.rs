@@ -217,7 +217,18 @@ fn not_delivered_when_the_lane_is_backed_up() {
         queued.wait(),
         Outcome::NotDelivered(Undelivered::Disconnected)
     );
-    assert_eq!(blocked.wait(), Outcome::Unconfirmed(Unknown::Disconnected));
+    // Usually the writer is blocked mid-write: unknown. On a loaded machine it may still be
+    // masking the 64 MiB frame when the drop comes; then no byte reached the socket and "not
+    // delivered" is the true answer (the venue log below confirms it never arrived).
+    let big = blocked.wait();
+    assert!(
+        matches!(
+            big,
+            Outcome::Unconfirmed(Unknown::Disconnected)
+                | Outcome::NotDelivered(Undelivered::Disconnected)
+        ),
+        "{big:?}"
+    );
     assert!(
         t_drop.elapsed() < Duration::from_secs(1),
         "resolved on the drop, not at the deadline: {:?}",
