@@ -108,36 +108,30 @@ impl<I: Ingress> Driver<I> {
             return input;
         }
         let never = crossbeam_channel::never();
-        let finished = {
-            let dial_done = self.dial.as_ref().map_or(&never, |d| &d.done);
-            let deadline = self.coordinator.next_deadline();
-            let received = match deadline {
-                Some(deadline) => {
-                    let timeout = deadline.saturating_duration_since(Instant::now());
-                    select! {
-                        recv(self.inputs) -> m => Some(m),
-                        recv(dial_done) -> _ => None,
-                        default(timeout) => return Input::Tick,
-                    }
-                }
-                None => select! {
+        let dial_done = self.dial.as_ref().map_or(&never, |d| &d.done);
+        // `None`: the dial finished (the borrow of `self.dial` ends before it is collected).
+        let received = match deadline {
+            Some(deadline) => {
+                let timeout = deadline.saturating_duration_since(Instant::now());
+                select! {
                     recv(self.inputs) -> m => Some(m),
                     recv(dial_done) -> _ => None,
-                },
-            };
-            match received {
-                Some(Ok(input)) => return input,
-                // Every handle is gone: stop now.
-                Some(Err(_)) => {
-                    return Input::Shutdown {
-                        deadline: Instant::now(),
-                    };
+                    default(timeout) => return Input::Tick,
                 }
-                None => true,
             }
+            None => select! {
+                recv(self.inputs) -> m => Some(m),
+                recv(dial_done) -> _ => None,
+            },
         };
-        debug_assert!(finished);
-        self.finish_dial().unwrap_or(Input::Tick)
+        match received {
+            Some(Ok(input)) => input,
+            // Every handle is gone: stop now.
+            Some(Err(_)) => Input::Shutdown {
+                deadline: Instant::now(),
+            },
+            None => self.finish_dial().unwrap_or(Input::Tick),
+        }
     }
 
     /// Feeds one input and carries out the outputs; false once the driver must exit.
