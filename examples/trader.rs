@@ -169,7 +169,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                     }
                     Event::Data { .. } => {}
                     Event::Orphan { id, response, .. } => {
-                        let what = match response {
+                        let what = match *response {
                             Response::Ok { hint, .. } => format!("accepted {hint:?}"),
                             Response::Err { message, .. } => format!("refused: {message}"),
                         };

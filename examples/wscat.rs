@@ -315,7 +315,7 @@ fn run(client: &Client<std::convert::Infallible>, lines: Receiver<String>) -> Ex
                         continue;
                     }
                     Ok(Event::ConnectFailed { attempt, cause, reconnect }) => {
-                        let cause = match cause {
+                        let cause = match *cause {
                             Cause::ConnectFailed(e) => e.to_string(),
                             other => other.to_string(),
                         };

@@ -372,7 +372,7 @@ impl<I: Ingress> Driver<I> {
                 reconnect,
             } => Event::Closed {
                 epoch,
-                info,
+                info: Box::new(info),
                 reconnect,
             },
             Notice::ConnectFailed {
@@ -381,7 +381,7 @@ impl<I: Ingress> Driver<I> {
                 reconnect,
             } => Event::ConnectFailed {
                 attempt,
-                cause,
+                cause: Box::new(cause),
                 reconnect,
             },
             Notice::Orphan {
@@ -391,7 +391,7 @@ impl<I: Ingress> Driver<I> {
             } => Event::Orphan {
                 epoch,
                 id,
-                response,
+                response: Box::new(response),
             },
         };
         // Lifecycle events are never dropped: wait for room unless the client aborts (or the

@@ -78,8 +78,9 @@ pub enum Event<T> {
     Closed {
         /// The connection epoch that ended.
         epoch: u64,
-        /// How and why it ended.
-        info: CloseInfo,
+        /// How and why it ended (boxed: rare events stay out of the way of the data events'
+        /// size, which is what every slot of the event channel costs).
+        info: Box<CloseInfo>,
         /// When the next attempt starts; `None` if the client will not reconnect.
         reconnect: Option<Duration>,
     },
@@ -92,14 +93,14 @@ pub enum Event<T> {
         /// The request id it answers.
         id: u64,
         /// What the endpoint said.
-        response: Response,
+        response: Box<Response>,
     },
     /// A reconnect attempt failed.
     ConnectFailed {
         /// The attempt number.
         attempt: u32,
         /// What went wrong ([`Cause::ConnectFailed`] with the error).
-        cause: Cause,
+        cause: Box<Cause>,
         /// When the next attempt starts; `None` if the client gives up.
         reconnect: Option<Duration>,
     },

@@ -25,7 +25,7 @@ fn next_frame<T: std::fmt::Debug>(client: &Client<T>) -> Frame {
 
 fn closed_info<T: std::fmt::Debug>(client: &Client<T>) -> syncws::CloseInfo {
     next_event(client, WAIT, |e| match e {
-        Event::Closed { info, .. } => Some(info),
+        Event::Closed { info, .. } => Some(*info),
         _ => None,
     })
 }

@@ -45,7 +45,7 @@ fn next_frame<T: std::fmt::Debug>(client: &Client<T>) -> Frame {
 
 fn next_closed<T: std::fmt::Debug>(client: &Client<T>) -> CloseInfo {
     next_event(client, WAIT, |e| match e {
-        Event::Closed { info, .. } => Some(info),
+        Event::Closed { info, .. } => Some(*info),
         _ => None,
     })
 }

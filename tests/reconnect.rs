@@ -970,7 +970,7 @@ fn refused_for_a_while(tls: bool, gated: bool) {
             reconnect,
         } = e
         {
-            match cause {
+            match &**cause {
                 Cause::ConnectFailed(Error::Connect { source, .. }) => assert_eq!(
                     source.kind(),
                     std::io::ErrorKind::ConnectionRefused,

@@ -403,7 +403,7 @@ fn deadline_passes_then_the_late_answer_is_an_orphan() {
         "{took:?}"
     );
     let (id, response) = next_event(&client, WAIT, |e| match e {
-        Event::Orphan { id, response, .. } => Some((id, response)),
+        Event::Orphan { id, response, .. } => Some((id, *response)),
         _ => None,
     });
     assert_eq!(id, 1);
