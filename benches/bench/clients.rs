@@ -22,7 +22,7 @@ use rustls::pki_types::ServerName;
 use rustls::{ClientConnection, StreamOwned};
 use syncws::{
     Client, ClientBuilder, Data, Endpoint, Event, Frame, Ingress, Keepalive, Outcome, Precheck,
-    Reply, Request, Response, Verdict,
+    Reply, Request, Response, Verdict, WaitStrategy,
 };
 use tungstenite::Message;
 
@@ -79,11 +79,27 @@ fn syncws_builder(t: &Target) -> ClientBuilder {
     let mut b = Client::builder(&t.url)
         .name("bench")
         .keepalive(Keepalive::ServerDriven)
-        .close_timeout(Duration::from_millis(200));
+        .close_timeout(Duration::from_millis(200))
+        .wait_strategy(wait_strategy());
     if let Some(pki) = &t.pki {
         b = b.add_root_certificate(pki.ca.clone());
     }
     b
+}
+
+/// `SYNCWS_BENCH_WAIT`: `block` (default), `spin`, or `spin:MICROS` (spin-then-block with that
+/// budget), to compare syncws's wait strategies with the same command.
+fn wait_strategy() -> WaitStrategy {
+    match std::env::var("SYNCWS_BENCH_WAIT").as_deref() {
+        Ok("spin") => WaitStrategy::Spin,
+        Ok(v) => match v.strip_prefix("spin:").and_then(|us| us.parse().ok()) {
+            Some(us) => WaitStrategy::SpinThenBlock {
+                budget: Duration::from_micros(us),
+            },
+            None => WaitStrategy::Block,
+        },
+        Err(_) => WaitStrategy::Block,
+    }
 }
 
 /// Counts each message on the reader thread; emits nothing.
