@@ -229,14 +229,11 @@ impl<T> Client<T> {
     }
 
     fn enqueue_data(&self, data: Outbound, wait: Wait) -> Result<()> {
-        let state = self.counters.state();
-        if state != State::Ready as u8 {
-            if state == State::Closing as u8 || state == State::Stopped as u8 {
-                return Err(Error::Closed { code: None });
-            }
-            if !self.buffer_while_disconnected {
-                return Err(Error::NotConnected);
-            }
+        match self.counters.state() {
+            State::Ready => {}
+            State::Closing | State::Stopped => return Err(Error::Closed { code: None }),
+            _ if self.buffer_while_disconnected => {}
+            _ => return Err(Error::NotConnected),
         }
         let closed = Error::Closed { code: None };
         match wait {
@@ -269,7 +266,7 @@ impl<T> Client<T> {
     /// only 1000-1003, 1007-1014 and 3000-4999 may be sent); the connection stays open.
     pub fn close(&self, code: CloseCode, reason: &str) -> Result<()> {
         check_close_code(code)?;
-        if self.counters.state() == State::Stopped as u8 {
+        if self.counters.state() == State::Stopped {
             return Err(Error::Closed { code: None });
         }
         self.command(Input::Close {
@@ -313,8 +310,7 @@ impl<T> Client<T> {
     /// number of threads at once.
     pub fn submit(&self, request: Request) -> Ticket {
         let id = request.id;
-        let state = self.counters.state();
-        if state != State::Ready as u8 {
+        if self.counters.state() != State::Ready {
             // Between connections or closed for good; a client that is shutting down cannot be
             // called any more (`shutdown` takes it by value).
             return Ticket::resolved(id, Outcome::NotDelivered(Undelivered::NotConnected));
@@ -346,13 +342,12 @@ impl<T> Client<T> {
 
     /// True while a connection is open (its session may still be restoring).
     pub fn is_open(&self) -> bool {
-        let s = self.counters.state();
-        s == State::Open as u8 || s == State::Ready as u8
+        matches!(self.counters.state(), State::Open | State::Ready)
     }
 
     /// True while a connection is open and its session restored: data frames go out.
     pub fn is_ready(&self) -> bool {
-        self.counters.state() == State::Ready as u8
+        self.counters.state() == State::Ready
     }
 
     /// The subprotocol the server selected on the first connection, if any.
@@ -404,13 +399,10 @@ impl<T> Client<T> {
 
     /// Pings need a connection: `NotConnected` between connections, `Closed` once stopped.
     fn check_connected(&self) -> Result<()> {
-        let s = self.counters.state();
-        if s == State::Open as u8 || s == State::Ready as u8 {
-            Ok(())
-        } else if s == State::Closing as u8 || s == State::Stopped as u8 {
-            Err(Error::Closed { code: None })
-        } else {
-            Err(Error::NotConnected)
+        match self.counters.state() {
+            State::Open | State::Ready => Ok(()),
+            State::Closing | State::Stopped => Err(Error::Closed { code: None }),
+            State::Connecting | State::Waiting => Err(Error::NotConnected),
         }
     }
 

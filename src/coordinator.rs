@@ -214,6 +214,20 @@ pub(crate) enum State {
     Stopped = 5,
 }
 
+impl State {
+    /// Inverse of `state as u8` (for the atomic mirror).
+    pub(crate) fn from_u8(v: u8) -> State {
+        match v {
+            0 => State::Connecting,
+            1 => State::Open,
+            2 => State::Ready,
+            3 => State::Closing,
+            4 => State::Waiting,
+            _ => State::Stopped,
+        }
+    }
+}
+
 #[derive(Debug)]
 enum Phase {
     Connecting { attempt: u32 },

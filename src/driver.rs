@@ -412,6 +412,14 @@ impl<I: Ingress> Driver<I> {
     }
 }
 
+/// True once a link's release channel has been dropped (the link is being torn down).
+pub(crate) fn released(release: &Receiver<()>) -> bool {
+    matches!(
+        release.try_recv(),
+        Err(crossbeam_channel::TryRecvError::Disconnected)
+    )
+}
+
 /// Sends `input` to the coordinator from the reader or writer, giving up if the link is released
 /// first (the coordinator may be busy joining that very thread).
 pub(crate) fn report(coord: &Sender<Input>, release: &Receiver<()>, input: Input) {

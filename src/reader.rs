@@ -58,10 +58,7 @@ impl<I: Ingress> Reader<I> {
             recv(self.go) -> _ => {}
             recv(self.stop) -> _ => {}
         }
-        let released = matches!(
-            self.stop.try_recv(),
-            Err(crossbeam_channel::TryRecvError::Disconnected)
-        );
+        let released = crate::driver::released(&self.stop);
         if !released {
             self.read_loop();
         }
@@ -73,8 +70,9 @@ impl<I: Ingress> Reader<I> {
         let mut peer_closed = false;
         loop {
             let mut saw_data = false;
-            // Decode every complete frame in the buffer.
-            loop {
+            // Decode every complete frame in the buffer; `need` is the size of the next frame
+            // once its header is known (0 while it is not), which the buffer must then hold.
+            let need = loop {
                 let step = match self.decoder.decode(&self.buf[self.start..self.end]) {
                     Ok(step) => step,
                     Err(v) => {
@@ -85,17 +83,7 @@ impl<I: Ingress> Reader<I> {
                 };
                 let (used, decoded) = match step {
                     Step::Frame(used, decoded) => (used, decoded),
-                    Step::Need(total) => {
-                        if total > self.buf.len() {
-                            // One frame larger than the buffer: grow to fit it (bounded by the
-                            // decoder's frame limit, checked before `Need` is returned).
-                            self.buf.copy_within(self.start..self.end, 0);
-                            self.end -= self.start;
-                            self.start = 0;
-                            self.buf.resize(total, 0);
-                        }
-                        break;
-                    }
+                    Step::Need(total) => break total,
                 };
                 self.start += used;
                 if peer_closed {
@@ -164,7 +152,7 @@ impl<I: Ingress> Reader<I> {
                         crate::driver::report(&self.coord, &self.stop, input);
                     }
                 }
-            }
+            };
             if saw_data {
                 // One clock read per read(2), not per message.
                 self.counters.data_seen(std::time::Instant::now());
@@ -172,11 +160,16 @@ impl<I: Ingress> Reader<I> {
             if self.half.take_tls_output_pending() {
                 let _ = self.control.try_send(Control::FlushTls);
             }
-            // Reclaim consumed space, then read more.
+            // Reclaim consumed space (moving at most one partial frame), grow only for a frame
+            // larger than the buffer (bounded by the decoder's frame limit, checked before
+            // `Need` is returned), then read more.
             if self.start > 0 {
                 self.buf.copy_within(self.start..self.end, 0);
                 self.end -= self.start;
                 self.start = 0;
+            }
+            if need > self.buf.len() {
+                self.buf.resize(need, 0);
             }
             match self.half.read(&mut self.buf[self.end..]) {
                 Ok(0) => {
@@ -186,10 +179,7 @@ impl<I: Ingress> Reader<I> {
                 Ok(n) => self.end += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    let released = matches!(
-                        self.stop.try_recv(),
-                        Err(crossbeam_channel::TryRecvError::Disconnected)
-                    );
+                    let released = crate::driver::released(&self.stop);
                     if !released {
                         log::debug!("read failed: {e}");
                     }

@@ -120,8 +120,8 @@ impl Counters {
         self.state.store(state as u8, Relaxed);
     }
 
-    pub(crate) fn state(&self) -> u8 {
-        self.state.load(Relaxed)
+    pub(crate) fn state(&self) -> State {
+        State::from_u8(self.state.load(Relaxed))
     }
 
     fn stamp(&self, slot: &AtomicU64, at: Instant) {

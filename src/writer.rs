@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError, select};
+use crossbeam_channel::{Receiver, Sender, select};
 
 use crate::affinity::WaitStrategy;
 
@@ -135,7 +135,7 @@ impl Writer {
                 if let Some(d) = self.next_data(&st) {
                     return Some(Some(Item::Data(d)));
                 }
-                let released = matches!(self.stop.try_recv(), Err(TryRecvError::Disconnected));
+                let released = crate::driver::released(&self.stop);
                 released.then_some(None)
             });
             let first = match polled {
