@@ -19,6 +19,7 @@ use crate::codec::Limits;
 use crate::config::{ClientBuilder, Config};
 use crate::connect::Dialer;
 use crate::coordinator::{Control, Coordinator, Input, Settings, State};
+use crate::doorbell::{Doorbell, Lane};
 use crate::driver::Driver;
 use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
@@ -28,6 +29,7 @@ use crate::ingress::Ingress;
 use crate::link::{AbortSlot, LinkFactory, spawn};
 use crate::requests::{Outcome, Request, Undelivered, WaiterId};
 use crate::stats::{Counters, Stats};
+use crate::stepper::{Core, Inbox, Shared};
 use crate::ticket::Ticket;
 
 /// Capacity of the coordinator's input channel (user commands and reader/writer reports).
@@ -53,8 +55,8 @@ const INPUT_QUEUE: usize = 1024;
 /// Dropping the client has the effect of [`shutdown`](Client::shutdown) with the configured
 /// `close_timeout`.
 pub struct Client<T> {
-    inputs: Sender<Input>,
-    data: Sender<Outbound>,
+    inputs: Inbox,
+    data: Lane<Outbound>,
     events: Receiver<Event<T>>,
     counters: Arc<Counters>,
     buffer_while_disconnected: bool,
@@ -99,6 +101,7 @@ impl<T: Send + 'static> Client<T> {
     {
         let (input_tx, input_rx) = bounded(INPUT_QUEUE);
         let (data_tx, data_rx) = bounded(config.data_queue.max(1));
+        let doorbell = Arc::new(Doorbell::default());
         let (event_tx, event_rx) = bounded(config.event_queue.max(1));
         let (abort_tx, abort_rx) = bounded::<()>(1);
         let (done_tx, done_rx) = bounded::<()>(1);
@@ -116,6 +119,8 @@ impl<T: Send + 'static> Client<T> {
         let precheck = endpoint.precheck();
         let mut coordinator = Coordinator::new(settings, endpoint, reconnect, Instant::now());
         let headers = coordinator.first_dial_headers();
+        let shared = Shared::new(Core::new(coordinator, counters.clone()));
+        let inbox = Inbox::new(input_tx, shared.clone());
         let factory = Arc::new(LinkFactory {
             name: config.name.clone(),
             dialer,
@@ -133,15 +138,16 @@ impl<T: Send + 'static> Client<T> {
             affinity: config.affinity,
             wait: config.wait,
             events: event_tx,
-            inputs: input_tx.clone(),
+            inputs: inbox.clone(),
             data: data_rx,
+            doorbell: doorbell.clone(),
             counters: counters.clone(),
         });
         let (link, protocol) = factory
             .open(1, &headers, ingress, &AbortSlot::default())
             .map_err(|(e, _)| e)?;
         let mut driver = Driver::new(
-            coordinator,
+            shared,
             input_rx,
             factory,
             abort_rx,
@@ -163,8 +169,8 @@ impl<T: Send + 'static> Client<T> {
             driver.run();
         })?;
         Ok(Client {
-            inputs: input_tx,
-            data: data_tx,
+            inputs: inbox,
+            data: Lane::new(data_tx, doorbell),
             events: event_rx,
             counters,
             buffer_while_disconnected: config.buffer_while_disconnected,
@@ -317,16 +323,17 @@ impl<T> Client<T> {
         }
         let deadline = Instant::now() + request.timeout;
         let waiter = WaiterId(self.next_waiter.fetch_add(1, Ordering::Relaxed));
-        let (tx, rx) = bounded(1);
+        let (ticket, answer) = Ticket::new(id, deadline, self.wait);
         let input = Input::Submit {
             waiter,
             request,
-            reply: Some(tx),
+            reply: Some(answer),
         };
-        if self.inputs.send(input).is_err() {
+        // Registered and queued for the writer on this thread when the coordinator is free.
+        if self.inputs.step_or_send(input).is_err() {
             return Ticket::resolved(id, Outcome::NotDelivered(Undelivered::ShutDown));
         }
-        Ticket::new(id, rx, deadline, self.wait)
+        ticket
     }
 
     /// The channel of everything that happens on the client. Consume it from one thread;
@@ -377,8 +384,7 @@ impl<T> Client<T> {
         let deadline = Instant::now() + timeout;
         let sent = self
             .inputs
-            .send_deadline(Input::Shutdown { deadline }, deadline)
-            .is_ok();
+            .send_deadline(Input::Shutdown { deadline }, deadline);
         let finished = sent
             && matches!(
                 self.done.recv_deadline(deadline),

@@ -35,7 +35,7 @@
 
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
+use crate::ticket::Answer;
 
 use crate::backoff::Reconnect;
 use crate::codec::Violation;
@@ -82,7 +82,7 @@ pub(crate) enum Input {
     Submit {
         waiter: WaiterId,
         request: Request,
-        reply: Option<Sender<Outcome>>,
+        reply: Option<Answer>,
     },
     /// Driver: the link of `epoch` is down and its writer joined; it had taken requests up to
     /// `last_taken` from its request lane.
@@ -183,6 +183,8 @@ pub(crate) enum Output {
         seq: u64,
         frame: Frame,
         deadline: Instant,
+        /// Report the frame written (mode `Sent`).
+        report_written: bool,
     },
     /// Deliver a request outcome to a waiter.
     Resolve(WaiterId, Outcome),
@@ -732,10 +734,12 @@ impl Coordinator {
                     seq,
                     frame,
                     deadline,
+                    report_written,
                 } => Output::SendRequest {
                     seq,
                     frame,
                     deadline,
+                    report_written,
                 },
                 RequestOut::Resolve(waiter, outcome) => Output::Resolve(waiter, outcome),
                 RequestOut::Orphan { id, response } => Output::Notify(Notice::Orphan {

@@ -1,26 +1,29 @@
-//! The coordinator thread: a thin driver around the sans-IO [`Coordinator`].
+//! The coordinator thread: a thin driver around the sans-IO
+//! [`Coordinator`](crate::coordinator::Coordinator).
 //!
-//! It waits for the next input or the coordinator's next deadline, feeds it (with the reader's
-//! latest data timestamp), and carries out the outputs: frames go to the current link's lanes,
+//! It waits for the next input or the coordinator's next deadline, takes the coordinator's lock
+//! (see [`stepper`](crate::stepper): the latency-critical inputs are usually stepped inline by
+//! the thread they come from), carries out what inline steps left for it, feeds the input, and
+//! carries out the outputs: frames go to the current link's lanes, outcomes to waiting callers,
 //! notices to the application's event channel, a dial starts a short-lived `NAME-dial` thread,
 //! a disconnect shuts the link down and joins its threads.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError, select};
+use crossbeam_channel::{Receiver, TrySendError, select};
 
-use crate::coordinator::{Control, Coordinator, Input, Notice, Output, State};
+use crate::coordinator::{Control, Input, Notice, Output, State};
 use crate::error::Error;
 use crate::event::Event;
 use crate::ingress::Ingress;
 use crate::link::{AbortSlot, Link, LinkFactory, Opened, spawn};
-use crate::requests::{Outcome, Unknown, WaiterId};
+use crate::requests::{Outcome, Unknown};
 use crate::stats::Counters;
-use crate::writer::RequestFrame;
+use crate::stepper::{Carried, Core, Deferred, Shared, deliver};
 
 /// A dial running on its own thread.
 struct Dial<I> {
@@ -32,7 +35,8 @@ struct Dial<I> {
 }
 
 pub(crate) struct Driver<I: Ingress> {
-    pub coordinator: Coordinator,
+    /// The coordinator, behind the lock that inline steps share.
+    pub shared: Arc<Shared>,
     pub inputs: Receiver<Input>,
     pub factory: Arc<LinkFactory<I::Output>>,
     /// Disconnected when the client gives up on a graceful shutdown: stop waiting on the app.
@@ -45,10 +49,8 @@ pub(crate) struct Driver<I: Ingress> {
     pub buffer_while_disconnected: bool,
     dial: Option<Dial<I>>,
     out: Vec<Output>,
-    /// Reply channels of callers waiting for a request outcome.
-    waiters: HashMap<WaiterId, Sender<Outcome>>,
-    /// Inputs that outputs of the current step give rise to (reused buffer).
-    followups: VecDeque<Input>,
+    /// Inputs and outputs still to handle in the current step (reused buffer).
+    work: VecDeque<Deferred>,
     /// True until the driver runs on its own thread: notices must not wait for room then,
     /// because nobody can be consuming events yet.
     pub starting: bool,
@@ -57,7 +59,7 @@ pub(crate) struct Driver<I: Ingress> {
 impl<I: Ingress> Driver<I> {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
-        coordinator: Coordinator,
+        shared: Arc<Shared>,
         inputs: Receiver<Input>,
         factory: Arc<LinkFactory<I::Output>>,
         abort: Receiver<()>,
@@ -65,8 +67,9 @@ impl<I: Ingress> Driver<I> {
         counters: Arc<Counters>,
         buffer_while_disconnected: bool,
     ) -> Self {
+        shared.core.lock().lanes = Some(link.lanes());
         Driver {
-            coordinator,
+            shared,
             inputs,
             factory,
             abort,
@@ -76,36 +79,41 @@ impl<I: Ingress> Driver<I> {
             buffer_while_disconnected,
             dial: None,
             out: Vec::new(),
-            waiters: HashMap::new(),
-            followups: VecDeque::new(),
+            work: VecDeque::new(),
             starting: true,
         }
     }
 
     pub(crate) fn run(mut self) {
         loop {
-            let input = self.next_input();
-            if !self.step(input) {
+            let (input, from_inbox) = self.next_input();
+            if !self.step_counted(input, from_inbox) {
                 return;
             }
         }
     }
 
     /// Waits for a command or report, a finished dial, or the coordinator's next deadline.
-    fn next_input(&mut self) -> Input {
-        let deadline = self.coordinator.next_deadline();
+    /// The flag says whether the input came from the inbox channel.
+    fn next_input(&mut self) -> (Input, bool) {
+        let deadline = {
+            let mut core = self.shared.core.lock();
+            let deadline = core.coordinator.next_deadline();
+            core.wakes_at = deadline;
+            deadline
+        };
         let wait = self.factory.wait;
         // `Some(None)`: stop polling, the blocking path below handles it (a finished dial, a
         // closed channel).
         let polled = wait.spin(|| match self.inputs.try_recv() {
             Ok(input) => Some(Some(input)),
-            Err(_) if deadline.is_some_and(|d| Instant::now() >= d) => Some(Some(Input::Tick)),
+            Err(_) if deadline.is_some_and(|d| Instant::now() >= d) => Some(None),
             Err(crossbeam_channel::TryRecvError::Disconnected) => Some(None),
             Err(_) if self.dial.as_ref().is_some_and(|d| !d.done.is_empty()) => Some(None),
             Err(crossbeam_channel::TryRecvError::Empty) => None,
         });
         if let Some(Some(input)) = polled {
-            return input;
+            return (input, true);
         }
         let never = crossbeam_channel::never();
         let dial_done = self.dial.as_ref().map_or(&never, |d| &d.done);
@@ -116,7 +124,7 @@ impl<I: Ingress> Driver<I> {
                 select! {
                     recv(self.inputs) -> m => Some(m),
                     recv(dial_done) -> _ => None,
-                    default(timeout) => return Input::Tick,
+                    default(timeout) => return (Input::Tick, false),
                 }
             }
             None => select! {
@@ -125,124 +133,106 @@ impl<I: Ingress> Driver<I> {
             },
         };
         match received {
-            Some(Ok(input)) => input,
+            Some(Ok(input)) => (input, true),
             // Every handle is gone: stop now.
-            Some(Err(_)) => Input::Shutdown {
-                deadline: Instant::now(),
-            },
-            None => self.finish_dial().unwrap_or(Input::Tick),
+            Some(Err(_)) => (
+                Input::Shutdown {
+                    deadline: Instant::now(),
+                },
+                false,
+            ),
+            None => (self.finish_dial().unwrap_or(Input::Tick), false),
         }
     }
 
     /// Feeds one input and carries out the outputs; false once the driver must exit.
     pub(crate) fn step(&mut self, input: Input) -> bool {
+        self.step_counted(input, false)
+    }
+
+    /// [`Driver::step`] for an input that came from the inbox channel (`from_inbox`) or not.
+    fn step_counted(&mut self, input: Input, from_inbox: bool) -> bool {
+        let shared = self.shared.clone();
+        let mut core = shared.core.lock();
         let mut keep_running = true;
-        let mut followups = std::mem::take(&mut self.followups);
-        followups.push_back(input);
-        while let Some(mut input) = followups.pop_front() {
-            if let Input::Submit { waiter, reply, .. } = &mut input {
-                if let Some(tx) = reply.take() {
-                    self.waiters.insert(*waiter, tx);
+        let mut work = std::mem::take(&mut self.work);
+        let mut out = std::mem::take(&mut self.out);
+        // What inline steps left for this thread comes first, in order.
+        core.take_deferred(&mut work);
+        work.push_back(Deferred::Input(input));
+        while let Some(item) = work.pop_front() {
+            match item {
+                Deferred::Output(output) => {
+                    self.carry_out(&mut core, output, &mut work, &mut keep_running)
                 }
-            }
-            // `now` first, then `last_taken`: see the `requests` module docs.
-            let now = Instant::now();
-            let last_taken = self
-                .link
-                .as_ref()
-                .map_or(0, |l| l.last_taken.load(Ordering::SeqCst));
-            self.coordinator.set_last_taken(last_taken);
-            if let Some(at) = self.counters.last_data() {
-                self.coordinator.data_seen(at);
-            }
-            self.coordinator.handle(now, input, &mut self.out);
-            // `Ready` is published by `Output::Ready`, after stale frames have left the lane.
-            let state = self.coordinator.state();
-            if state != State::Ready {
-                self.counters.set_state(state);
-            }
-            self.counters.publish(self.coordinator.health_mut());
-            let mut outputs = std::mem::take(&mut self.out);
-            for output in outputs.drain(..) {
-                match output {
-                    Output::Send(control) => {
-                        self.to_link(|l| l.control.try_send(control).map_err(drop))
-                    }
-                    Output::SendSession(frame) => {
-                        self.to_link(|l| l.session.try_send(frame).map_err(drop))
-                    }
-                    Output::SendRequest {
-                        seq,
-                        frame,
-                        deadline,
-                    } => {
-                        // A request that cannot be queued is certainly not delivered: say so now
-                        // (a later request's sequence number must not make it look taken).
-                        let request = RequestFrame {
-                            seq,
-                            frame,
-                            deadline,
-                        };
-                        let queued = self
-                            .link
-                            .as_ref()
-                            .is_some_and(|l| l.requests.try_send(request).is_ok());
-                        if !queued {
-                            let epoch = self.link.as_ref().map_or(0, |l| l.epoch);
-                            followups.push_back(Input::RequestDropped { epoch, seq });
-                        }
-                    }
-                    Output::Resolve(waiter, outcome) => {
-                        if let Some(tx) = self.waiters.remove(&waiter) {
-                            let _ = tx.try_send(outcome); // The caller may have given up.
-                        }
-                    }
-                    Output::Ready => {
-                        if !self.buffer_while_disconnected {
-                            // Frames that raced with the loss of the previous connection.
-                            self.discard_queued();
-                        }
-                        self.counters.set_state(State::Ready);
-                        self.to_link(|l| l.control.try_send(Control::OpenData).map_err(drop))
-                    }
-                    Output::Notify(notice) => self.notify(notice),
-                    Output::Dial {
-                        epoch,
-                        attempt,
-                        headers,
-                    } => self.start_dial(epoch, attempt, headers),
-                    Output::Disconnect => followups.extend(self.disconnect()),
-                    Output::Stop => {
-                        self.abort_dial();
-                        followups.extend(self.disconnect());
-                        keep_running = false;
+                Deferred::Input(input) => {
+                    core.feed(input, &mut out);
+                    for output in out.drain(..) {
+                        self.carry_out(&mut core, output, &mut work, &mut keep_running);
                     }
                 }
             }
-            self.out = outputs;
         }
-        self.followups = followups;
+        self.work = work;
+        self.out = out;
+        if from_inbox {
+            shared.handled(&core);
+        }
         // A new connection has been announced (or dropped): its reader may start.
         if let Some(link) = &mut self.link {
             link.go();
         }
         if !keep_running {
             // Every caller gets an answer, even if the table missed one (it should not).
-            for (_, tx) in self.waiters.drain() {
-                let _ = tx.try_send(Outcome::Unconfirmed(Unknown::Disconnected));
-            }
+            core.answer_all(Outcome::Unconfirmed(Unknown::Disconnected));
         }
+        let answers = core.take_answers();
+        drop(core);
+        deliver(answers);
         keep_running
     }
 
-    fn to_link(&self, send: impl FnOnce(&Link<I>) -> Result<(), ()>) {
-        if let Some(link) = &self.link {
-            if send(link).is_err() {
-                log::warn!(
-                    "lane of connection {} full or closed; frame dropped",
-                    link.epoch
-                );
+    /// Carries out one output; inputs it gives rise to join the back of `work`.
+    fn carry_out(
+        &mut self,
+        core: &mut Core,
+        output: Output,
+        work: &mut VecDeque<Deferred>,
+        keep_running: &mut bool,
+    ) {
+        let output = match core.carry(output) {
+            Carried::Done => return,
+            Carried::Followup(input) => return work.push_back(Deferred::Input(input)),
+            Carried::Heavy(output) => output,
+        };
+        match output {
+            Output::Ready => {
+                if !self.buffer_while_disconnected {
+                    // Frames that raced with the loss of the previous connection.
+                    self.discard_queued();
+                }
+                self.counters.set_state(State::Ready);
+                if let Some(lanes) = &core.lanes {
+                    let _ = lanes.control.try_send(Control::OpenData);
+                }
             }
+            Output::Notify(notice) => self.notify(notice),
+            Output::Dial {
+                epoch,
+                attempt,
+                headers,
+            } => self.start_dial(epoch, attempt, headers),
+            Output::Disconnect => {
+                core.lanes = None;
+                work.extend(self.disconnect().map(Deferred::Input));
+            }
+            Output::Stop => {
+                self.abort_dial();
+                core.lanes = None;
+                work.extend(self.disconnect().map(Deferred::Input));
+                *keep_running = false;
+            }
+            light => debug_assert!(false, "{light:?} is carried out by the core"),
         }
     }
 
@@ -322,6 +312,7 @@ impl<I: Ingress> Driver<I> {
         let epoch = dial.epoch;
         match dial.handle.join() {
             Ok(Ok((link, _protocol))) => {
+                self.shared.core.lock().lanes = Some(link.lanes());
                 self.link = Some(link);
                 Some(Input::Connected { epoch })
             }
@@ -418,13 +409,4 @@ pub(crate) fn released(release: &Receiver<()>) -> bool {
         release.try_recv(),
         Err(crossbeam_channel::TryRecvError::Disconnected)
     )
-}
-
-/// Sends `input` to the coordinator from the reader or writer, giving up if the link is released
-/// first (the coordinator may be busy joining that very thread).
-pub(crate) fn report(coord: &Sender<Input>, release: &Receiver<()>, input: Input) {
-    select! {
-        send(coord, input) -> _ => {}
-        recv(release) -> _ => {}
-    }
 }

@@ -18,7 +18,8 @@ use crate::affinity::{Affinity, WaitStrategy, pin_current_thread};
 use crate::codec::{Decoder, Limits};
 use crate::config::Overflow;
 use crate::connect::Dialer;
-use crate::coordinator::{Control, Input};
+use crate::coordinator::Control;
+use crate::doorbell::{Doorbell, Lane};
 use crate::endpoint::Precheck;
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -26,15 +27,16 @@ use crate::frame::{Frame, Outbound};
 use crate::ingress::Ingress;
 use crate::reader::{CONTROL_HEADROOM, Reader};
 use crate::stats::Counters;
+use crate::stepper::{Inbox, Lanes};
 use crate::transport::{SocketHandle, Stream};
 use crate::writer::{RequestFrame, Writer};
 
 /// The I/O side of one open connection.
 pub(crate) struct Link<I> {
     pub epoch: u64,
-    pub control: Sender<Control>,
-    pub session: Sender<Frame>,
-    pub requests: Sender<RequestFrame>,
+    pub control: Lane<Control>,
+    pub session: Lane<Frame>,
+    pub requests: Lane<RequestFrame>,
     /// The writer's highest taken request sequence number.
     pub last_taken: Arc<AtomicU64>,
     socket: SocketHandle,
@@ -48,6 +50,17 @@ pub(crate) struct Link<I> {
 }
 
 impl<I> Link<I> {
+    /// The senders of its lanes, for the coordinator's core.
+    pub(crate) fn lanes(&self) -> Lanes {
+        Lanes {
+            epoch: self.epoch,
+            control: self.control.clone(),
+            session: self.session.clone(),
+            requests: self.requests.clone(),
+            last_taken: self.last_taken.clone(),
+        }
+    }
+
     /// Lets the reader start reading. Idempotent.
     pub(crate) fn go(&mut self) {
         self.go.take();
@@ -59,6 +72,7 @@ impl<I> Link<I> {
         self.socket.shutdown();
         self.release.take();
         if let Some(writer) = self.writer.take() {
+            writer.thread().unpark(); // It may be parked waiting for work.
             if writer.join().is_err() {
                 log::error!("writer thread panicked");
             }
@@ -92,8 +106,10 @@ pub(crate) struct LinkFactory<T> {
     pub affinity: Affinity,
     pub wait: WaitStrategy,
     pub events: Sender<Event<T>>,
-    pub inputs: Sender<Input>,
+    pub inputs: Inbox,
     pub data: Receiver<Outbound>,
+    /// Wakes the writer of the current link.
+    pub doorbell: Arc<Doorbell>,
     pub counters: Arc<Counters>,
 }
 
@@ -153,7 +169,7 @@ impl<T: Send + 'static> LinkFactory<T> {
             precheck: self.precheck.clone(),
             events: self.events.clone(),
             coord: self.inputs.clone(),
-            control: control_tx.clone(),
+            control: Lane::new(control_tx.clone(), self.doorbell.clone()),
             control_capacity,
             stop: release_rx.clone(),
             go: go_rx,
@@ -169,14 +185,15 @@ impl<T: Send + 'static> LinkFactory<T> {
             last_taken: last_taken.clone(),
             stop: release_rx,
             wait: self.wait,
+            doorbell: self.doorbell.clone(),
             coord: self.inputs.clone(),
             counters: self.counters.clone(),
         };
         let mut link = Link {
             epoch,
-            control: control_tx,
-            session: session_tx,
-            requests: request_tx,
+            control: Lane::new(control_tx, self.doorbell.clone()),
+            session: Lane::new(session_tx, self.doorbell.clone()),
+            requests: Lane::new(request_tx, self.doorbell.clone()),
             last_taken,
             socket,
             go: Some(go_tx),

@@ -17,11 +17,13 @@ use crossbeam_channel::{Receiver, Sender, TrySendError, select};
 use crate::codec::{Decoded, Decoder, Step};
 use crate::config::Overflow;
 use crate::coordinator::{Control, Input, LinkEvent};
+use crate::doorbell::Lane;
 use crate::endpoint::Precheck;
 use crate::event::Event;
 use crate::frame::Frame;
 use crate::ingress::{Ingress, Verdict};
 use crate::stats::Counters;
+use crate::stepper::Inbox;
 use crate::transport::ReadHalf;
 
 /// Pongs are only queued while the control lane has at least this much room left, so a ping
@@ -40,8 +42,8 @@ pub(crate) struct Reader<I: Ingress> {
     /// The endpoint's filter for messages the coordinator must see (acknowledgements).
     pub precheck: Option<Precheck>,
     pub events: Sender<Event<I::Output>>,
-    pub coord: Sender<Input>,
-    pub control: Sender<Control>,
+    pub coord: Inbox,
+    pub control: Lane<Control>,
     pub control_capacity: usize,
     /// Disconnected when the link is released.
     pub stop: Receiver<()>,
@@ -98,7 +100,8 @@ impl<I: Ingress> Reader<I> {
                                 epoch: self.epoch,
                                 event: LinkEvent::Reply(Frame::from(data)),
                             };
-                            crate::driver::report(&self.coord, &self.stop, input);
+                            // On the round trip's path: handled here if the coordinator is free.
+                            self.coord.step_or_report(input, &self.stop);
                         }
                         Counters::bump(&self.counters.messages_in, 1);
                         Counters::bump(&self.counters.bytes_in, data.as_bytes().len() as u64);
@@ -126,21 +129,21 @@ impl<I: Ingress> Reader<I> {
                         }
                     }
                     Decoded::Ping(payload) => {
+                        // Counted before the pong is queued: once the peer has the pong, the
+                        // ping is counted (the writer may send it before this thread goes on).
+                        Counters::bump(&self.counters.pings_in, 1);
                         if self.control.len() + CONTROL_HEADROOM < self.control_capacity {
                             let _ = self.control.try_send(Control::Pong(payload.to_vec()));
                         } else {
                             Counters::bump(&self.counters.pongs_dropped, 1);
                         }
-                        // Counted once the pong is queued, so `pings_in` also means "answered
-                        // or dropped".
-                        Counters::bump(&self.counters.pings_in, 1);
                     }
                     Decoded::Pong(payload) => {
                         let pong = Input::Link {
                             epoch: self.epoch,
                             event: LinkEvent::Pong(payload.to_vec()),
                         };
-                        crate::driver::report(&self.coord, &self.stop, pong);
+                        self.coord.report(pong, &self.stop);
                     }
                     Decoded::Close(close) => {
                         peer_closed = true;
@@ -149,7 +152,7 @@ impl<I: Ingress> Reader<I> {
                             epoch: self.epoch,
                             event: LinkEvent::PeerClose(close),
                         };
-                        crate::driver::report(&self.coord, &self.stop, input);
+                        self.coord.report(input, &self.stop);
                     }
                 }
             };
@@ -198,7 +201,7 @@ impl<I: Ingress> Reader<I> {
             epoch: self.epoch,
             event,
         };
-        crate::driver::report(&self.coord, &self.stop, input);
+        self.coord.report(input, &self.stop);
     }
 }
 

@@ -164,6 +164,9 @@ pub(crate) enum RequestOut {
         seq: u64,
         frame: Frame,
         deadline: Instant,
+        /// The writer must report the frame written (mode `Sent`); a confirmed request needs no
+        /// report, which keeps the writer off the coordinator on the round trip's path.
+        report_written: bool,
     },
     /// Deliver an outcome to a waiter.
     Resolve(WaiterId, Outcome),
@@ -266,6 +269,7 @@ impl Requests {
             seq,
             frame: req.frame,
             deadline,
+            report_written: req.mode == ConfirmMode::Sent,
         });
     }
 

@@ -41,6 +41,12 @@ pub struct Stats {
     /// [`buffer_while_disconnected`](crate::ClientBuilder::buffer_while_disconnected) nothing
     /// queued for one connection is sent on the next).
     pub discarded_on_disconnect: u64,
+    /// Coordinator inputs handled on the thread they came from: the fast path of
+    /// `send_and_confirm` (a caller's submit, the reader's response, the writer's report).
+    pub inline_steps: u64,
+    /// Coordinator inputs handed to the coordinator thread instead: commands, lifecycle
+    /// reports, and fast-path inputs that found the coordinator busy.
+    pub queued_steps: u64,
     /// Successful reconnects (connections after the first).
     pub reconnects: u64,
     /// Connection attempts, including the first.
@@ -84,6 +90,8 @@ pub(crate) struct Counters {
     pub events_blocked: AtomicU64,
     pub discarded_after_close: AtomicU64,
     pub discarded_on_disconnect: AtomicU64,
+    pub inline_steps: AtomicU64,
+    pub queued_steps: AtomicU64,
     /// Nanoseconds after `base` of the last data message (0: none yet).
     last_data_ns: AtomicU64,
     /// Nanoseconds after `base` of the last socket write (0: none yet).
@@ -106,6 +114,8 @@ impl Counters {
             events_blocked: AtomicU64::new(0),
             discarded_after_close: AtomicU64::new(0),
             discarded_on_disconnect: AtomicU64::new(0),
+            inline_steps: AtomicU64::new(0),
+            queued_steps: AtomicU64::new(0),
             last_data_ns: AtomicU64::new(0),
             last_send_ns: AtomicU64::new(0),
             health: Mutex::new(HealthView::default()),
@@ -179,6 +189,8 @@ impl Counters {
             events_blocked: self.events_blocked.load(Relaxed),
             discarded_after_close: self.discarded_after_close.load(Relaxed),
             discarded_on_disconnect: self.discarded_on_disconnect.load(Relaxed),
+            inline_steps: self.inline_steps.load(Relaxed),
+            queued_steps: self.queued_steps.load(Relaxed),
             reconnects: view.reconnects,
             connect_attempts: view.connect_attempts,
             since_last_receive: self.last_data().map(|t| now.saturating_duration_since(t)),

@@ -1,6 +1,7 @@
 //! The writer thread: the only thread that writes to the socket.
 //!
-//! It blocks until the control lane or the data lane has something, then builds one batch:
+//! It parks on the [`Doorbell`](crate::doorbell::Doorbell) until a lane has something, then
+//! builds one batch:
 //! every queued control frame first (pongs, pings, close), then data frames until the batch
 //! reaches [`BATCH_BYTES`] or the data lane is empty, checking the control lane again before each
 //! data frame. The batch is written with one `write_all` (one TLS encryption pass, one syscall
@@ -16,15 +17,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use crossbeam_channel::{Receiver, Sender, select};
+use crossbeam_channel::Receiver;
 
 use crate::affinity::WaitStrategy;
 
 use crate::codec::{self, OP_BINARY, OP_PING, OP_PONG, OP_TEXT};
 use crate::coordinator::{Control, Input, LinkEvent};
+use crate::doorbell::Doorbell;
 use crate::error::Error;
 use crate::frame::{CloseCode, Frame, Outbound};
 use crate::stats::Counters;
+use crate::stepper::Inbox;
 use crate::transport::WriteHalf;
 
 /// Target size of one write batch.
@@ -80,7 +83,9 @@ pub(crate) struct Writer {
     pub stop: Receiver<()>,
     /// How to wait for frames.
     pub wait: WaitStrategy,
-    pub coord: Sender<Input>,
+    /// Rung by every lane's sender; the writer parks on it when all lanes are empty.
+    pub doorbell: Arc<Doorbell>,
+    pub coord: Inbox,
     pub counters: Arc<Counters>,
 }
 
@@ -90,6 +95,8 @@ pub(crate) struct RequestFrame {
     pub seq: u64,
     pub frame: Frame,
     pub deadline: Instant,
+    /// Report it written (`LinkEvent::Written`): only mode `Sent` needs that.
+    pub report_written: bool,
 }
 
 enum Item {
@@ -120,40 +127,44 @@ impl Writer {
             close_sent: false,
             data_open: false,
         };
-        let closed_lane = crossbeam_channel::never();
-        loop {
-            let data = if st.data_open {
-                &self.data
-            } else {
-                &closed_lane
-            };
-            // Busy-poll first if the wait strategy says so, then park in `select!`.
-            let polled = self.wait.spin(|| {
-                if let Ok(c) = self.control.try_recv() {
-                    return Some(Some(Item::Control(c)));
-                }
-                if let Some(d) = self.next_data(&st) {
-                    return Some(Some(Item::Data(d)));
-                }
-                let released = crate::driver::released(&self.stop);
-                released.then_some(None)
-            });
-            let first = match polled {
-                Some(Some(item)) => item,
-                Some(None) => return,
-                None => select! {
-                    recv(self.control) -> c => match c { Ok(c) => Item::Control(c), Err(_) => return },
-                    recv(self.session) -> d => match d { Ok(d) => Item::Data(Outgoing::Plain(d)), Err(_) => return },
-                    recv(self.requests) -> r => match r { Ok(r) => Item::Data(Outgoing::Request(r)), Err(_) => return },
-                    recv(data) -> d => match d { Ok(d) => Item::Data(Outgoing::User(d)), Err(_) => return },
-                    recv(self.stop) -> _ => return,
-                },
-            };
+        self.doorbell.register();
+        // `None`: the link is released.
+        while let Some(first) = self.next_item(&st) {
             if let Err(e) = self.write_batch(&mut st, first) {
                 log::debug!("writer stopping: {e}");
                 self.report(LinkEvent::WriteFailed(e));
-                return;
+                break;
             }
+        }
+        self.doorbell.unregister();
+    }
+
+    /// Waits for the next frame (busy-polling first if the wait strategy says so, then parked
+    /// on the doorbell); `None` once the link is released.
+    fn next_item(&self, st: &State) -> Option<Item> {
+        let poll = || {
+            if let Ok(c) = self.control.try_recv() {
+                return Some(Some(Item::Control(c)));
+            }
+            if let Some(d) = self.next_data(st) {
+                return Some(Some(Item::Data(d)));
+            }
+            crate::driver::released(&self.stop).then_some(None)
+        };
+        if let Some(polled) = self.wait.spin(poll) {
+            return polled;
+        }
+        loop {
+            if let Some(polled) = poll() {
+                return polled;
+            }
+            self.doorbell.wait(|| {
+                !self.control.is_empty()
+                    || !self.session.is_empty()
+                    || !self.requests.is_empty()
+                    || (st.data_open && !self.data.is_empty())
+                    || crate::driver::released(&self.stop)
+            });
         }
     }
 
@@ -162,7 +173,7 @@ impl Writer {
             epoch: self.epoch,
             event,
         };
-        crate::driver::report(&self.coord, &self.stop, input);
+        self.coord.report(input, &self.stop);
     }
 
     /// Frames queued now that a close must wait for.
@@ -224,7 +235,9 @@ impl Writer {
                     if Instant::now() >= r.deadline {
                         continue;
                     }
-                    written_request = r.seq;
+                    if r.report_written {
+                        written_request = r.seq;
+                    }
                     Outbound::Owned(r.frame)
                 }
             };
@@ -256,7 +269,12 @@ impl Writer {
         Counters::bump(&self.counters.messages_out, messages);
         Counters::bump(&self.counters.bytes_out, bytes);
         if written_request > 0 {
-            self.report(LinkEvent::Written(written_request));
+            let input = Input::Link {
+                epoch: self.epoch,
+                event: LinkEvent::Written(written_request),
+            };
+            // Resolves `Sent` requests: handled here if the coordinator is free.
+            self.coord.step_or_report(input, &self.stop);
         }
         if st.close_sent && !close_was_sent {
             self.report(LinkEvent::CloseWritten);

@@ -68,9 +68,9 @@ fn frame_in_same_segment_as_101_arrives_tls() {
 }
 
 /// The server stops reading until the client's data lane is full, then pings. Once the client
-/// has queued the pong (its `pings_in` counter says so) the server resumes reading: the pong must
-/// come before the data still waiting in the lane (the control lane jumps the queue), with the
-/// ping's payload.
+/// has read the ping (its `pings_in` counter says so; the pong is queued right after) the server
+/// resumes reading: the pong must come before the data still waiting in the lane (the control
+/// lane jumps the queue), with the ping's payload.
 #[test]
 fn ping_answered_with_same_payload_while_data_lane_is_full() {
     const LANE: usize = 64;

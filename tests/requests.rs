@@ -108,6 +108,32 @@ fn order_confirmed_on_an_auth_gated_session() {
     client.shutdown(Duration::from_secs(1));
 }
 
+/// One caller, one order at a time, on an idle connection: the submit is registered and queued
+/// on the caller's thread and the response resolved on the reader's, without waking the
+/// coordinator thread (`Stats::inline_steps` / `queued_steps` count which path each input took).
+#[test]
+fn sequential_round_trips_take_the_fast_path() {
+    const ORDERS: u64 = 200;
+    let venue = Venue::start(Knobs::default()).unwrap();
+    let client = ready(builder(&venue));
+    let before = client.stats();
+    for id in 1..=ORDERS {
+        let outcome = client.send_and_confirm(order(id));
+        assert!(confirmed(&outcome), "order {id}: {outcome:?}");
+    }
+    let after = client.stats();
+    let inline = after.inline_steps - before.inline_steps;
+    let queued = after.queued_steps - before.queued_steps;
+    eprintln!("{ORDERS} round trips: {inline} inputs inline, {queued} via the coordinator thread");
+    // Two inputs per round trip. The first submit arms the earliest deadline and nudges the
+    // coordinator thread; until it has looked, inputs take the queue (as they do whenever the
+    // coordinator thread is busy), so a loaded machine may push a few through it. Half is a
+    // floor that only a broken fast path misses: without it every input is queued.
+    assert!(inline >= ORDERS, "{inline} of {} inputs inline", 2 * ORDERS);
+    assert!(inline + queued >= 2 * ORDERS, "every input is counted once");
+    client.shutdown(Duration::from_secs(1));
+}
+
 /// The endpoint is auth-gated: the subscription goes out only once the (delayed) answer to
 /// `public/auth` came, and orders only once the subscription is acknowledged.
 #[test]

@@ -1,0 +1,564 @@
+//! Who steps the coordinator: its lock, its inbox, and the inline fast path.
+//!
+//! The sans-IO [`Coordinator`] lives behind one mutex together with what carrying out its cheap
+//! outputs needs: the current link's lanes and the reply channels of callers waiting for an
+//! outcome. Whoever holds the lock steps it. Normally that is the coordinator thread, which takes
+//! its inputs from the inbox channel. But three inputs sit on the path of a `send_and_confirm`
+//! round trip — the caller's `Submit`, the reader's `Reply`, the writer's `Written` — and the
+//! thread they come from steps them *inline* when it can, instead of waking the coordinator
+//! thread and waiting for it: a round trip then crosses two thread hand-offs (caller → writer,
+//! reader → caller) instead of four.
+//!
+//! What keeps this as safe as a single owner thread:
+//!
+//! - **One total order.** Every input is handled under the lock. Every input sent on the inbox
+//!   channel is counted from the moment it is sent until the coordinator thread has handled it,
+//!   and an inline step is taken only when that count is zero: an input can never overtake one
+//!   that was sent before it (a response is never handled before the registration it answers).
+//! - **Inline steps never block.** They take the lock only if it comes free within
+//!   [`LOCK_WAIT`], and carry out only outputs that cannot block: frames to a link's lanes
+//!   (`try_send`) and outcomes to waiters. The rest — events, which may wait for room, dials,
+//!   disconnects, which join threads — is *deferred* in order, with everything after it, and the
+//!   coordinator thread is nudged to carry it out before anything else; no inline step runs
+//!   while deferred work waits. The coordinator thread may hold the lock while it blocks (joining
+//!   a link's threads): the threads it waits for never wait for the lock beyond `LOCK_WAIT`.
+//! - **Deadlines are not missed.** An inline step can arm a deadline earlier than the one the
+//!   coordinator thread sleeps until; it then nudges the thread, which recomputes its wait.
+//!
+//! A thread that cannot step inline (lock busy, inputs queued, deferred work) sends its input on
+//! the inbox channel, which is exactly the path every input took before: the fast path is an
+//! optimisation of scheduling, never of semantics.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, SendTimeoutError, Sender, select};
+use parking_lot::{Mutex, MutexGuard};
+
+use crate::coordinator::{Control, Coordinator, Input, Output, State};
+use crate::doorbell::Lane;
+use crate::frame::Frame;
+use crate::requests::{Outcome, WaiterId};
+use crate::stats::Counters;
+use crate::ticket::Answer;
+use crate::writer::RequestFrame;
+
+/// How long an inline step waits for the lock before sending its input on the channel instead.
+/// Inline holders keep it for a few microseconds; the coordinator thread may keep it longer
+/// (while it joins a link's threads, or waits for room in the event channel).
+pub(crate) const LOCK_WAIT: Duration = Duration::from_micros(50);
+
+/// The senders of the current link's lanes.
+pub(crate) struct Lanes {
+    pub epoch: u64,
+    pub control: Lane<Control>,
+    pub session: Lane<Frame>,
+    pub requests: Lane<RequestFrame>,
+    /// The writer's highest taken request sequence number.
+    pub last_taken: Arc<AtomicU64>,
+}
+
+/// Work an inline step left for the coordinator thread, in the order it must be done.
+pub(crate) enum Deferred {
+    Output(Output),
+    Input(Input),
+}
+
+/// What carrying out one output came to.
+pub(crate) enum Carried {
+    Done,
+    /// An input the output gives rise to, handled after the step's other outputs.
+    Followup(Input),
+    /// Only the coordinator thread can carry this out.
+    Heavy(Output),
+}
+
+/// The coordinator and what its cheap outputs need. Lives behind [`Shared::core`].
+pub(crate) struct Core {
+    pub coordinator: Coordinator,
+    /// The current link's lanes; `None` between links.
+    pub lanes: Option<Lanes>,
+    /// Callers waiting for a request outcome.
+    waiters: HashMap<WaiterId, Answer>,
+    /// Outcomes to deliver once the lock is released (a woken caller would otherwise preempt
+    /// the thread holding it, then block on it).
+    answers: Vec<(Answer, Outcome)>,
+    counters: Arc<Counters>,
+    /// Left for the coordinator thread by inline steps.
+    deferred: VecDeque<Deferred>,
+    /// When the coordinator thread wakes by itself next (`None`: only for an input).
+    pub wakes_at: Option<Instant>,
+    /// Reused buffers of inline steps.
+    out: Vec<Output>,
+    followups: VecDeque<Input>,
+}
+
+impl Core {
+    pub(crate) fn new(coordinator: Coordinator, counters: Arc<Counters>) -> Self {
+        Core {
+            coordinator,
+            lanes: None,
+            waiters: HashMap::new(),
+            answers: Vec::new(),
+            counters,
+            deferred: VecDeque::new(),
+            wakes_at: None,
+            out: Vec::new(),
+            followups: VecDeque::new(),
+        }
+    }
+
+    /// Feeds one input to the coordinator, with the readings every step starts with; its
+    /// outputs are appended to `out`.
+    pub(crate) fn feed(&mut self, mut input: Input, out: &mut Vec<Output>) {
+        if let Input::Submit { waiter, reply, .. } = &mut input {
+            if let Some(tx) = reply.take() {
+                self.waiters.insert(*waiter, tx);
+            }
+        }
+        // `now` first, then `last_taken`: see the `requests` module docs.
+        let now = Instant::now();
+        let last_taken = self
+            .lanes
+            .as_ref()
+            .map_or(0, |l| l.last_taken.load(Ordering::SeqCst));
+        self.coordinator.set_last_taken(last_taken);
+        if let Some(at) = self.counters.last_data() {
+            self.coordinator.data_seen(at);
+        }
+        self.coordinator.handle(now, input, out);
+        // `Ready` is published by `Output::Ready`, after stale frames have left the lane.
+        let state = self.coordinator.state();
+        if state != State::Ready {
+            self.counters.set_state(state);
+        }
+        self.counters.publish(self.coordinator.health_mut());
+    }
+
+    /// Carries out `output` if that cannot block.
+    pub(crate) fn carry(&mut self, output: Output) -> Carried {
+        match output {
+            Output::Send(control) => self.to_lanes(|l| l.control.try_send(control).map_err(drop)),
+            Output::SendSession(frame) => {
+                self.to_lanes(|l| l.session.try_send(frame).map_err(drop))
+            }
+            Output::SendRequest {
+                seq,
+                frame,
+                deadline,
+                report_written,
+            } => {
+                // A request that cannot be queued is certainly not delivered: say so now (a
+                // later request's sequence number must not make it look taken).
+                let request = RequestFrame {
+                    seq,
+                    frame,
+                    deadline,
+                    report_written,
+                };
+                let queued = self
+                    .lanes
+                    .as_ref()
+                    .is_some_and(|l| l.requests.try_send(request).is_ok());
+                if !queued {
+                    let epoch = self.lanes.as_ref().map_or(0, |l| l.epoch);
+                    return Carried::Followup(Input::RequestDropped { epoch, seq });
+                }
+            }
+            Output::Resolve(waiter, outcome) => {
+                if let Some(answer) = self.waiters.remove(&waiter) {
+                    self.answers.push((answer, outcome));
+                }
+            }
+            heavy => return Carried::Heavy(heavy),
+        }
+        Carried::Done
+    }
+
+    fn to_lanes(&self, send: impl FnOnce(&Lanes) -> Result<(), ()>) {
+        if let Some(lanes) = &self.lanes {
+            if send(lanes).is_err() {
+                log::warn!(
+                    "lane of connection {} full or closed; frame dropped",
+                    lanes.epoch
+                );
+            }
+        }
+    }
+
+    /// Moves the work inline steps left into `work` (front first).
+    pub(crate) fn take_deferred(&mut self, work: &mut VecDeque<Deferred>) {
+        work.extend(self.deferred.drain(..));
+    }
+
+    /// Answers every caller still waiting (the coordinator has stopped).
+    pub(crate) fn answer_all(&mut self, outcome: Outcome) {
+        for (_, answer) in self.waiters.drain() {
+            self.answers.push((answer, outcome.clone()));
+        }
+    }
+
+    /// The outcomes decided so far, to deliver with [`deliver`] after releasing the lock.
+    pub(crate) fn take_answers(&mut self) -> Vec<(Answer, Outcome)> {
+        std::mem::take(&mut self.answers)
+    }
+}
+
+/// Delivers outcomes taken with [`Core::take_answers`]. A caller that gave up reads nothing.
+pub(crate) fn deliver(answers: Vec<(Answer, Outcome)>) {
+    for (answer, outcome) in answers {
+        answer.send(outcome);
+    }
+}
+
+/// The coordinator's lock and the count of inputs sent on the inbox channel and not yet handled.
+pub(crate) struct Shared {
+    pub core: Mutex<Core>,
+    queued: AtomicUsize,
+}
+
+impl Shared {
+    pub(crate) fn new(core: Core) -> Arc<Self> {
+        Arc::new(Shared {
+            core: Mutex::new(core),
+            queued: AtomicUsize::new(0),
+        })
+    }
+
+    /// The coordinator thread has handled an input it received from the channel. Called with
+    /// the lock held.
+    pub(crate) fn handled(&self, core: &MutexGuard<'_, Core>) {
+        self.queued.fetch_sub(1, Ordering::SeqCst);
+        Counters::bump(&core.counters.queued_steps, 1);
+    }
+}
+
+/// A handle for sending inputs to the coordinator: on the channel, or inline.
+#[derive(Clone)]
+pub(crate) struct Inbox {
+    tx: Sender<Input>,
+    shared: Arc<Shared>,
+}
+
+impl Inbox {
+    pub(crate) fn new(tx: Sender<Input>, shared: Arc<Shared>) -> Self {
+        Inbox { tx, shared }
+    }
+
+    /// Sends on the channel, waiting for room.
+    pub(crate) fn send(&self, input: Input) -> Result<(), Input> {
+        self.count(|tx| tx.send(input).map_err(|e| e.into_inner()))
+    }
+
+    /// Sends on the channel, waiting for room until `deadline`.
+    pub(crate) fn send_deadline(&self, input: Input, deadline: Instant) -> bool {
+        self.count(|tx| {
+            tx.send_deadline(input, deadline).map_err(|e| match e {
+                SendTimeoutError::Timeout(i) | SendTimeoutError::Disconnected(i) => i,
+            })
+        })
+        .is_ok()
+    }
+
+    /// Sends on the channel if there is room.
+    pub(crate) fn try_send(&self, input: Input) -> bool {
+        self.count(|tx| tx.try_send(input).map_err(|e| e.into_inner()))
+            .is_ok()
+    }
+
+    /// Sends on the channel from a link's reader or writer, giving up if the link is released
+    /// first (the coordinator thread may be busy joining that very thread).
+    pub(crate) fn report(&self, input: Input, release: &Receiver<()>) {
+        let _ = self.count(|tx| {
+            select! {
+                send(tx, input) -> r => r.map_err(|e| e.into_inner()),
+                recv(release) -> _ => Err(Input::Tick),
+            }
+        });
+    }
+
+    /// Steps `input` inline if it can; otherwise sends it on the channel, waiting for room.
+    pub(crate) fn step_or_send(&self, input: Input) -> Result<(), Input> {
+        match self.step_inline(input) {
+            Ok(()) => Ok(()),
+            Err(input) => self.send(input),
+        }
+    }
+
+    /// Steps `input` inline if it can; otherwise reports it like [`Inbox::report`].
+    pub(crate) fn step_or_report(&self, input: Input, release: &Receiver<()>) {
+        if let Err(input) = self.step_inline(input) {
+            self.report(input, release);
+        }
+    }
+
+    /// Counts an input as queued while `send` puts it on the channel (uncounted if it fails).
+    fn count(&self, send: impl FnOnce(&Sender<Input>) -> Result<(), Input>) -> Result<(), Input> {
+        self.shared.queued.fetch_add(1, Ordering::SeqCst);
+        let sent = send(&self.tx);
+        if sent.is_err() {
+            self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+        }
+        sent
+    }
+
+    /// Handles `input` on this thread, or gives it back if that could reorder inputs or block.
+    fn step_inline(&self, input: Input) -> Result<(), Input> {
+        let Some(mut core) = self.shared.core.try_lock_for(LOCK_WAIT) else {
+            return Err(input);
+        };
+        if self.shared.queued.load(Ordering::SeqCst) > 0 || !core.deferred.is_empty() {
+            return Err(input);
+        }
+        Counters::bump(&core.counters.inline_steps, 1);
+        let mut out = std::mem::take(&mut core.out);
+        let mut followups = std::mem::take(&mut core.followups);
+        followups.push_back(input);
+        while let Some(input) = followups.pop_front() {
+            if !core.deferred.is_empty() {
+                core.deferred.push_back(Deferred::Input(input));
+                continue;
+            }
+            core.feed(input, &mut out);
+            for output in out.drain(..) {
+                if !core.deferred.is_empty() {
+                    core.deferred.push_back(Deferred::Output(output));
+                    continue;
+                }
+                match core.carry(output) {
+                    Carried::Done => {}
+                    Carried::Followup(input) => followups.push_back(input),
+                    Carried::Heavy(output) => core.deferred.push_back(Deferred::Output(output)),
+                }
+            }
+        }
+        core.out = out;
+        core.followups = followups;
+        let earlier = match (core.coordinator.next_deadline(), core.wakes_at) {
+            (Some(next), Some(wake)) => next < wake,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        let nudge = earlier || !core.deferred.is_empty();
+        if nudge {
+            // The coordinator thread will sleep until the new deadline, not the old one.
+            core.wakes_at = core.coordinator.next_deadline();
+        }
+        let answers = core.take_answers();
+        drop(core);
+        deliver(answers);
+        if nudge && !self.try_send(Input::Tick) {
+            // The channel is full: the coordinator thread is busy with it and will look again.
+            log::trace!("coordinator nudge dropped: inbox full");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::affinity::WaitStrategy;
+    use crate::coordinator::{LinkEvent, Settings};
+    use crate::doorbell::Doorbell;
+    use crate::requests::{Request, Response};
+    use crate::ticket::Ticket;
+    use crate::{Data, Endpoint, Keepalive, Reply};
+
+    /// Responses are texts `resp ID`.
+    struct Venue;
+
+    impl Endpoint for Venue {
+        fn subscribe(&mut self, topic: &str) -> Frame {
+            Frame::text(topic)
+        }
+        fn parse_reply(&mut self, msg: Data<'_>) -> Option<Reply> {
+            let Data::Text(t) = msg else { return None };
+            let id = t.strip_prefix("resp ")?.parse().ok()?;
+            let response = Response::Ok {
+                retry_after: None,
+                hint: None,
+            };
+            Some(Reply::Response { id, response })
+        }
+    }
+
+    struct Rig {
+        inbox: Inbox,
+        shared: Arc<Shared>,
+        /// The coordinator thread's end of the inbox channel.
+        inputs: crossbeam_channel::Receiver<Input>,
+        requests: crossbeam_channel::Receiver<RequestFrame>,
+        next_waiter: u64,
+    }
+
+    /// A core with connection 1 open and its session ready, as the coordinator thread would
+    /// leave it (its own outputs dropped).
+    fn rig() -> Rig {
+        let settings = Settings {
+            close_timeout: Duration::from_secs(1),
+            stable_after: Duration::from_secs(30),
+            keepalive: Keepalive::ServerDriven,
+            stale_after: None,
+            ack_timeout: Duration::from_secs(5),
+            max_topics: 8,
+            latency: None,
+            max_pending: 8,
+        };
+        let coordinator = Coordinator::new(settings, Box::new(Venue), None, Instant::now());
+        let counters = Arc::new(Counters::new());
+        let shared = Shared::new(Core::new(coordinator, counters));
+        let (tx, inputs) = crossbeam_channel::bounded(16);
+        let bell = Arc::new(Doorbell::default());
+        let (control, _) = crossbeam_channel::bounded(8);
+        let (session, _) = crossbeam_channel::bounded(8);
+        let (req_tx, requests) = crossbeam_channel::bounded(8);
+        {
+            let mut core = shared.core.lock();
+            core.lanes = Some(Lanes {
+                epoch: 1,
+                control: Lane::new(control, bell.clone()),
+                session: Lane::new(session, bell.clone()),
+                requests: Lane::new(req_tx, bell),
+                last_taken: Arc::new(AtomicU64::new(0)),
+            });
+            let mut out = Vec::new();
+            core.feed(Input::Connected { epoch: 1 }, &mut out);
+            assert!(out.iter().any(|o| matches!(o, Output::Ready)), "{out:?}");
+        }
+        Rig {
+            inbox: Inbox::new(tx, shared.clone()),
+            shared,
+            inputs,
+            requests,
+            next_waiter: 1,
+        }
+    }
+
+    impl Rig {
+        fn submit(&mut self, id: u64) -> Ticket {
+            let request = Request::new(id, id, Frame::text(format!("order {id}")));
+            let (ticket, answer) =
+                Ticket::new(id, Instant::now() + request.timeout, WaitStrategy::Block);
+            let waiter = WaiterId(self.next_waiter);
+            self.next_waiter += 1;
+            let input = Input::Submit {
+                waiter,
+                request,
+                reply: Some(answer),
+            };
+            self.inbox.step_or_send(input).unwrap();
+            ticket
+        }
+
+        fn respond(&self, id: u64) {
+            let event = LinkEvent::Reply(Frame::text(format!("resp {id}")));
+            let (_keep, release) = crossbeam_channel::bounded::<()>(1);
+            self.inbox
+                .step_or_report(Input::Link { epoch: 1, event }, &release);
+        }
+
+        /// Does what the coordinator thread does with everything in the inbox (outputs other
+        /// than outcomes are dropped).
+        fn drain_inbox(&self) {
+            while let Ok(input) = self.inputs.try_recv() {
+                let mut core = self.shared.core.lock();
+                let mut work = VecDeque::new();
+                core.take_deferred(&mut work);
+                let mut out = Vec::new();
+                core.feed(input, &mut out);
+                for o in out {
+                    let _ = core.carry(o);
+                }
+                self.shared.handled(&core);
+                core.wakes_at = core.coordinator.next_deadline();
+                let answers = core.take_answers();
+                drop(core);
+                deliver(answers);
+            }
+        }
+    }
+
+    fn confirmed(ticket: &mut Ticket) -> bool {
+        matches!(ticket.try_outcome(), Some(Outcome::Confirmed { .. }))
+    }
+
+    #[test]
+    fn submit_and_response_are_handled_on_the_calling_threads() {
+        let mut rig = rig();
+        let mut ticket = rig.submit(7);
+        assert_eq!(
+            rig.requests.try_recv().unwrap().seq,
+            1,
+            "queued by the caller"
+        );
+        // The first deadline is earlier than the coordinator thread's wake-up (none): nudged.
+        assert_eq!(rig.inputs.len(), 1);
+        rig.drain_inbox_after_nudge();
+        assert_eq!(ticket.try_outcome(), None);
+        rig.respond(7);
+        assert!(confirmed(&mut ticket), "resolved by the reader's step");
+        assert!(
+            rig.inputs.is_empty(),
+            "the coordinator thread was not needed"
+        );
+        let core = rig.shared.core.lock();
+        assert_eq!(core.counters.inline_steps.load(Ordering::Relaxed), 2);
+        assert_eq!(
+            core.counters.queued_steps.load(Ordering::Relaxed),
+            1,
+            "the nudge"
+        );
+    }
+
+    #[test]
+    fn an_input_never_overtakes_one_queued_before_it() {
+        let mut rig = rig();
+        // Something is waiting in the inbox: the submit must queue behind it.
+        rig.inbox.send(Input::Tick).unwrap();
+        let mut first = rig.submit(1);
+        assert!(
+            rig.requests.is_empty(),
+            "not registered ahead of the queued input"
+        );
+        assert_eq!(rig.inputs.len(), 2);
+        rig.drain_inbox();
+        assert_eq!(rig.requests.try_recv().unwrap().seq, 1);
+        // Now the inbox is empty and the coordinator free: inline again.
+        rig.respond(1);
+        assert!(confirmed(&mut first));
+        assert!(rig.inputs.is_empty());
+    }
+
+    #[test]
+    fn work_only_the_coordinator_thread_may_do_is_deferred_with_what_follows() {
+        let mut rig = rig();
+        let _ = rig.submit(1);
+        rig.drain_inbox_after_nudge();
+        // A response to no pending request is an orphan event: deferred, and a nudge sent.
+        rig.respond(99);
+        assert!(matches!(rig.inputs.try_recv(), Ok(Input::Tick)));
+        // Say the nudge is gone (as when the inbox was full): the deferred work alone must hold
+        // inline steps back until the coordinator thread has carried it out.
+        rig.shared.handled(&rig.shared.core.lock());
+        rig.respond(1);
+        assert_eq!(rig.inputs.len(), 1, "the response took the queue");
+        let mut work = VecDeque::new();
+        rig.shared.core.lock().take_deferred(&mut work);
+        assert!(matches!(
+            work.pop_front(),
+            Some(Deferred::Output(Output::Notify(_)))
+        ));
+        assert!(work.is_empty());
+    }
+
+    impl Rig {
+        /// Handles the nudge an earlier deadline sent, as the coordinator thread would.
+        fn drain_inbox_after_nudge(&self) {
+            self.drain_inbox();
+            assert!(self.inputs.is_empty());
+        }
+    }
+}
