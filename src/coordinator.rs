@@ -615,6 +615,9 @@ impl Coordinator {
             },
             LinkEvent::Written(seq) => {
                 let mut r = Vec::new();
+                // Deadlines first: the writer skipped a request whose deadline had passed, and a
+                // later frame written must not make that one look written.
+                self.requests.poll(now, self.last_taken, &mut r);
                 self.requests.on_written(seq, &mut r);
                 self.apply_requests(r, out);
             }

@@ -877,6 +877,30 @@ fn disconnect_resolves_requests_at_once_by_what_the_writer_took() {
     assert!(!out.iter().any(|o| matches!(o, Output::SendRequest { .. })));
 }
 
+/// The writer skips a `Sent` request whose deadline passed in the lane and writes the next one;
+/// its report arrives before the coordinator's own timer for the first: the first must not be
+/// reported `Sent`.
+#[test]
+fn a_request_skipped_at_its_deadline_is_not_sent_by_a_later_write() {
+    let mut h = Harness::with(settings(), Box::new(Venue { gated: false }), None);
+    let ms = Duration::from_millis;
+    submit(&mut h, 1, 10, 1, ms(100), ConfirmMode::Sent);
+    submit(&mut h, 2, 11, 1, ms(500), ConfirmMode::Sent);
+    h.now += ms(150); // No tick: the report comes first.
+    h.coord.set_last_taken(2);
+    let out = h.link(LinkEvent::Written(2));
+    let mut got = outcomes(&out);
+    got.sort_by_key(|(w, _)| *w);
+    assert_eq!(
+        got,
+        [
+            // Taken (so maybe written, as far as the table knows), not confirmed written.
+            (1, Outcome::Unconfirmed(Unknown::Deadline)),
+            (2, Outcome::Sent),
+        ]
+    );
+}
+
 #[test]
 fn responses_confirm_or_reject_and_late_ones_are_orphans() {
     let mut h = Harness::with(settings(), Box::new(Venue { gated: false }), None);

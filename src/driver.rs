@@ -67,7 +67,6 @@ impl<I: Ingress> Driver<I> {
         counters: Arc<Counters>,
         buffer_while_disconnected: bool,
     ) -> Self {
-        shared.core.lock().lanes = Some(link.lanes());
         Driver {
             shared,
             inputs,
@@ -157,6 +156,14 @@ impl<I: Ingress> Driver<I> {
         let mut keep_running = true;
         let mut work = std::mem::take(&mut self.work);
         let mut out = std::mem::take(&mut self.out);
+        if let Input::Connected { epoch } = input {
+            // The link's lanes become visible to inline steps with the step that announces it.
+            core.lanes = self
+                .link
+                .as_ref()
+                .filter(|l| l.epoch == epoch)
+                .map(Link::lanes);
+        }
         // What inline steps left for this thread comes first, in order.
         core.take_deferred(&mut work);
         work.push_back(Deferred::Input(input));
@@ -205,6 +212,9 @@ impl<I: Ingress> Driver<I> {
             Carried::Followup(input) => return work.push_back(Deferred::Input(input)),
             Carried::Heavy(output) => output,
         };
+        // What follows may block (an event waiting for room, joins, a dial abort): outcomes
+        // already decided are not held back by it.
+        deliver(core.take_answers());
         match output {
             Output::Ready => {
                 if !self.buffer_while_disconnected {
@@ -312,7 +322,6 @@ impl<I: Ingress> Driver<I> {
         let epoch = dial.epoch;
         match dial.handle.join() {
             Ok(Ok((link, _protocol))) => {
-                self.shared.core.lock().lanes = Some(link.lanes());
                 self.link = Some(link);
                 Some(Input::Connected { epoch })
             }

@@ -134,6 +134,11 @@ impl std::fmt::Display for Cause {
 /// a public feed with no authentication implements only that and
 /// [`parse_reply`](Self::parse_reply).
 ///
+/// Its methods run one at a time, under the coordinator's lock, but not always on the
+/// coordinator thread: to save thread hand-offs, an input on the `send_and_confirm` path is
+/// handled on the thread it comes from (the caller's, the reader's or the writer's) when the
+/// coordinator is free. Keep them short, and never panic: a panic there is not caught.
+///
 /// ```
 /// use syncws::{Data, Endpoint, Frame, Reply};
 ///
@@ -195,7 +200,7 @@ pub trait Endpoint: Send + 'static {
     }
 
     /// Recognises an acknowledgement or application pong among the messages the precheck let
-    /// through. Runs on the coordinator thread.
+    /// through. Runs under the coordinator's lock, usually on the reader thread.
     fn parse_reply(&mut self, msg: Data<'_>) -> Option<Reply> {
         let _ = msg;
         None

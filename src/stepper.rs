@@ -1,7 +1,7 @@
 //! Who steps the coordinator: its lock, its inbox, and the inline fast path.
 //!
 //! The sans-IO [`Coordinator`] lives behind one mutex together with what carrying out its cheap
-//! outputs needs: the current link's lanes and the reply channels of callers waiting for an
+//! outputs needs: the current link's lanes and the answer slots of callers waiting for an
 //! outcome. Whoever holds the lock steps it. Normally that is the coordinator thread, which takes
 //! its inputs from the inbox channel. But three inputs sit on the path of a `send_and_confirm`
 //! round trip — the caller's `Submit`, the reader's `Reply`, the writer's `Written` — and the
@@ -21,13 +21,20 @@
 //!   disconnects, which join threads — is *deferred* in order, with everything after it, and the
 //!   coordinator thread is nudged to carry it out before anything else; no inline step runs
 //!   while deferred work waits. The coordinator thread may hold the lock while it blocks (joining
-//!   a link's threads): the threads it waits for never wait for the lock beyond `LOCK_WAIT`.
+//!   a link's threads, aborting a dial, waiting for room in the event channel): the threads it
+//!   waits for never wait for the lock beyond `LOCK_WAIT`, and outcomes already decided are
+//!   delivered before it blocks.
+//! - **Outcomes are delivered after the lock is released**: a woken caller that preempts the
+//!   stepping thread does not then block on the lock it still holds.
 //! - **Deadlines are not missed.** An inline step can arm a deadline earlier than the one the
 //!   coordinator thread sleeps until; it then nudges the thread, which recomputes its wait.
 //!
 //! A thread that cannot step inline (lock busy, inputs queued, deferred work) sends its input on
-//! the inbox channel, which is exactly the path every input took before: the fast path is an
-//! optimisation of scheduling, never of semantics.
+//! the inbox channel, which is exactly the path every input took before: the fast path changes
+//! which thread runs a step, not the order of steps nor their outputs. One consequence: the
+//! endpoint's callbacks (`parse_reply`, `app_ping`, ...) may run on a caller's, the reader's or
+//! the writer's thread, not only on the coordinator's; like every endpoint callback they must
+//! not panic.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -348,11 +355,12 @@ impl Inbox {
         }
         let answers = core.take_answers();
         drop(core);
-        deliver(answers);
+        // The nudge before the answers: a woken caller may take this core for a while.
         if nudge && !self.try_send(Input::Tick) {
             // The channel is full: the coordinator thread is busy with it and will look again.
             log::trace!("coordinator nudge dropped: inbox full");
         }
+        deliver(answers);
         Ok(())
     }
 }
