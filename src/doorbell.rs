@@ -113,6 +113,11 @@ impl<T> Lane<T> {
     pub(crate) fn len(&self) -> usize {
         self.tx.len()
     }
+
+    /// True if nothing is queued.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.tx.is_empty()
+    }
 }
 
 #[cfg(test)]

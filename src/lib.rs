@@ -83,6 +83,7 @@ mod liveness;
 mod reader;
 mod requests;
 mod session;
+mod sink;
 mod stats;
 mod stepper;
 mod target;

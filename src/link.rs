@@ -26,6 +26,7 @@ use crate::event::Event;
 use crate::frame::{Frame, Outbound};
 use crate::ingress::Ingress;
 use crate::reader::{CONTROL_HEADROOM, Reader};
+use crate::sink::Sink;
 use crate::stats::Counters;
 use crate::stepper::{Inbox, Lanes};
 use crate::transport::{SocketHandle, Stream};
@@ -39,6 +40,8 @@ pub(crate) struct Link<I> {
     pub requests: Lane<RequestFrame>,
     /// The writer's highest taken request sequence number.
     pub last_taken: Arc<AtomicU64>,
+    /// The socket's write side (shared by the writer thread and direct writes).
+    pub sink: Arc<Mutex<Sink>>,
     socket: SocketHandle,
     /// Dropped to let the reader start reading (after the coordinator has announced the
     /// connection, so its `Connected` event precedes its data).
@@ -58,6 +61,7 @@ impl<I> Link<I> {
             session: self.session.clone(),
             requests: self.requests.clone(),
             last_taken: self.last_taken.clone(),
+            sink: self.sink.clone(),
         }
     }
 
@@ -150,6 +154,7 @@ impl<T: Send + 'static> LinkFactory<T> {
         let (session_tx, session_rx) = bounded(self.session_queue.max(1));
         let (request_tx, request_rx) = bounded(self.request_queue.max(1));
         let last_taken = Arc::new(AtomicU64::new(0));
+        let sink = Arc::new(Mutex::new(Sink::new(write_half)));
         // Signal channels are only ever dropped, never sent on. Capacity 1, not 0: a zero-capacity
         // channel allocates each time `select!` waits on it.
         let (release_tx, release_rx) = bounded::<()>(1);
@@ -176,7 +181,8 @@ impl<T: Send + 'static> LinkFactory<T> {
             counters: self.counters.clone(),
         };
         let writer = Writer {
-            half: write_half,
+            sink: sink.clone(),
+            data_open: false,
             epoch,
             control: control_rx,
             session: session_rx,
@@ -195,6 +201,7 @@ impl<T: Send + 'static> LinkFactory<T> {
             session: Lane::new(session_tx, self.doorbell.clone()),
             requests: Lane::new(request_tx, self.doorbell.clone()),
             last_taken,
+            sink,
             socket,
             go: Some(go_tx),
             release: Some(release_tx),

@@ -44,12 +44,14 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, SendTimeoutError, Sender, select};
 use parking_lot::{Mutex, MutexGuard};
 
-use crate::coordinator::{Control, Coordinator, Input, Output, State};
+use crate::coordinator::{Control, Coordinator, Input, LinkEvent, Output, State};
 use crate::doorbell::Lane;
 use crate::frame::Frame;
 use crate::requests::{Outcome, WaiterId};
+use crate::sink::Sink;
 use crate::stats::Counters;
 use crate::ticket::Answer;
+use crate::transport::Direct;
 use crate::writer::RequestFrame;
 
 /// How long an inline step waits for the lock before sending its input on the channel instead.
@@ -65,6 +67,43 @@ pub(crate) struct Lanes {
     pub requests: Lane<RequestFrame>,
     /// The writer's highest taken request sequence number.
     pub last_taken: Arc<AtomicU64>,
+    /// The socket's write side, for direct writes.
+    pub sink: Arc<Mutex<Sink>>,
+}
+
+impl Lanes {
+    /// The direct path: writes `request` on the calling thread if the writer thread is not
+    /// writing and nothing is queued ahead of it (see [`crate::sink`]). `None`: not written,
+    /// queue it. `Some(true)`: written, and its write must be reported (mode `Sent`).
+    fn write_direct(&self, request: &RequestFrame, counters: &Counters) -> Option<bool> {
+        if !(self.control.is_empty() && self.session.is_empty() && self.requests.is_empty()) {
+            return None;
+        }
+        let mut sink = self.sink.try_lock()?;
+        if !sink.accepts_direct() {
+            return None;
+        }
+        // Taken first, deadline second, as the writer thread does.
+        let before = self.last_taken.swap(request.seq, Ordering::SeqCst);
+        if Instant::now() >= request.deadline {
+            return Some(false);
+        }
+        let report = request.report_written.then_some(request.seq);
+        match sink.write_direct(&request.frame, report, counters) {
+            Direct::Done => Some(report.is_some()),
+            Direct::Spilled => {
+                drop(sink);
+                // The writer thread writes the rest (and reports it); wake it.
+                let _ = self.control.try_send(Control::FlushTls);
+                Some(false)
+            }
+            Direct::Declined => {
+                // Not a byte went out: the frame is queued as usual.
+                self.last_taken.store(before, Ordering::SeqCst);
+                None
+            }
+        }
+    }
 }
 
 /// Work an inline step left for the coordinator thread, in the order it must be done.
@@ -165,6 +204,17 @@ impl Core {
                     deadline,
                     report_written,
                 };
+                if let Some(lanes) = &self.lanes {
+                    match lanes.write_direct(&request, &self.counters) {
+                        Some(true) => {
+                            let event = LinkEvent::Written(seq);
+                            let epoch = lanes.epoch;
+                            return Carried::Followup(Input::Link { epoch, event });
+                        }
+                        Some(false) => return Carried::Done,
+                        None => {}
+                    }
+                }
                 let queued = self
                     .lanes
                     .as_ref()
@@ -399,6 +449,9 @@ mod tests {
         /// The coordinator thread's end of the inbox channel.
         inputs: crossbeam_channel::Receiver<Input>,
         requests: crossbeam_channel::Receiver<RequestFrame>,
+        session: crossbeam_channel::Receiver<Frame>,
+        /// The server's end of the connection.
+        peer: std::net::TcpStream,
         next_waiter: u64,
     }
 
@@ -421,16 +474,24 @@ mod tests {
         let (tx, inputs) = crossbeam_channel::bounded(16);
         let bell = Arc::new(Doorbell::default());
         let (control, _) = crossbeam_channel::bounded(8);
-        let (session, _) = crossbeam_channel::bounded(8);
+        let (session_tx, session) = crossbeam_channel::bounded(8);
         let (req_tx, requests) = crossbeam_channel::bounded(8);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let sock = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (peer, _) = listener.accept().unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let stream = crate::transport::Stream { sock, tls: None };
+        let (_read, write, _socket) = stream.split().unwrap();
         {
             let mut core = shared.core.lock();
             core.lanes = Some(Lanes {
                 epoch: 1,
                 control: Lane::new(control, bell.clone()),
-                session: Lane::new(session, bell.clone()),
+                session: Lane::new(session_tx, bell.clone()),
                 requests: Lane::new(req_tx, bell),
                 last_taken: Arc::new(AtomicU64::new(0)),
+                sink: Arc::new(Mutex::new(Sink::new(write))),
             });
             let mut out = Vec::new();
             core.feed(Input::Connected { epoch: 1 }, &mut out);
@@ -441,6 +502,8 @@ mod tests {
             shared,
             inputs,
             requests,
+            session,
+            peer,
             next_waiter: 1,
         }
     }
@@ -459,6 +522,32 @@ mod tests {
             };
             self.inbox.step_or_send(input).unwrap();
             ticket
+        }
+
+        /// The next frame the server received (a small masked text frame), unmasked.
+        fn on_wire(&mut self) -> String {
+            use std::io::Read;
+            let mut head = [0u8; 6];
+            self.peer.read_exact(&mut head).unwrap();
+            assert_eq!(head[0], 0x81, "a final text frame");
+            let mut payload = vec![0u8; usize::from(head[1] & 0x7f)];
+            self.peer.read_exact(&mut payload).unwrap();
+            for (i, b) in payload.iter_mut().enumerate() {
+                *b ^= head[2 + i % 4];
+            }
+            String::from_utf8(payload).unwrap()
+        }
+
+        /// True if the server has received nothing more.
+        fn wire_is_quiet(&self) -> bool {
+            self.peer.set_nonblocking(true).unwrap();
+            let quiet = matches!(self.peer.peek(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+            self.peer.set_nonblocking(false).unwrap();
+            quiet
+        }
+
+        fn lanes<R>(&self, f: impl FnOnce(&Lanes) -> R) -> R {
+            f(self.shared.core.lock().lanes.as_ref().unwrap())
         }
 
         fn respond(&self, id: u64) {
@@ -497,11 +586,9 @@ mod tests {
     fn submit_and_response_are_handled_on_the_calling_threads() {
         let mut rig = rig();
         let mut ticket = rig.submit(7);
-        assert_eq!(
-            rig.requests.try_recv().unwrap().seq,
-            1,
-            "queued by the caller"
-        );
+        assert_eq!(rig.on_wire(), "order 7", "written by the caller");
+        assert!(rig.requests.is_empty());
+        assert_eq!(rig.lanes(|l| l.last_taken.load(Ordering::SeqCst)), 1);
         // The first deadline is earlier than the coordinator thread's wake-up (none): nudged.
         assert_eq!(rig.inputs.len(), 1);
         rig.drain_inbox_after_nudge();
@@ -527,13 +614,10 @@ mod tests {
         // Something is waiting in the inbox: the submit must queue behind it.
         rig.inbox.send(Input::Tick).unwrap();
         let mut first = rig.submit(1);
-        assert!(
-            rig.requests.is_empty(),
-            "not registered ahead of the queued input"
-        );
+        assert!(rig.wire_is_quiet(), "not handled ahead of the queued input");
         assert_eq!(rig.inputs.len(), 2);
         rig.drain_inbox();
-        assert_eq!(rig.requests.try_recv().unwrap().seq, 1);
+        assert_eq!(rig.on_wire(), "order 1");
         // Now the inbox is empty and the coordinator free: inline again.
         rig.respond(1);
         assert!(confirmed(&mut first));
@@ -560,6 +644,38 @@ mod tests {
             Some(Deferred::Output(Output::Notify(_)))
         ));
         assert!(work.is_empty());
+    }
+
+    #[test]
+    fn a_request_is_queued_not_written_directly_behind_a_queued_frame() {
+        let mut rig = rig();
+        let _ = rig.submit(1);
+        assert_eq!(rig.on_wire(), "order 1");
+        rig.drain_inbox_after_nudge();
+        // A session frame waits in its lane: the request must not overtake it on the wire.
+        rig.lanes(|l| l.session.try_send(Frame::text("sub")).unwrap());
+        let _ = rig.submit(2);
+        assert_eq!(rig.requests.try_recv().unwrap().seq, 2, "queued behind it");
+        assert!(rig.wire_is_quiet());
+        assert_eq!(rig.session.len(), 1);
+    }
+
+    #[test]
+    fn a_request_is_queued_while_the_writer_thread_writes() {
+        let mut rig = rig();
+        let _ = rig.submit(1);
+        assert_eq!(rig.on_wire(), "order 1");
+        rig.drain_inbox_after_nudge();
+        let sink = rig.lanes(|l| l.sink.clone());
+        let writing = sink.lock(); // As the writer thread holds it for a batch.
+        let _ = rig.submit(2);
+        drop(writing);
+        assert_eq!(rig.requests.try_recv().unwrap().seq, 2);
+        assert!(rig.wire_is_quiet());
+        // Spilled bytes (a direct write the kernel took only part of) also go first.
+        sink.lock().spill.push(0);
+        let _ = rig.submit(3);
+        assert_eq!(rig.requests.try_recv().unwrap().seq, 3);
     }
 
     impl Rig {

@@ -62,7 +62,13 @@ impl Stream {
         self.sock.set_write_timeout(None)?;
         let read_sock = self.sock.try_clone()?;
         let handle = SocketHandle(self.sock.try_clone()?);
-        let tls = self.tls.map(|c| Arc::new(Mutex::new(c)));
+        let tls = self.tls.map(|mut c| {
+            // Every writer drains the records it produces at once, so rustls never holds more
+            // than one batch; without a limit, `write` always takes a whole frame (which the
+            // direct path relies on: it must never encrypt half a frame).
+            c.set_buffer_limit(None);
+            Arc::new(Mutex::new(c))
+        });
         let reader = ReadHalf {
             sock: read_sock,
             tls: tls.clone(),
@@ -159,6 +165,17 @@ pub(crate) struct WriteHalf {
     bytes_reached_socket: bool,
 }
 
+/// What [`WriteHalf::write_direct`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Direct {
+    /// Everything was written.
+    Done,
+    /// Part was written, or none but the rest is committed (TLS): the rest is in the spill.
+    Spilled,
+    /// Nothing was written or committed: queue the frame as usual.
+    Declined,
+}
+
 /// `write_all` that records whether the kernel accepted any byte.
 fn write_counted(sock: &mut TcpStream, mut buf: &[u8], wrote: &mut bool) -> io::Result<()> {
     while !buf.is_empty() {
@@ -211,6 +228,60 @@ impl WriteHalf {
         }
     }
 
+    /// Writes bytes that are already on the wire format (for TLS: ciphertext), blocking.
+    pub(crate) fn write_raw_all(&mut self, raw: &[u8]) -> io::Result<()> {
+        self.bytes_reached_socket = false;
+        write_counted(&mut self.sock, raw, &mut self.bytes_reached_socket)
+    }
+
+    /// Writes `plain` without ever blocking, for a caller that must not wait on the socket.
+    /// What the kernel does not take now is appended to `spill` (as wire bytes), to be written
+    /// with [`write_raw_all`](Self::write_raw_all) before anything else.
+    ///
+    /// Plain TCP: if the kernel takes nothing, nothing is done ([`Direct::Declined`]). TLS: once
+    /// encrypted, the records belong to the stream, so they are kept in `spill` whatever happens.
+    /// A socket error also leaves the bytes in `spill`: the blocking write meets the error again
+    /// and reports it.
+    pub(crate) fn write_direct(&mut self, plain: &[u8], spill: &mut Vec<u8>) -> Direct {
+        debug_assert!(spill.is_empty(), "spilled bytes must go out first");
+        let wire: &[u8] = match &self.tls {
+            None => plain,
+            Some(tls) => {
+                let mut conn = tls.lock();
+                match conn.writer().write(plain) {
+                    Ok(n) if n == plain.len() => {}
+                    // Unlimited buffer: all or nothing (nothing was buffered: queue the frame).
+                    _ => return Direct::Declined,
+                }
+                while conn.wants_write() {
+                    if conn.write_tls(&mut self.cipher_out).is_err() {
+                        break;
+                    }
+                }
+                &self.cipher_out
+            }
+        };
+        let sent = match sys::send_nonblocking(&self.sock, wire) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+            Err(e) => {
+                log::debug!("direct write failed ({e}); the writer thread takes over");
+                0
+            }
+        };
+        let outcome = if sent == wire.len() {
+            Direct::Done
+        } else if sent == 0 && self.tls.is_none() {
+            Direct::Declined
+        } else {
+            spill.extend_from_slice(&wire[sent..]);
+            Direct::Spilled
+        };
+        self.cipher_out.clear();
+        outcome
+    }
+
     /// Whether the last `write_all` got any byte into the socket.
     pub(crate) fn bytes_reached_socket(&self) -> bool {
         self.bytes_reached_socket
@@ -229,5 +300,51 @@ impl WriteHalf {
             self.flush_tls()?;
         }
         Ok(())
+    }
+}
+
+#[cfg(target_os = "linux")]
+mod sys {
+    use std::io;
+    use std::net::TcpStream;
+    use std::os::fd::AsRawFd;
+
+    const MSG_DONTWAIT: i32 = 0x40;
+    const MSG_NOSIGNAL: i32 = 0x4000;
+
+    unsafe extern "C" {
+        fn send(fd: i32, buf: *const u8, len: usize, flags: i32) -> isize;
+    }
+
+    /// `send(2)` that returns `WouldBlock` instead of waiting (the socket stays blocking for
+    /// everybody else) and never raises `SIGPIPE`.
+    pub(super) fn send_nonblocking(sock: &TcpStream, buf: &[u8]) -> io::Result<usize> {
+        // SAFETY: the descriptor is open for as long as `sock` lives; the buffer is valid for
+        // `buf.len()` bytes, which the kernel only reads.
+        let n = unsafe {
+            send(
+                sock.as_raw_fd(),
+                buf.as_ptr(),
+                buf.len(),
+                MSG_DONTWAIT | MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod sys {
+    /// No portable per-call non-blocking send: the direct path declines and the writer thread
+    /// writes.
+    pub(super) fn send_nonblocking(
+        _sock: &std::net::TcpStream,
+        _buf: &[u8],
+    ) -> std::io::Result<usize> {
+        Err(std::io::ErrorKind::WouldBlock.into())
     }
 }

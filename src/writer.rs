@@ -18,55 +18,26 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use crossbeam_channel::Receiver;
+use parking_lot::Mutex;
 
 use crate::affinity::WaitStrategy;
 
-use crate::codec::{self, OP_BINARY, OP_PING, OP_PONG, OP_TEXT};
 use crate::coordinator::{Control, Input, LinkEvent};
 use crate::doorbell::Doorbell;
 use crate::error::Error;
-use crate::frame::{CloseCode, Frame, Outbound};
+use crate::frame::{Frame, Outbound};
+use crate::sink::{Sink, State};
 use crate::stats::Counters;
 use crate::stepper::Inbox;
-use crate::transport::WriteHalf;
 
 /// Target size of one write batch.
 pub(crate) const BATCH_BYTES: usize = 64 * 1024;
 
-/// Masks for client frames, drawn from the crypto provider's secure RNG in blocks.
-struct Masks {
-    pool: [u8; 1024],
-    pos: usize,
-    /// Looked up once: building a provider allocates, drawing from its RNG does not.
-    rng: &'static dyn rustls::crypto::SecureRandom,
-}
-
-impl Masks {
-    fn new() -> Self {
-        let rng = rustls::crypto::ring::default_provider().secure_random;
-        Masks {
-            pool: [0; 1024],
-            pos: 1024,
-            rng,
-        }
-    }
-
-    fn next(&mut self) -> Result<[u8; 4], Error> {
-        if self.pos + 4 > self.pool.len() {
-            self.rng
-                .fill(&mut self.pool)
-                .map_err(|_| Error::Io(std::io::Error::other("secure random source failed")))?;
-            self.pos = 0;
-        }
-        let mut mask = [0u8; 4];
-        mask.copy_from_slice(&self.pool[self.pos..self.pos + 4]);
-        self.pos += 4;
-        Ok(mask)
-    }
-}
-
 pub(crate) struct Writer {
-    pub half: WriteHalf,
+    /// The socket's write side, shared with the direct path.
+    pub sink: Arc<Mutex<Sink>>,
+    /// A copy of the sink's `data_open`, for deciding whether there is work without its lock.
+    pub data_open: bool,
     pub epoch: u64,
     pub control: Receiver<Control>,
     /// Session frames (auth, subscriptions, application pings): ahead of user data.
@@ -111,26 +82,25 @@ enum Outgoing {
     Request(RequestFrame),
 }
 
-/// A close frame waiting for the data queued before it.
-struct PendingClose {
-    frame: Option<(CloseCode, String)>,
-    /// Data frames still to write before the close: those queued when the close arrived.
-    data_before: usize,
-}
-
 impl Writer {
     pub(crate) fn run(mut self) {
-        let mut st = State {
-            masks: Masks::new(),
-            batch: Vec::new(),
-            pending_close: None,
-            close_sent: false,
-            data_open: false,
-        };
         self.doorbell.register();
-        // `None`: the link is released.
-        while let Some(first) = self.next_item(&st) {
-            if let Err(e) = self.write_batch(&mut st, first) {
+        let sink = self.sink.clone();
+        while self.wait_for_work() {
+            // Frames are taken and written under the sink's lock: a direct write can never
+            // slip in between.
+            let mut sink = sink.lock();
+            let first = match self.control.try_recv() {
+                Ok(c) => Item::Control(c),
+                Err(_) => match self.next_data(&sink.st) {
+                    Some(d) => Item::Data(d),
+                    None => continue,
+                },
+            };
+            let written = self.write_batch(&mut sink, first);
+            self.data_open = sink.st.data_open;
+            drop(sink);
+            if let Err(e) = written {
                 log::debug!("writer stopping: {e}");
                 self.report(LinkEvent::WriteFailed(e));
                 break;
@@ -139,33 +109,22 @@ impl Writer {
         self.doorbell.unregister();
     }
 
-    /// Waits for the next frame (busy-polling first if the wait strategy says so, then parked
-    /// on the doorbell); `None` once the link is released.
-    fn next_item(&self, st: &State) -> Option<Item> {
-        let poll = || {
-            if let Ok(c) = self.control.try_recv() {
-                return Some(Some(Item::Control(c)));
-            }
-            if let Some(d) = self.next_data(st) {
-                return Some(Some(Item::Data(d)));
-            }
-            crate::driver::released(&self.stop).then_some(None)
+    /// Waits until a lane has something (busy-polling first if the wait strategy says so, then
+    /// parked on the doorbell); false once the link is released.
+    fn wait_for_work(&self) -> bool {
+        let has_work = || {
+            !self.control.is_empty()
+                || !self.session.is_empty()
+                || !self.requests.is_empty()
+                || (self.data_open && !self.data.is_empty())
+                || crate::driver::released(&self.stop)
         };
-        if let Some(polled) = self.wait.spin(poll) {
-            return polled;
-        }
-        loop {
-            if let Some(polled) = poll() {
-                return polled;
+        if self.wait.spin(|| has_work().then_some(())).is_none() {
+            while !has_work() {
+                self.doorbell.wait(has_work);
             }
-            self.doorbell.wait(|| {
-                !self.control.is_empty()
-                    || !self.session.is_empty()
-                    || !self.requests.is_empty()
-                    || (st.data_open && !self.data.is_empty())
-                    || crate::driver::released(&self.stop)
-            });
         }
+        !crate::driver::released(&self.stop)
     }
 
     fn report(&self, event: LinkEvent) {
@@ -196,11 +155,21 @@ impl Writer {
     }
 
     /// Encodes one batch (control first, then data up to [`BATCH_BYTES`]) and writes it.
-    fn write_batch(&mut self, st: &mut State, first: Item) -> Result<(), Error> {
+    fn write_batch(&mut self, sink: &mut Sink, first: Item) -> Result<(), Error> {
+        let mut written_request = 0u64;
+        if !sink.spill.is_empty() {
+            // The rest of a direct write goes first.
+            sink.half
+                .write_raw_all(&sink.spill)
+                .map_err(crate::error::from_io)?;
+            sink.spill.clear();
+            self.counters.sent(Instant::now());
+            written_request = sink.spill_report.take().unwrap_or(0);
+        }
+        let Sink { half, st, .. } = sink;
         st.batch.clear();
         let mut flush_tls = false;
         let (mut messages, mut bytes) = (0u64, 0u64);
-        let mut written_request = 0u64;
         let taken_before = self.last_taken.load(Ordering::SeqCst);
         let mut held = None;
         match first {
@@ -254,8 +223,8 @@ impl Writer {
         }
         st.encode_close_if_due()?;
         if !st.batch.is_empty() {
-            if let Err(e) = self.half.write_all(&st.batch) {
-                if !self.half.bytes_reached_socket() {
+            if let Err(e) = half.write_all(&st.batch) {
+                if !half.bytes_reached_socket() {
                     // Not one byte of this batch reached the socket: its requests were never
                     // delivered, so they may be reported as such.
                     self.last_taken.store(taken_before, Ordering::SeqCst);
@@ -264,7 +233,7 @@ impl Writer {
             }
             self.counters.sent(Instant::now());
         } else if flush_tls {
-            self.half.flush_tls().map_err(crate::error::from_io)?;
+            half.flush_tls().map_err(crate::error::from_io)?;
         }
         Counters::bump(&self.counters.messages_out, messages);
         Counters::bump(&self.counters.bytes_out, bytes);
@@ -281,97 +250,4 @@ impl Writer {
         }
         Ok(())
     }
-}
-
-struct State {
-    masks: Masks,
-    batch: Vec<u8>,
-    pending_close: Option<PendingClose>,
-    close_sent: bool,
-    /// The session is ready: user data may be written.
-    data_open: bool,
-}
-
-impl State {
-    /// Encodes a control frame. A close is not encoded yet: it waits for the `queued` data frames
-    /// that were accepted before it, so `send` then `close` never loses the sent frames.
-    fn encode_control(
-        &mut self,
-        c: Control,
-        queued: usize,
-        flush_tls: &mut bool,
-    ) -> Result<(), Error> {
-        if self.close_sent {
-            return Ok(());
-        }
-        match c {
-            Control::Ping(p) => {
-                let mask = self.masks.next()?;
-                codec::encode(OP_PING, truncated(&p), mask, &mut self.batch);
-            }
-            Control::Pong(p) => {
-                let mask = self.masks.next()?;
-                codec::encode(OP_PONG, truncated(&p), mask, &mut self.batch);
-            }
-            Control::Close(frame) => {
-                if self.pending_close.is_none() {
-                    self.pending_close = Some(PendingClose {
-                        frame,
-                        data_before: queued,
-                    });
-                }
-            }
-            Control::FlushTls => *flush_tls = true,
-            Control::OpenData => self.data_open = true,
-        }
-        Ok(())
-    }
-
-    /// Encodes the pending close once nothing queued before it remains.
-    fn encode_close_if_due(&mut self) -> Result<(), Error> {
-        if self
-            .pending_close
-            .as_ref()
-            .is_some_and(|p| p.data_before == 0)
-        {
-            if let Some(p) = self.pending_close.take() {
-                let mask = self.masks.next()?;
-                let close = p
-                    .frame
-                    .as_ref()
-                    .map(|(code, reason)| (*code, reason.as_str()));
-                codec::encode_close(close, mask, &mut self.batch);
-                self.close_sent = true;
-            }
-        }
-        Ok(())
-    }
-
-    /// Encodes a data frame into the batch; returns its payload length, or `None` if discarded
-    /// because the close frame has already been sent.
-    fn encode_data(
-        &mut self,
-        frame: &Outbound,
-        counters: &Counters,
-    ) -> Result<Option<usize>, Error> {
-        if self.close_sent {
-            Counters::bump(&counters.discarded_after_close, 1);
-            return Ok(None);
-        }
-        // Only data frames are ever queued on these lanes.
-        let Some((text, payload)) = frame.data() else {
-            return Ok(None);
-        };
-        let opcode = if text { OP_TEXT } else { OP_BINARY };
-        let mask = self.masks.next()?;
-        codec::encode(opcode, payload, mask, &mut self.batch);
-        if let Some(p) = &mut self.pending_close {
-            p.data_before = p.data_before.saturating_sub(1);
-        }
-        Ok(Some(payload.len()))
-    }
-}
-
-fn truncated(payload: &[u8]) -> &[u8] {
-    &payload[..payload.len().min(codec::MAX_CONTROL_PAYLOAD)]
 }

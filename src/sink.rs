@@ -1,0 +1,228 @@
+//! The socket's write side: what the writer thread writes with, and the direct path.
+//!
+//! A [`Sink`] holds the write half of the socket and the framing state (masks, the batch buffer,
+//! the close handshake). It sits behind a mutex shared by the writer thread, which holds it for
+//! each batch — from taking the first frame off a lane until the batch is written — and by the
+//! coordinator's [stepper](crate::stepper), which may write a request frame *directly*: on the
+//! thread that submitted it, without waking the writer, when the writer is not writing and
+//! nothing is queued ahead of the request. That saves the round trip's hand-off to the writer.
+//!
+//! The direct write never blocks: it uses a non-blocking `send(2)`; what the kernel does not
+//! take is kept as *spill* and the writer thread is woken to write it, before anything else.
+//! Order on the wire is the order frames were taken, because both paths take and write under
+//! the same lock.
+
+use std::time::Instant;
+
+use crate::codec::{self, OP_BINARY, OP_PING, OP_PONG, OP_TEXT};
+use crate::coordinator::Control;
+use crate::error::Error;
+use crate::frame::{CloseCode, Frame, Outbound};
+use crate::stats::Counters;
+use crate::transport::{Direct, WriteHalf};
+
+/// Largest encoded request written directly; larger ones go through the writer thread (a large
+/// frame would mostly end up as spill anyway).
+pub(crate) const DIRECT_MAX: usize = 16 * 1024;
+
+/// The socket's write side and its framing state.
+pub(crate) struct Sink {
+    pub half: WriteHalf,
+    pub st: State,
+    /// Wire bytes a direct write could not finish: written first by the writer thread.
+    pub spill: Vec<u8>,
+    /// The request in the spill whose write must be reported (mode `Sent`).
+    pub spill_report: Option<u64>,
+}
+
+impl Sink {
+    pub(crate) fn new(half: WriteHalf) -> Self {
+        Sink {
+            half,
+            st: State {
+                masks: Masks::new(),
+                batch: Vec::new(),
+                pending_close: None,
+                close_sent: false,
+                data_open: false,
+            },
+            spill: Vec::new(),
+            spill_report: None,
+        }
+    }
+
+    /// True if a frame may be written directly now: nothing spilled, no close under way.
+    pub(crate) fn accepts_direct(&self) -> bool {
+        self.spill.is_empty() && self.st.pending_close.is_none() && !self.st.close_sent
+    }
+
+    /// Writes `frame` on the calling thread without blocking ([`Direct::Declined`]: nothing was
+    /// done, queue it instead). `report` is the request's sequence number if its write must be
+    /// reported; for a spilled frame the writer thread reports it.
+    pub(crate) fn write_direct(
+        &mut self,
+        frame: &Frame,
+        report: Option<u64>,
+        counters: &Counters,
+    ) -> Direct {
+        let (text, payload) = match frame {
+            Frame::Text(t) => (true, t.as_bytes()),
+            Frame::Binary(b) => (false, &b[..]),
+            _ => return Direct::Declined,
+        };
+        let Ok(mask) = self.st.masks.next() else {
+            return Direct::Declined; // The writer thread meets the error and reports it.
+        };
+        self.st.batch.clear();
+        let opcode = if text { OP_TEXT } else { OP_BINARY };
+        codec::encode(opcode, payload, mask, &mut self.st.batch);
+        if self.st.batch.len() > DIRECT_MAX {
+            self.st.batch.clear();
+            return Direct::Declined;
+        }
+        let done = self.half.write_direct(&self.st.batch, &mut self.spill);
+        self.st.batch.clear();
+        if done != Direct::Declined {
+            counters.sent(Instant::now());
+            Counters::bump(&counters.messages_out, 1);
+            Counters::bump(&counters.bytes_out, payload.len() as u64);
+        }
+        if done == Direct::Spilled {
+            self.spill_report = report;
+        }
+        done
+    }
+}
+
+/// Masks for client frames, drawn from the crypto provider's secure RNG in blocks.
+pub(crate) struct Masks {
+    pool: [u8; 1024],
+    pos: usize,
+    /// Looked up once: building a provider allocates, drawing from its RNG does not.
+    rng: &'static dyn rustls::crypto::SecureRandom,
+}
+
+impl Masks {
+    fn new() -> Self {
+        let rng = rustls::crypto::ring::default_provider().secure_random;
+        Masks {
+            pool: [0; 1024],
+            pos: 1024,
+            rng,
+        }
+    }
+
+    fn next(&mut self) -> Result<[u8; 4], Error> {
+        if self.pos + 4 > self.pool.len() {
+            self.rng
+                .fill(&mut self.pool)
+                .map_err(|_| Error::Io(std::io::Error::other("secure random source failed")))?;
+            self.pos = 0;
+        }
+        let mut mask = [0u8; 4];
+        mask.copy_from_slice(&self.pool[self.pos..self.pos + 4]);
+        self.pos += 4;
+        Ok(mask)
+    }
+}
+
+/// A close frame waiting for the data queued before it.
+pub(crate) struct PendingClose {
+    frame: Option<(CloseCode, String)>,
+    /// Data frames still to write before the close: those queued when the close arrived.
+    pub data_before: usize,
+}
+
+/// The framing state of a connection's outbound stream.
+pub(crate) struct State {
+    pub masks: Masks,
+    pub batch: Vec<u8>,
+    pub pending_close: Option<PendingClose>,
+    pub close_sent: bool,
+    /// The session is ready: user data may be written.
+    pub data_open: bool,
+}
+
+impl State {
+    /// Encodes a control frame. A close is not encoded yet: it waits for the `queued` data frames
+    /// that were accepted before it, so `send` then `close` never loses the sent frames.
+    pub(crate) fn encode_control(
+        &mut self,
+        c: Control,
+        queued: usize,
+        flush_tls: &mut bool,
+    ) -> Result<(), Error> {
+        if self.close_sent {
+            return Ok(());
+        }
+        match c {
+            Control::Ping(p) => {
+                let mask = self.masks.next()?;
+                codec::encode(OP_PING, truncated(&p), mask, &mut self.batch);
+            }
+            Control::Pong(p) => {
+                let mask = self.masks.next()?;
+                codec::encode(OP_PONG, truncated(&p), mask, &mut self.batch);
+            }
+            Control::Close(frame) => {
+                if self.pending_close.is_none() {
+                    self.pending_close = Some(PendingClose {
+                        frame,
+                        data_before: queued,
+                    });
+                }
+            }
+            Control::FlushTls => *flush_tls = true,
+            Control::OpenData => self.data_open = true,
+        }
+        Ok(())
+    }
+
+    /// Encodes the pending close once nothing queued before it remains.
+    pub(crate) fn encode_close_if_due(&mut self) -> Result<(), Error> {
+        if self
+            .pending_close
+            .as_ref()
+            .is_some_and(|p| p.data_before == 0)
+        {
+            if let Some(p) = self.pending_close.take() {
+                let mask = self.masks.next()?;
+                let close = p
+                    .frame
+                    .as_ref()
+                    .map(|(code, reason)| (*code, reason.as_str()));
+                codec::encode_close(close, mask, &mut self.batch);
+                self.close_sent = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Encodes a data frame into the batch; returns its payload length, or `None` if discarded
+    /// because the close frame has already been sent.
+    pub(crate) fn encode_data(
+        &mut self,
+        frame: &Outbound,
+        counters: &Counters,
+    ) -> Result<Option<usize>, Error> {
+        if self.close_sent {
+            Counters::bump(&counters.discarded_after_close, 1);
+            return Ok(None);
+        }
+        // Only data frames are ever queued on these lanes.
+        let Some((text, payload)) = frame.data() else {
+            return Ok(None);
+        };
+        let opcode = if text { OP_TEXT } else { OP_BINARY };
+        let mask = self.masks.next()?;
+        codec::encode(opcode, payload, mask, &mut self.batch);
+        if let Some(p) = &mut self.pending_close {
+            p.data_before = p.data_before.saturating_sub(1);
+        }
+        Ok(Some(payload.len()))
+    }
+}
+
+fn truncated(payload: &[u8]) -> &[u8] {
+    &payload[..payload.len().min(codec::MAX_CONTROL_PAYLOAD)]
+}
