@@ -33,11 +33,16 @@
 //! - the **reader** blocks in `read`, decodes frames and runs your [`Ingress`] on each message
 //!   with the payload borrowed from its buffer; decoded values go straight to
 //!   [`Client::events`]. It answers pings itself through the writer's control lane.
-//! - the **writer** is the only thread that writes to the socket. It drains its small control
-//!   lane (pong, ping, close) before its bounded data lane and writes each batch at once.
+//! - the **writer** drains its small control lane (pong, ping, close) before its bounded data
+//!   lane and writes each batch at once.
 //! - the **coordinator** owns the connection's state: a sans-IO state machine fed with user
 //!   commands and reader/writer reports in one total order, driving the close handshake and its
 //!   deadlines.
+//!
+//! [`Client::send_and_confirm`] takes a fast path: the state machine sits behind a lock, and when
+//! it is free the caller registers its request and, if the writer is idle and nothing is queued
+//! ahead, writes the frame itself without blocking; the reader matches the response and wakes the
+//! caller. The order of inputs is the same as through the coordinator thread.
 //!
 //! Over TLS the reader and writer each own a duplicate of the socket; the rustls state is locked
 //! only around in-memory encryption and decryption, so a blocked read never delays a write.

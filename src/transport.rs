@@ -10,8 +10,10 @@
 //!   The reader's `read(2)` and the writer's `write(2)` run without the lock, so a reader blocked
 //!   on a silent server never delays a write.
 //!
-//! Only the writer writes to the socket. If processing inbound TLS records leaves rustls with
-//! something to send (a key update, an alert), the reader reports it and the writer flushes it.
+//! The reader never writes to the socket: writes happen under the [`Sink`](crate::sink::Sink)'s
+//! lock, by the writer thread or by a caller's direct write, one at a time and in order. If
+//! processing inbound TLS records leaves rustls with something to send (a key update, an alert),
+//! the reader reports it and the writer flushes it.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -157,7 +159,7 @@ impl ReadHalf {
     }
 }
 
-/// The writing half: owned by the writer thread, the only writer of the socket.
+/// The writing half, inside the connection's [`Sink`](crate::sink::Sink): one writer at a time.
 pub(crate) struct WriteHalf {
     sock: TcpStream,
     tls: Option<Arc<Mutex<ClientConnection>>>,

@@ -1,4 +1,5 @@
-//! The writer thread: the only thread that writes to the socket.
+//! The writer thread: it writes everything to the socket but the requests written directly by
+//! their caller (see [`sink`](crate::sink)); both write under the sink's lock, one at a time.
 //!
 //! It parks on the [`Doorbell`](crate::doorbell::Doorbell) until a lane has something, then
 //! builds one batch:
