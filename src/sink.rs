@@ -21,7 +21,7 @@ use crate::frame::{CloseCode, Frame, Outbound};
 use crate::stats::Counters;
 use crate::transport::{Direct, WriteHalf};
 
-/// Largest encoded request written directly; larger ones go through the writer thread (a large
+/// Largest request payload written directly; larger ones go through the writer thread (a large
 /// frame would mostly end up as spill anyway).
 pub(crate) const DIRECT_MAX: usize = 16 * 1024;
 
@@ -33,6 +33,8 @@ pub(crate) struct Sink {
     pub spill: Vec<u8>,
     /// The request in the spill whose write must be reported (mode `Sent`).
     pub spill_report: Option<u64>,
+    /// A write failed: the stream may be cut mid-frame, nothing more may be written directly.
+    pub failed: bool,
 }
 
 impl Sink {
@@ -48,12 +50,18 @@ impl Sink {
             },
             spill: Vec::new(),
             spill_report: None,
+            failed: false,
         }
     }
 
-    /// True if a frame may be written directly now: nothing spilled, no close under way.
+    /// True if a frame may be written directly now: nothing spilled, no close under way, no
+    /// failed write (and a platform with a non-blocking `send`: Linux).
     pub(crate) fn accepts_direct(&self) -> bool {
-        self.spill.is_empty() && self.st.pending_close.is_none() && !self.st.close_sent
+        cfg!(target_os = "linux")
+            && self.spill.is_empty()
+            && self.st.pending_close.is_none()
+            && !self.st.close_sent
+            && !self.failed
     }
 
     /// Writes `frame` on the calling thread without blocking ([`Direct::Declined`]: nothing was
@@ -70,20 +78,21 @@ impl Sink {
             Frame::Binary(b) => (false, &b[..]),
             _ => return Direct::Declined,
         };
+        if payload.len() > DIRECT_MAX {
+            return Direct::Declined;
+        }
         let Ok(mask) = self.st.masks.next() else {
             return Direct::Declined; // The writer thread meets the error and reports it.
         };
         self.st.batch.clear();
         let opcode = if text { OP_TEXT } else { OP_BINARY };
         codec::encode(opcode, payload, mask, &mut self.st.batch);
-        if self.st.batch.len() > DIRECT_MAX {
-            self.st.batch.clear();
-            return Direct::Declined;
-        }
         let done = self.half.write_direct(&self.st.batch, &mut self.spill);
         self.st.batch.clear();
+        if done == Direct::Done {
+            counters.sent(Instant::now()); // A spill is stamped when the writer finishes it.
+        }
         if done != Direct::Declined {
-            counters.sent(Instant::now());
             Counters::bump(&counters.messages_out, 1);
             Counters::bump(&counters.bytes_out, payload.len() as u64);
         }

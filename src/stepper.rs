@@ -83,11 +83,12 @@ impl Lanes {
         if !sink.accepts_direct() {
             return None;
         }
-        // Taken first, deadline second, as the writer thread does.
-        let before = self.last_taken.swap(request.seq, Ordering::SeqCst);
+        // The coordinator's lock is held: nobody reads `last_taken` meanwhile, so a request
+        // past its deadline is dropped untaken (`NotDelivered` at its deadline).
         if Instant::now() >= request.deadline {
             return Some(false);
         }
+        let before = self.last_taken.swap(request.seq, Ordering::SeqCst);
         let report = request.report_written.then_some(request.seq);
         match sink.write_direct(&request.frame, report, counters) {
             Direct::Done => Some(report.is_some()),
@@ -450,6 +451,7 @@ mod tests {
         inputs: crossbeam_channel::Receiver<Input>,
         requests: crossbeam_channel::Receiver<RequestFrame>,
         session: crossbeam_channel::Receiver<Frame>,
+        control: crossbeam_channel::Receiver<Control>,
         /// The server's end of the connection.
         peer: std::net::TcpStream,
         next_waiter: u64,
@@ -466,14 +468,14 @@ mod tests {
             ack_timeout: Duration::from_secs(5),
             max_topics: 8,
             latency: None,
-            max_pending: 8,
+            max_pending: 4096,
         };
         let coordinator = Coordinator::new(settings, Box::new(Venue), None, Instant::now());
         let counters = Arc::new(Counters::new());
         let shared = Shared::new(Core::new(coordinator, counters));
         let (tx, inputs) = crossbeam_channel::bounded(16);
         let bell = Arc::new(Doorbell::default());
-        let (control, _) = crossbeam_channel::bounded(8);
+        let (control_tx, control) = crossbeam_channel::bounded(8);
         let (session_tx, session) = crossbeam_channel::bounded(8);
         let (req_tx, requests) = crossbeam_channel::bounded(8);
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -487,7 +489,7 @@ mod tests {
             let mut core = shared.core.lock();
             core.lanes = Some(Lanes {
                 epoch: 1,
-                control: Lane::new(control, bell.clone()),
+                control: Lane::new(control_tx, bell.clone()),
                 session: Lane::new(session_tx, bell.clone()),
                 requests: Lane::new(req_tx, bell),
                 last_taken: Arc::new(AtomicU64::new(0)),
@@ -503,6 +505,7 @@ mod tests {
             inputs,
             requests,
             session,
+            control,
             peer,
             next_waiter: 1,
         }
@@ -510,7 +513,11 @@ mod tests {
 
     impl Rig {
         fn submit(&mut self, id: u64) -> Ticket {
-            let request = Request::new(id, id, Frame::text(format!("order {id}")));
+            self.submit_request(Request::new(id, id, Frame::text(format!("order {id}"))))
+        }
+
+        fn submit_request(&mut self, request: Request) -> Ticket {
+            let id = request.id;
             let (ticket, answer) =
                 Ticket::new(id, Instant::now() + request.timeout, WaitStrategy::Block);
             let waiter = WaiterId(self.next_waiter);
@@ -524,18 +531,9 @@ mod tests {
             ticket
         }
 
-        /// The next frame the server received (a small masked text frame), unmasked.
+        /// The next frame the server received, unmasked.
         fn on_wire(&mut self) -> String {
-            use std::io::Read;
-            let mut head = [0u8; 6];
-            self.peer.read_exact(&mut head).unwrap();
-            assert_eq!(head[0], 0x81, "a final text frame");
-            let mut payload = vec![0u8; usize::from(head[1] & 0x7f)];
-            self.peer.read_exact(&mut payload).unwrap();
-            for (i, b) in payload.iter_mut().enumerate() {
-                *b ^= head[2 + i % 4];
-            }
-            String::from_utf8(payload).unwrap()
+            read_frame(&mut self.peer)
         }
 
         /// True if the server has received nothing more.
@@ -564,10 +562,15 @@ mod tests {
                 let mut core = self.shared.core.lock();
                 let mut work = VecDeque::new();
                 core.take_deferred(&mut work);
-                let mut out = Vec::new();
-                core.feed(input, &mut out);
-                for o in out {
-                    let _ = core.carry(o);
+                let mut inputs = VecDeque::from([input]);
+                while let Some(input) = inputs.pop_front() {
+                    let mut out = Vec::new();
+                    core.feed(input, &mut out);
+                    for o in out {
+                        if let Carried::Followup(input) = core.carry(o) {
+                            inputs.push_back(input);
+                        }
+                    }
                 }
                 self.shared.handled(&core);
                 core.wakes_at = core.coordinator.next_deadline();
@@ -656,8 +659,19 @@ mod tests {
         rig.lanes(|l| l.session.try_send(Frame::text("sub")).unwrap());
         let _ = rig.submit(2);
         assert_eq!(rig.requests.try_recv().unwrap().seq, 2, "queued behind it");
-        assert!(rig.wire_is_quiet());
         assert_eq!(rig.session.len(), 1);
+        // So must a control frame (a pong the reader queued, a close).
+        rig.session.try_recv().unwrap();
+        rig.lanes(|l| l.control.try_send(Control::Pong(vec![])).unwrap());
+        let _ = rig.submit(3);
+        assert_eq!(rig.requests.try_recv().unwrap().seq, 3);
+        rig.control.try_recv().unwrap();
+        let _ = rig.submit(4);
+        assert_eq!(
+            rig.on_wire(),
+            "order 4",
+            "direct again once the lanes are empty"
+        );
     }
 
     #[test]
@@ -671,11 +685,99 @@ mod tests {
         let _ = rig.submit(2);
         drop(writing);
         assert_eq!(rig.requests.try_recv().unwrap().seq, 2);
-        assert!(rig.wire_is_quiet());
-        // Spilled bytes (a direct write the kernel took only part of) also go first.
-        sink.lock().spill.push(0);
+        // After a failed write the stream may be cut mid-frame: never again directly.
+        sink.lock().failed = true;
         let _ = rig.submit(3);
         assert_eq!(rig.requests.try_recv().unwrap().seq, 3);
+    }
+
+    /// The server stops reading; requests of 15 KiB are written directly until the kernel takes
+    /// only part of one. The rest is kept as spill, the writer thread is woken (`FlushTls`), the
+    /// next request is queued; once the spill is written (as the writer thread would, first),
+    /// the server has every frame whole and in order.
+    #[test]
+    fn a_partial_direct_write_leaves_the_rest_to_the_writer_thread() {
+        let mut rig = rig();
+        let sink = rig.lanes(|l| l.sink.clone());
+        let padding = "x".repeat(15 * 1024);
+        let big = |id: u64| Request::new(id, id, Frame::text(format!("order {id} {padding}")));
+        let mut id = 0;
+        while sink.lock().spill.is_empty() {
+            id += 1;
+            assert!(id < 4000, "the kernel never refused part of a frame");
+            let _ = rig.submit_request(big(id));
+            rig.drain_inbox(); // The first submit's nudge.
+            assert!(rig.requests.is_empty(), "request {id} was written directly");
+        }
+        let spilled = id;
+        assert!(
+            matches!(rig.control.try_recv(), Ok(Control::FlushTls)),
+            "writer woken"
+        );
+        let _ = rig.submit_request(big(spilled + 1));
+        assert_eq!(
+            rig.requests.try_recv().unwrap().seq,
+            spilled + 1,
+            "queued behind the spill"
+        );
+        // The writer thread's part: the spill first.
+        let rest = std::mem::take(&mut sink.lock().spill);
+        let writer = std::thread::spawn(move || sink.lock().half.write_raw_all(&rest));
+        for expected in 1..=spilled {
+            let text = read_frame(&mut rig.peer);
+            assert!(
+                text.starts_with(&format!("order {expected} ")) && text.len() > 15 * 1024,
+                "frame {expected} arrived whole"
+            );
+        }
+        writer.join().unwrap().unwrap();
+        assert!(rig.wire_is_quiet());
+    }
+
+    #[test]
+    fn a_request_past_its_deadline_is_not_written_and_not_taken() {
+        let mut rig = rig();
+        let _ = rig.submit(1);
+        assert_eq!(rig.on_wire(), "order 1");
+        rig.drain_inbox_after_nudge();
+        let request = Request::new(2, 2, Frame::text("order 2")).timeout(Duration::ZERO);
+        let mut ticket = rig.submit_request(request);
+        assert!(rig.requests.is_empty());
+        assert_eq!(rig.lanes(|l| l.last_taken.load(Ordering::SeqCst)), 1);
+        rig.drain_inbox(); // The deadline is acted on.
+        rig.inbox.send(Input::Tick).unwrap();
+        rig.drain_inbox();
+        assert_eq!(
+            ticket.try_outcome(),
+            Some(Outcome::NotDelivered(
+                crate::requests::Undelivered::Deadline
+            ))
+        );
+        assert!(rig.wire_is_quiet());
+    }
+
+    /// Reads one masked text frame of any length from `peer`; returns its text.
+    fn read_frame(peer: &mut std::net::TcpStream) -> String {
+        use std::io::Read;
+        let mut head = [0u8; 2];
+        peer.read_exact(&mut head).unwrap();
+        let len = match head[1] & 0x7f {
+            126 => {
+                let mut ext = [0u8; 2];
+                peer.read_exact(&mut ext).unwrap();
+                usize::from(u16::from_be_bytes(ext))
+            }
+            127 => panic!("unexpected 64-bit length"),
+            n => usize::from(n),
+        };
+        let mut mask = [0u8; 4];
+        peer.read_exact(&mut mask).unwrap();
+        let mut payload = vec![0u8; len];
+        peer.read_exact(&mut payload).unwrap();
+        for (i, b) in payload.iter_mut().enumerate() {
+            *b ^= mask[i % 4];
+        }
+        String::from_utf8(payload).unwrap()
     }
 
     impl Rig {

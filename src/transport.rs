@@ -252,8 +252,15 @@ impl WriteHalf {
                 let mut conn = tls.lock();
                 match conn.writer().write(plain) {
                     Ok(n) if n == plain.len() => {}
-                    // Unlimited buffer: all or nothing (nothing was buffered: queue the frame).
-                    _ => return Direct::Declined,
+                    // Nothing was encrypted: queue the frame instead.
+                    Ok(0) | Err(_) => return Direct::Declined,
+                    // Part of the frame is in the record stream now (not expected without a
+                    // buffer limit): the rest must follow it, whatever that costs.
+                    Ok(n) => {
+                        if let Err(e) = conn.writer().write_all(&plain[n..]) {
+                            log::error!("TLS refused the rest of a frame ({e}); stream broken");
+                        }
+                    }
                 }
                 while conn.wants_write() {
                     if conn.write_tls(&mut self.cipher_out).is_err() {

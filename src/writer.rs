@@ -98,9 +98,26 @@ impl Writer {
                     None => continue,
                 },
             };
-            let written = self.write_batch(&mut sink, first);
+            let mut done = Done::default();
+            let written = self.write_batch(&mut sink, first, &mut done);
             self.data_open = sink.st.data_open;
+            if written.is_err() {
+                sink.failed = true; // No direct write may follow a broken stream.
+            }
             drop(sink);
+            // Reported without the sink's lock, so a caller woken by a report can write its
+            // next request directly.
+            if done.request > 0 {
+                let input = Input::Link {
+                    epoch: self.epoch,
+                    event: LinkEvent::Written(done.request),
+                };
+                // Resolves `Sent` requests: handled here if the coordinator is free.
+                self.coord.step_or_report(input, &self.stop);
+            }
+            if done.close {
+                self.report(LinkEvent::CloseWritten);
+            }
             if let Err(e) = written {
                 log::debug!("writer stopping: {e}");
                 self.report(LinkEvent::WriteFailed(e));
@@ -155,9 +172,9 @@ impl Writer {
             .flatten()
     }
 
-    /// Encodes one batch (control first, then data up to [`BATCH_BYTES`]) and writes it.
-    fn write_batch(&mut self, sink: &mut Sink, first: Item) -> Result<(), Error> {
-        let mut written_request = 0u64;
+    /// Encodes one batch (control first, then data up to [`BATCH_BYTES`]) and writes it; `done`
+    /// says what to report (also when it fails part way).
+    fn write_batch(&mut self, sink: &mut Sink, first: Item, done: &mut Done) -> Result<(), Error> {
         if !sink.spill.is_empty() {
             // The rest of a direct write goes first.
             sink.half
@@ -165,10 +182,11 @@ impl Writer {
                 .map_err(crate::error::from_io)?;
             sink.spill.clear();
             self.counters.sent(Instant::now());
-            written_request = sink.spill_report.take().unwrap_or(0);
+            done.request = sink.spill_report.take().unwrap_or(0);
         }
         let Sink { half, st, .. } = sink;
         st.batch.clear();
+        let mut written_request = 0u64;
         let mut flush_tls = false;
         let (mut messages, mut bytes) = (0u64, 0u64);
         let taken_before = self.last_taken.load(Ordering::SeqCst);
@@ -238,17 +256,17 @@ impl Writer {
         }
         Counters::bump(&self.counters.messages_out, messages);
         Counters::bump(&self.counters.bytes_out, bytes);
-        if written_request > 0 {
-            let input = Input::Link {
-                epoch: self.epoch,
-                event: LinkEvent::Written(written_request),
-            };
-            // Resolves `Sent` requests: handled here if the coordinator is free.
-            self.coord.step_or_report(input, &self.stop);
-        }
-        if st.close_sent && !close_was_sent {
-            self.report(LinkEvent::CloseWritten);
-        }
+        done.request = done.request.max(written_request);
+        done.close = st.close_sent && !close_was_sent;
         Ok(())
     }
+}
+
+/// What a batch wrote that the coordinator must hear about.
+#[derive(Default)]
+struct Done {
+    /// The highest `Sent`-mode request written (0: none).
+    request: u64,
+    /// The close frame went out with this batch.
+    close: bool,
 }
