@@ -103,9 +103,12 @@ impl Sink {
     }
 }
 
+/// Bytes of masks drawn from the secure RNG at once: 4,096 masks per `getrandom`.
+const MASK_POOL: usize = 16 * 1024;
+
 /// Masks for client frames, drawn from the crypto provider's secure RNG in blocks.
 pub(crate) struct Masks {
-    pool: [u8; 1024],
+    pool: Box<[u8; MASK_POOL]>,
     pos: usize,
     /// Looked up once: building a provider allocates, drawing from its RNG does not.
     rng: &'static dyn rustls::crypto::SecureRandom,
@@ -115,8 +118,8 @@ impl Masks {
     fn new() -> Self {
         let rng = rustls::crypto::ring::default_provider().secure_random;
         Masks {
-            pool: [0; 1024],
-            pos: 1024,
+            pool: Box::new([0; MASK_POOL]),
+            pos: MASK_POOL,
             rng,
         }
     }
@@ -124,7 +127,7 @@ impl Masks {
     fn next(&mut self) -> Result<[u8; 4], Error> {
         if self.pos + 4 > self.pool.len() {
             self.rng
-                .fill(&mut self.pool)
+                .fill(&mut self.pool[..])
                 .map_err(|_| Error::Io(std::io::Error::other("secure random source failed")))?;
             self.pos = 0;
         }
