@@ -8,8 +8,9 @@
 
 use std::net::TcpStream;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 use parking_lot::Mutex;
@@ -28,8 +29,8 @@ use crate::ingress::Ingress;
 use crate::reader::{CONTROL_HEADROOM, Reader};
 use crate::sink::Sink;
 use crate::stats::Counters;
-use crate::stepper::{Inbox, Lanes};
-use crate::transport::{SocketHandle, Stream};
+use crate::stepper::Inbox;
+use crate::transport::{Direct, SocketHandle, Stream};
 use crate::writer::{RequestFrame, Writer};
 
 /// The I/O side of one open connection.
@@ -86,6 +87,54 @@ impl<I> Link<I> {
             log::error!("reader thread panicked (in the ingress?); the client cannot reconnect");
         }
         ingress
+    }
+}
+
+/// The senders of the current link's lanes.
+pub(crate) struct Lanes {
+    pub epoch: u64,
+    pub control: Lane<Control>,
+    pub session: Lane<Frame>,
+    pub requests: Lane<RequestFrame>,
+    /// The writer's highest taken request sequence number.
+    pub last_taken: Arc<AtomicU64>,
+    /// The socket's write side, for direct writes.
+    pub sink: Arc<Mutex<Sink>>,
+}
+
+impl Lanes {
+    /// The direct path: writes `request` on the calling thread if the writer thread is not
+    /// writing and nothing is queued ahead of it (see [`crate::sink`]; called under the coordinator's lock). `None`: not written,
+    /// queue it. `Some(true)`: written, and its write must be reported (mode `Sent`).
+    pub(crate) fn write_direct(&self, request: &RequestFrame, counters: &Counters) -> Option<bool> {
+        if !(self.control.is_empty() && self.session.is_empty() && self.requests.is_empty()) {
+            return None;
+        }
+        let mut sink = self.sink.try_lock()?;
+        if !sink.accepts_direct() {
+            return None;
+        }
+        // The coordinator's lock is held: nobody reads `last_taken` meanwhile, so a request
+        // past its deadline is dropped untaken (`NotDelivered` at its deadline).
+        if Instant::now() >= request.deadline {
+            return Some(false);
+        }
+        let before = self.last_taken.swap(request.seq, Ordering::SeqCst);
+        let report = request.report_written.then_some(request.seq);
+        match sink.write_direct(&request.frame, report, counters) {
+            Direct::Done => Some(report.is_some()),
+            Direct::Spilled => {
+                drop(sink);
+                // The writer thread writes the rest (and reports it); wake it.
+                let _ = self.control.try_send(Control::FlushTls);
+                Some(false)
+            }
+            Direct::Declined => {
+                // Not a byte went out: the frame is queued as usual.
+                self.last_taken.store(before, Ordering::SeqCst);
+                None
+            }
+        }
     }
 }
 

@@ -38,74 +38,23 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, SendTimeoutError, Sender, select};
 use parking_lot::{Mutex, MutexGuard};
 
-use crate::coordinator::{Control, Coordinator, Input, LinkEvent, Output, State};
-use crate::doorbell::Lane;
-use crate::frame::Frame;
+use crate::coordinator::{Coordinator, Input, LinkEvent, Output, State};
+use crate::link::Lanes;
 use crate::requests::{Outcome, WaiterId};
-use crate::sink::Sink;
 use crate::stats::Counters;
 use crate::ticket::Answer;
-use crate::transport::Direct;
 use crate::writer::RequestFrame;
 
 /// How long an inline step waits for the lock before sending its input on the channel instead.
 /// Inline holders keep it for a few microseconds; the coordinator thread may keep it longer
 /// (while it joins a link's threads, or waits for room in the event channel).
 pub(crate) const LOCK_WAIT: Duration = Duration::from_micros(50);
-
-/// The senders of the current link's lanes.
-pub(crate) struct Lanes {
-    pub epoch: u64,
-    pub control: Lane<Control>,
-    pub session: Lane<Frame>,
-    pub requests: Lane<RequestFrame>,
-    /// The writer's highest taken request sequence number.
-    pub last_taken: Arc<AtomicU64>,
-    /// The socket's write side, for direct writes.
-    pub sink: Arc<Mutex<Sink>>,
-}
-
-impl Lanes {
-    /// The direct path: writes `request` on the calling thread if the writer thread is not
-    /// writing and nothing is queued ahead of it (see [`crate::sink`]). `None`: not written,
-    /// queue it. `Some(true)`: written, and its write must be reported (mode `Sent`).
-    fn write_direct(&self, request: &RequestFrame, counters: &Counters) -> Option<bool> {
-        if !(self.control.is_empty() && self.session.is_empty() && self.requests.is_empty()) {
-            return None;
-        }
-        let mut sink = self.sink.try_lock()?;
-        if !sink.accepts_direct() {
-            return None;
-        }
-        // The coordinator's lock is held: nobody reads `last_taken` meanwhile, so a request
-        // past its deadline is dropped untaken (`NotDelivered` at its deadline).
-        if Instant::now() >= request.deadline {
-            return Some(false);
-        }
-        let before = self.last_taken.swap(request.seq, Ordering::SeqCst);
-        let report = request.report_written.then_some(request.seq);
-        match sink.write_direct(&request.frame, report, counters) {
-            Direct::Done => Some(report.is_some()),
-            Direct::Spilled => {
-                drop(sink);
-                // The writer thread writes the rest (and reports it); wake it.
-                let _ = self.control.try_send(Control::FlushTls);
-                Some(false)
-            }
-            Direct::Declined => {
-                // Not a byte went out: the frame is queued as usual.
-                self.last_taken.store(before, Ordering::SeqCst);
-                None
-            }
-        }
-    }
-}
 
 /// Work an inline step left for the coordinator thread, in the order it must be done.
 pub(crate) enum Deferred {
@@ -420,11 +369,15 @@ impl Inbox {
 mod tests {
     use super::*;
     use crate::affinity::WaitStrategy;
-    use crate::coordinator::{LinkEvent, Settings};
+    use crate::coordinator::{Control, Settings};
     use crate::doorbell::Doorbell;
+    use crate::doorbell::Lane;
+    use crate::frame::Frame;
     use crate::requests::{Request, Response};
+    use crate::sink::Sink;
     use crate::ticket::Ticket;
     use crate::{Data, Endpoint, Keepalive, Reply};
+    use std::sync::atomic::AtomicU64;
 
     /// Responses are texts `resp ID`.
     struct Venue;
