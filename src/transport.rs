@@ -357,3 +357,49 @@ mod sys {
         Err(std::io::ErrorKind::WouldBlock.into())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// A plain connection split as a link splits it, and the server's end.
+    fn pair() -> (WriteHalf, SocketHandle, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let sock = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (peer, _) = listener.accept().unwrap();
+        let (_read, write, handle) = Stream { sock, tls: None }.split().unwrap();
+        (write, handle, peer)
+    }
+
+    /// A write that fails before the kernel took any byte says so: the writer thread then
+    /// reports its requests never delivered, and the direct path queues the frame instead.
+    #[test]
+    fn a_write_refused_outright_reached_nothing() {
+        let (mut write, handle, _peer) = pair();
+        handle.0.shutdown(Shutdown::Write).unwrap();
+        assert!(write.write_all(b"frame").is_err());
+        assert!(!write.bytes_reached_socket());
+        let mut spill = Vec::new();
+        if cfg!(target_os = "linux") {
+            assert_eq!(write.write_direct(b"frame", &mut spill), Direct::Declined);
+            assert!(spill.is_empty(), "nothing committed");
+        }
+    }
+
+    #[test]
+    fn a_direct_write_to_an_idle_socket_goes_out_whole() {
+        let (mut write, _handle, mut peer) = pair();
+        let mut spill = Vec::new();
+        if cfg!(target_os = "linux") {
+            assert_eq!(write.write_direct(b"hello", &mut spill), Direct::Done);
+            let mut got = [0u8; 5];
+            peer.read_exact(&mut got).unwrap();
+            assert_eq!(&got, b"hello");
+        } else {
+            assert_eq!(write.write_direct(b"hello", &mut spill), Direct::Declined);
+        }
+        assert!(write.write_all(b"after").is_ok());
+        assert!(write.bytes_reached_socket());
+    }
+}
