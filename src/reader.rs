@@ -95,6 +95,9 @@ impl<I: Ingress> Reader<I> {
                     Decoded::Fragment => {}
                     Decoded::Data(data) => {
                         saw_data = true;
+                        // Counted first: once a response has resolved a request, it is counted.
+                        Counters::bump(&self.counters.messages_in, 1);
+                        Counters::bump(&self.counters.bytes_in, data.as_bytes().len() as u64);
                         if self.precheck.as_ref().is_some_and(|p| p(data)) {
                             let input = Input::Link {
                                 epoch: self.epoch,
@@ -103,8 +106,6 @@ impl<I: Ingress> Reader<I> {
                             // On the round trip's path: handled here if the coordinator is free.
                             self.coord.step_or_report(input, &self.stop);
                         }
-                        Counters::bump(&self.counters.messages_in, 1);
-                        Counters::bump(&self.counters.bytes_in, data.as_bytes().len() as u64);
                         let event = match self.ingress.on_message(data) {
                             Verdict::Ignore => None,
                             Verdict::Emit(value) => Some(Event::Data {

@@ -93,6 +93,7 @@ impl Sink {
             counters.sent(Instant::now()); // A spill is stamped when the writer finishes it.
         }
         if done != Direct::Declined {
+            Counters::bump(&counters.direct_writes, 1);
             Counters::bump(&counters.messages_out, 1);
             Counters::bump(&counters.bytes_out, payload.len() as u64);
         }

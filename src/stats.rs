@@ -47,6 +47,9 @@ pub struct Stats {
     /// Coordinator inputs handed to the coordinator thread instead: commands, lifecycle
     /// reports, and fast-path inputs that found the coordinator busy.
     pub queued_steps: u64,
+    /// Request frames written by the thread that submitted them, without waking the writer
+    /// thread (it was idle and nothing was queued ahead). Included in `messages_out`.
+    pub direct_writes: u64,
     /// Successful reconnects (connections after the first).
     pub reconnects: u64,
     /// Connection attempts, including the first.
@@ -92,6 +95,7 @@ pub(crate) struct Counters {
     pub discarded_on_disconnect: AtomicU64,
     pub inline_steps: AtomicU64,
     pub queued_steps: AtomicU64,
+    pub direct_writes: AtomicU64,
     /// Nanoseconds after `base` of the last data message (0: none yet).
     last_data_ns: AtomicU64,
     /// Nanoseconds after `base` of the last socket write (0: none yet).
@@ -116,6 +120,7 @@ impl Counters {
             discarded_on_disconnect: AtomicU64::new(0),
             inline_steps: AtomicU64::new(0),
             queued_steps: AtomicU64::new(0),
+            direct_writes: AtomicU64::new(0),
             last_data_ns: AtomicU64::new(0),
             last_send_ns: AtomicU64::new(0),
             health: Mutex::new(HealthView::default()),
@@ -191,6 +196,7 @@ impl Counters {
             discarded_on_disconnect: self.discarded_on_disconnect.load(Relaxed),
             inline_steps: self.inline_steps.load(Relaxed),
             queued_steps: self.queued_steps.load(Relaxed),
+            direct_writes: self.direct_writes.load(Relaxed),
             reconnects: view.reconnects,
             connect_attempts: view.connect_attempts,
             since_last_receive: self.last_data().map(|t| now.saturating_duration_since(t)),

@@ -29,8 +29,9 @@ use jsonrpc::{JsonRpc, Notification, Notifications, outcome_name, request_text, 
 use serde_json::json;
 use support::{next_event, wait_until};
 use syncws::{
-    Affinity, Backoff, Client, ClientBuilder, ConfirmMode, DEADLINE_GRACE, Event, Frame, Outcome,
-    Reconnect, Request, Response, Undelivered, Unknown, WaitStrategy,
+    Affinity, Backoff, Client, ClientBuilder, ConfirmMode, DEADLINE_GRACE, Data, Endpoint, Event,
+    Frame, Outcome, Precheck, Reconnect, Reply, Request, Response, Undelivered, Unknown,
+    WaitStrategy,
 };
 use venue::{Answer, DropWhen, Flaky, Knobs, Venue};
 
@@ -124,14 +125,85 @@ fn sequential_round_trips_take_the_fast_path() {
     let after = client.stats();
     let inline = after.inline_steps - before.inline_steps;
     let queued = after.queued_steps - before.queued_steps;
-    eprintln!("{ORDERS} round trips: {inline} inputs inline, {queued} via the coordinator thread");
+    let direct = after.direct_writes - before.direct_writes;
+    eprintln!(
+        "{ORDERS} round trips: {inline} inputs inline, {queued} via the coordinator thread, \
+         {direct} requests written directly"
+    );
     // Two inputs per round trip. The first submit arms the earliest deadline and nudges the
     // coordinator thread; until it has looked, inputs take the queue (as they do whenever the
     // coordinator thread is busy), so a loaded machine may push a few through it. Half is a
     // floor that only a broken fast path misses: without it every input is queued.
     assert!(inline >= ORDERS, "{inline} of {} inputs inline", 2 * ORDERS);
     assert!(inline + queued >= 2 * ORDERS, "every input is counted once");
+    // The venue's ticker notifications are inbound only: the lanes are empty between orders.
+    assert!(
+        direct >= ORDERS / 2,
+        "{direct} of {ORDERS} written directly"
+    );
     client.shutdown(Duration::from_secs(1));
+}
+
+/// Texts that carry a request id: an echo server's answer to a request is its response.
+struct EchoIds;
+
+impl Endpoint for EchoIds {
+    fn subscribe(&mut self, topic: &str) -> Frame {
+        Frame::text(topic)
+    }
+    fn precheck(&self) -> Option<Precheck> {
+        Some(Arc::new(|_| true))
+    }
+    fn parse_reply(&mut self, msg: Data<'_>) -> Option<Reply> {
+        let Data::Text(text) = msg else { return None };
+        let response = Response::Ok {
+            retry_after: None,
+            hint: None,
+        };
+        Some(Reply::Response {
+            id: text.strip_prefix("id ")?.parse().ok()?,
+            response,
+        })
+    }
+}
+
+/// The fast path over TLS: requests written directly by the caller are encrypted whole (the
+/// echo server, a tungstenite peer, decodes each one and answers it) and the answers are matched
+/// on the reader thread, without the coordinator thread.
+#[test]
+fn round_trips_over_tls_take_the_fast_path() {
+    const ORDERS: u64 = 200;
+    let pki = support::Pki::new("fast path CA");
+    let server = support::echo_server(Some(pki.server_config(&["localhost"])));
+    let client = Client::builder(&server.url("/"))
+        .add_root_certificate(pki.ca_der())
+        .endpoint(EchoIds)
+        .connect()
+        .unwrap();
+    for id in 1..=ORDERS {
+        let request = Request::new(id, id, Frame::text(format!("id {id}")));
+        let outcome = client.send_and_confirm(request);
+        assert!(confirmed(&outcome), "request {id}: {outcome:?}");
+    }
+    let stats = client.stats();
+    assert_eq!(
+        stats.messages_in, ORDERS,
+        "one echo per request, each decoded"
+    );
+    assert!(
+        stats.inline_steps >= ORDERS,
+        "{} of {} inputs inline",
+        stats.inline_steps,
+        2 * ORDERS
+    );
+    // Nothing else is sent, so a request is written directly unless the coordinator was busy.
+    assert!(
+        stats.direct_writes >= ORDERS / 2,
+        "{} of {ORDERS} requests written directly",
+        stats.direct_writes
+    );
+    client.shutdown(Duration::from_secs(1));
+    server.join();
 }
 
 /// The endpoint is auth-gated: the subscription goes out only once the (delayed) answer to
