@@ -10,7 +10,6 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -250,15 +249,14 @@ impl<I: Ingress> Driver<I> {
     /// after the writer is joined, so no request can still be taken).
     fn disconnect(&mut self) -> Option<Input> {
         let link = self.link.take();
-        let down = link.map(|link| {
-            let epoch = link.epoch;
-            let last_taken = link.last_taken.clone();
+        let down = link.map(|mut link| {
             if let Some(ingress) = link.disconnect() {
                 self.ingress = Some(ingress);
             }
+            // Read once the writer is joined: no request can still be taken.
             Input::LinkDown {
-                epoch,
-                last_taken: last_taken.load(Ordering::SeqCst),
+                epoch: link.epoch,
+                last_taken: link.last_taken(),
             }
         });
         if !self.buffer_while_disconnected {
@@ -343,7 +341,7 @@ impl<I: Ingress> Driver<I> {
         if let Some(sock) = dial.abort.lock().as_ref() {
             let _ = sock.shutdown(std::net::Shutdown::Both);
         }
-        if let Ok(Ok((link, _))) = dial.handle.join() {
+        if let Ok(Ok((mut link, _))) = dial.handle.join() {
             link.disconnect(); // Never announced: it carried no request.
         }
     }

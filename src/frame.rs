@@ -112,6 +112,15 @@ impl Frame {
         matches!(self, Frame::Text(_) | Frame::Binary(_))
     }
 
+    /// `(is_text, payload)` for a data frame; `None` for anything else.
+    pub(crate) fn data_payload(&self) -> Option<(bool, &[u8])> {
+        match self {
+            Frame::Text(s) => Some((true, s.as_bytes())),
+            Frame::Binary(b) => Some((false, b)),
+            _ => None,
+        }
+    }
+
     /// The payload length in bytes, as it would appear on the wire.
     pub fn payload_len(&self) -> usize {
         match self {
@@ -191,9 +200,7 @@ impl Outbound {
     /// `(is_text, payload)` for a data frame; `None` for anything else.
     pub(crate) fn data(&self) -> Option<(bool, &[u8])> {
         match self {
-            Outbound::Owned(Frame::Text(s)) => Some((true, s.as_bytes())),
-            Outbound::Owned(Frame::Binary(b)) => Some((false, b)),
-            Outbound::Owned(_) => None,
+            Outbound::Owned(frame) => frame.data_payload(),
             Outbound::Prepared(p) => Some((p.text, &p.payload)),
         }
     }

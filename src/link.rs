@@ -36,13 +36,8 @@ use crate::writer::{RequestFrame, Writer};
 /// The I/O side of one open connection.
 pub(crate) struct Link<I> {
     pub epoch: u64,
-    pub control: Lane<Control>,
-    pub session: Lane<Frame>,
-    pub requests: Lane<RequestFrame>,
-    /// The writer's highest taken request sequence number.
-    pub last_taken: Arc<AtomicU64>,
-    /// The socket's write side (shared by the writer thread and direct writes).
-    pub sink: Arc<Mutex<Sink>>,
+    /// Its lanes, last request taken and write side, as the coordinator's core sees them.
+    lanes: Lanes,
     socket: SocketHandle,
     /// Dropped to let the reader start reading (after the coordinator has announced the
     /// connection, so its `Connected` event precedes its data).
@@ -56,14 +51,12 @@ pub(crate) struct Link<I> {
 impl<I> Link<I> {
     /// The senders of its lanes, for the coordinator's core.
     pub(crate) fn lanes(&self) -> Lanes {
-        Lanes {
-            epoch: self.epoch,
-            control: self.control.clone(),
-            session: self.session.clone(),
-            requests: self.requests.clone(),
-            last_taken: self.last_taken.clone(),
-            sink: self.sink.clone(),
-        }
+        self.lanes.clone()
+    }
+
+    /// The writer's highest taken request sequence number.
+    pub(crate) fn last_taken(&self) -> u64 {
+        self.lanes.last_taken.load(Ordering::SeqCst)
     }
 
     /// Lets the reader start reading. Idempotent.
@@ -73,7 +66,7 @@ impl<I> Link<I> {
 
     /// Shuts the socket down (unblocking `read` and `write`), releases both threads and joins
     /// them. Returns the ingress the reader handed back (`None` if the ingress panicked).
-    pub(crate) fn disconnect(mut self) -> Option<I> {
+    pub(crate) fn disconnect(&mut self) -> Option<I> {
         self.socket.shutdown();
         self.release.take();
         if let Some(writer) = self.writer.take() {
@@ -91,6 +84,7 @@ impl<I> Link<I> {
 }
 
 /// The senders of the current link's lanes.
+#[derive(Clone)]
 pub(crate) struct Lanes {
     pub epoch: u64,
     pub control: Lane<Control>,
@@ -246,11 +240,14 @@ impl<T: Send + 'static> LinkFactory<T> {
         };
         let mut link = Link {
             epoch,
-            control: Lane::new(control_tx, self.doorbell.clone()),
-            session: Lane::new(session_tx, self.doorbell.clone()),
-            requests: Lane::new(request_tx, self.doorbell.clone()),
-            last_taken,
-            sink,
+            lanes: Lanes {
+                epoch,
+                control: Lane::new(control_tx, self.doorbell.clone()),
+                session: Lane::new(session_tx, self.doorbell.clone()),
+                requests: Lane::new(request_tx, self.doorbell.clone()),
+                last_taken,
+                sink,
+            },
             socket,
             go: Some(go_tx),
             release: Some(release_tx),

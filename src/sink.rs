@@ -73,10 +73,8 @@ impl Sink {
         report: Option<u64>,
         counters: &Counters,
     ) -> Direct {
-        let (text, payload) = match frame {
-            Frame::Text(t) => (true, t.as_bytes()),
-            Frame::Binary(b) => (false, &b[..]),
-            _ => return Direct::Declined,
+        let Some((text, payload)) = frame.data_payload() else {
+            return Direct::Declined;
         };
         if payload.len() > DIRECT_MAX {
             return Direct::Declined;

@@ -272,10 +272,13 @@ impl WriteHalf {
         };
         let sent = match sys::send_nonblocking(&self.sock, wire) {
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
             Err(e) => {
-                log::debug!("direct write failed ({e}); the writer thread takes over");
+                if !matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) {
+                    log::debug!("direct write failed ({e}); the writer thread takes over");
+                }
                 0
             }
         };
