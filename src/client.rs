@@ -15,6 +15,7 @@ use crossbeam_channel::{
 
 use crate::affinity::{WaitStrategy, pin_current_thread};
 use crate::backoff::Reconnect;
+use crate::claim::{Claim, RequestFrame};
 use crate::codec::Limits;
 use crate::config::{ClientBuilder, Config};
 use crate::connect::Dialer;
@@ -27,9 +28,9 @@ use crate::event::Event;
 use crate::frame::{CloseCode, Frame, Outbound, PreparedFrame};
 use crate::ingress::Ingress;
 use crate::link::{AbortSlot, LinkFactory, spawn};
-use crate::requests::{Outcome, Request, Undelivered, WaiterId};
+use crate::requests::{ConfirmMode, Outcome, Request, Submission, Undelivered, WaiterId};
 use crate::stats::{Counters, Stats};
-use crate::stepper::{Core, Inbox, Shared};
+use crate::stepper::{Core, Dispatch, Inbox, Shared};
 use crate::ticket::Ticket;
 
 /// Capacity of the coordinator's input channel (user commands and reader/writer reports).
@@ -57,6 +58,11 @@ const INPUT_QUEUE: usize = 1024;
 pub struct Client<T> {
     inputs: Inbox,
     data: Lane<Outbound>,
+    /// The data lane's sender without the doorbell: a request frame does not wake the writer,
+    /// which could not write it before the coordinator has registered it (and rings then).
+    requests: Sender<Outbound>,
+    /// Wakes the writer (which may be waiting at a request frame its caller gave up on).
+    doorbell: Arc<Doorbell>,
     events: Receiver<Event<T>>,
     counters: Arc<Counters>,
     buffer_while_disconnected: bool,
@@ -119,8 +125,9 @@ impl<T: Send + 'static> Client<T> {
         let precheck = endpoint.precheck();
         let mut coordinator = Coordinator::new(settings, endpoint, reconnect, Instant::now());
         let headers = coordinator.first_dial_headers();
-        let shared = Shared::new(Core::new(coordinator, counters.clone()));
-        let inbox = Inbox::new(input_tx, shared.clone());
+        let inline = config.dispatch == Dispatch::Inline;
+        let shared = Shared::new(Core::new(coordinator, counters.clone(), inline));
+        let inbox = Inbox::new(input_tx, shared.clone(), inline);
         let factory = Arc::new(LinkFactory {
             name: config.name.clone(),
             dialer,
@@ -132,8 +139,6 @@ impl<T: Send + 'static> Client<T> {
             overflow: config.overflow,
             control_queue: config.control_queue,
             session_queue: config.max_subscriptions + 64,
-            // Room for expired frames still waiting in the lane besides the live ones.
-            request_queue: 2 * config.max_pending.max(1),
             precheck,
             affinity: config.affinity,
             wait: config.wait,
@@ -170,7 +175,9 @@ impl<T: Send + 'static> Client<T> {
         })?;
         Ok(Client {
             inputs: inbox,
-            data: Lane::new(data_tx, doorbell),
+            requests: data_tx.clone(),
+            data: Lane::new(data_tx, doorbell.clone()),
+            doorbell,
             events: event_rx,
             counters,
             buffer_while_disconnected: config.buffer_while_disconnected,
@@ -316,22 +323,57 @@ impl<T> Client<T> {
     /// number of threads at once.
     pub fn submit(&self, request: Request) -> Ticket {
         let id = request.id;
+        let resolved = |outcome| Ticket::resolved(id, Outcome::NotDelivered(outcome));
+        // Absolute from here on: the coordinator and the writer never re-anchor it.
+        let deadline = deadline_after(Instant::now(), request.timeout);
         if self.counters.state() != State::Ready {
             // Between connections or closed for good; a client that is shutting down cannot be
             // called any more (`shutdown` takes it by value).
-            return Ticket::resolved(id, Outcome::NotDelivered(Undelivered::NotConnected));
+            return resolved(Undelivered::NotConnected);
         }
-        let deadline = Instant::now() + request.timeout;
+        let epoch = self.counters.ready_epoch();
         let waiter = WaiterId(self.next_waiter.fetch_add(1, Ordering::Relaxed));
+        let claim = Arc::new(Claim::default());
+        // The frame joins the data lane now, in this caller's order among its other frames;
+        // the writer holds it until the coordinator has registered the request.
+        let frame = RequestFrame {
+            origin: waiter,
+            frame: request.frame,
+            deadline,
+            report_written: request.mode == ConfirmMode::Sent,
+            claim: claim.clone(),
+        };
+        // A full lane answers at once: the writer is stuck behind a slow peer.
+        match self.requests.try_send(Outbound::Request(Box::new(frame))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return resolved(Undelivered::QueueFull),
+            Err(TrySendError::Disconnected(_)) => return resolved(Undelivered::ShutDown),
+        }
         let (ticket, answer) = Ticket::new(id, deadline, self.wait);
+        let sub = Submission {
+            id,
+            fingerprint: request.fingerprint,
+            mode: request.mode,
+            deadline,
+            epoch,
+            claim: claim.clone(),
+        };
         let input = Input::Submit {
             waiter,
-            request,
+            sub,
             reply: Some(answer),
         };
-        // Registered and queued for the writer on this thread when the coordinator is free.
-        if self.inputs.step_or_send(input).is_err() {
-            return Ticket::resolved(id, Outcome::NotDelivered(Undelivered::ShutDown));
+        // Registered on this thread when dispatch is inline and the coordinator is free.
+        if !self.inputs.step_or_send_deadline(input, deadline) {
+            // Never registered: the frame must never go out.
+            claim.withdraw();
+            self.doorbell.ring();
+            let why = if Instant::now() >= deadline {
+                Undelivered::Deadline
+            } else {
+                Undelivered::ShutDown
+            };
+            return resolved(why);
         }
         ticket
     }
@@ -421,6 +463,12 @@ impl<T> Client<T> {
 
 /// Data frames travel on the data lane (`Ok(Ok)`); everything else is a coordinator command
 /// (`Ok(Err)`); a close with a code that may not be sent is refused.
+/// `now + d`, saturating at a far future instead of overflowing (a `Duration::MAX` timeout).
+fn deadline_after(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
 fn route(frame: Frame) -> Result<std::result::Result<Frame, Input>> {
     Ok(match frame {
         data @ (Frame::Text(_) | Frame::Binary(_)) => Ok(data),

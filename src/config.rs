@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::health::LatencyPolicy;
 use crate::ingress::{ForwardAll, Ingress};
 use crate::liveness::Keepalive;
+use crate::stepper::Dispatch;
 use crate::target::Target;
 use crate::tls::TlsOptions;
 
@@ -89,6 +90,10 @@ pub struct Config {
     /// How the writer, the coordinator and callers waiting for an outcome wait for work.
     /// Default [`WaitStrategy::Block`].
     pub wait: WaitStrategy,
+    /// Which threads step the connection's state machine. Default [`Dispatch::Actor`]: the
+    /// coordinator thread alone; [`Dispatch::Inline`] is the opt-in fast path for processes
+    /// that share cores.
+    pub dispatch: Dispatch,
 }
 
 impl Default for Config {
@@ -116,6 +121,7 @@ impl Default for Config {
             max_pending: 1024,
             affinity: Affinity::default(),
             wait: WaitStrategy::Block,
+            dispatch: Dispatch::Actor,
         }
     }
 }
@@ -230,6 +236,12 @@ impl ClientBuilder {
     /// See [`Config::wait`].
     pub fn wait_strategy(mut self, wait: WaitStrategy) -> Self {
         self.config.wait = wait;
+        self
+    }
+
+    /// See [`Config::dispatch`].
+    pub fn dispatch(mut self, dispatch: Dispatch) -> Self {
+        self.config.dispatch = dispatch;
         self
     }
 

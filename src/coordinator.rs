@@ -45,7 +45,7 @@ use crate::event::{CloseInfo, Initiator};
 use crate::frame::{CloseCode, Data, Frame};
 use crate::health::{ErrorRing, LatencyPolicy, LatencyWatch, RttHistogram};
 use crate::liveness::{Due, Keepalive, Liveness};
-use crate::requests::{Outcome, Request, RequestOut, Requests, Response, WaiterId};
+use crate::requests::{Outcome, RequestOut, Requests, Response, Submission, WaiterId};
 use crate::session::{Session, SessionOut};
 
 /// How many recent errors are kept for [`Stats`](crate::Stats).
@@ -77,19 +77,15 @@ pub(crate) enum Input {
     Subscribe(String),
     /// User: remove a topic from the desired subscriptions.
     Unsubscribe(String),
-    /// User: register a request for `waiter`. The driver takes `reply` out (and keeps it)
-    /// before the coordinator sees the input.
+    /// User: register a request for `waiter` (its frame is already on the data lane). The
+    /// driver takes `reply` out (and keeps it) before the coordinator sees the input.
     Submit {
         waiter: WaiterId,
-        request: Request,
+        sub: Submission,
         reply: Option<Answer>,
     },
-    /// Driver: the link of `epoch` is down and its writer joined; it had taken requests up to
-    /// `last_taken` from its request lane.
-    LinkDown { epoch: u64, last_taken: u64 },
-    /// Driver: the request with this link sequence number could not be queued (lane full or
-    /// no link): it was never written.
-    RequestDropped { epoch: u64, seq: u64 },
+    /// Driver: the link of `epoch` is down and its writer joined: no request can be taken now.
+    LinkDown { epoch: u64 },
     /// Driver: the dial for `epoch` succeeded; its reader and writer run.
     Connected { epoch: u64 },
     /// Driver: the dial for `epoch` failed.
@@ -115,8 +111,8 @@ pub(crate) enum LinkEvent {
     ReaderEnded(Option<Error>),
     /// Writer: our close frame has been written to the socket.
     CloseWritten,
-    /// Writer: every request up to this link sequence number has been written.
-    Written(u64),
+    /// Writer: the request frame submitted by this waiter has been written (mode `Sent`).
+    Written(WaiterId),
     /// Writer: a write failed; the writer has stopped.
     WriteFailed(Error),
 }
@@ -178,14 +174,9 @@ pub(crate) enum Output {
     Send(Control),
     /// Queue a session frame (auth, subscribe) ahead of user data.
     SendSession(Frame),
-    /// Queue a request frame on the current link's request lane.
-    SendRequest {
-        seq: u64,
-        frame: Frame,
-        deadline: Instant,
-        /// Report the frame written (mode `Sent`).
-        report_written: bool,
-    },
+    /// The request submitted by this waiter is registered: its frame on the data lane may be
+    /// written (wake the writer; inline dispatch may write it directly).
+    Accepted(WaiterId),
     /// Deliver a request outcome to a waiter.
     Resolve(WaiterId, Outcome),
     /// The session is ready: open the user data lane.
@@ -281,8 +272,6 @@ pub(crate) struct Coordinator {
     liveness: Liveness,
     latency: Option<LatencyWatch>,
     requests: Requests,
-    /// The current link's `last_taken` as last read by the driver.
-    last_taken: u64,
     health: Health,
     stop_requested: Option<Instant>,
     stopped: bool,
@@ -311,7 +300,6 @@ impl Coordinator {
             liveness: Liveness::new(settings.keepalive, settings.stale_after, now),
             latency: settings.latency.map(LatencyWatch::new),
             requests: Requests::new(settings.max_pending),
-            last_taken: 0,
             settings,
             endpoint,
             reconnect,
@@ -382,12 +370,6 @@ impl Coordinator {
         }
     }
 
-    /// The driver's latest reading of the current link's `last_taken` (read after sampling
-    /// `now`, see the `requests` module docs).
-    pub(crate) fn set_last_taken(&mut self, last_taken: u64) {
-        self.last_taken = last_taken;
-    }
-
     /// Number of requests in flight.
     #[cfg(test)]
     pub(crate) fn pending_requests(&self) -> usize {
@@ -402,30 +384,20 @@ impl Coordinator {
 
     /// Feeds one input; outputs are appended to `out` in the order they must be carried out.
     pub(crate) fn handle(&mut self, now: Instant, input: Input, out: &mut Vec<Output>) {
-        if let Input::LinkDown { epoch, last_taken } = input {
+        if let Input::LinkDown { epoch } = input {
             // Also after a stop: every request must be answered.
             if epoch == self.epoch {
                 let mut r = Vec::new();
-                self.requests.on_link_down(last_taken, &mut r);
+                self.requests.on_link_down(&mut r);
                 self.apply_requests(r, out);
             }
             return;
         }
-        if let Input::RequestDropped { epoch, seq } = input {
-            if epoch == self.epoch {
-                let mut r = Vec::new();
-                self.requests.on_dropped(seq, &mut r);
-                self.apply_requests(r, out);
-            }
-            return;
-        }
-        if let Input::Submit {
-            waiter, request, ..
-        } = input
-        {
+        if let Input::Submit { waiter, sub, .. } = input {
             let ready = matches!(self.phase, Phase::Open { ready: true, .. }) && !self.stopped;
             let mut r = Vec::new();
-            self.requests.submit(now, waiter, request, ready, &mut r);
+            let epoch = ready.then_some(self.epoch);
+            self.requests.submit(now, waiter, sub, epoch, &mut r);
             self.apply_requests(r, out);
             return;
         }
@@ -476,7 +448,7 @@ impl Coordinator {
                     self.on_link(now, event, out);
                 }
             }
-            Input::Submit { .. } | Input::LinkDown { .. } | Input::RequestDropped { .. } => {}
+            Input::Submit { .. } | Input::LinkDown { .. } => {}
             Input::Tick => {}
         }
         // Act on every deadline that has been reached; acting can arm a deadline that is due at
@@ -526,7 +498,6 @@ impl Coordinator {
             since: now,
             ready: false,
         };
-        self.requests.on_link_up();
         out.push(Output::Notify(Notice::Connected { epoch }));
         self.liveness.on_open(now);
         if let Some(l) = &mut self.latency {
@@ -613,12 +584,9 @@ impl Coordinator {
                 }
                 _ => {}
             },
-            LinkEvent::Written(seq) => {
+            LinkEvent::Written(origin) => {
                 let mut r = Vec::new();
-                // Deadlines first: the writer skipped a request whose deadline had passed, and a
-                // later frame written must not make that one look written.
-                self.requests.poll(now, self.last_taken, &mut r);
-                self.requests.on_written(seq, &mut r);
+                self.requests.on_written(origin, &mut r);
                 self.apply_requests(r, out);
             }
             LinkEvent::CloseWritten => {
@@ -733,17 +701,7 @@ impl Coordinator {
     fn apply_requests(&mut self, outs: Vec<RequestOut>, out: &mut Vec<Output>) {
         for o in outs {
             out.push(match o {
-                RequestOut::Send {
-                    seq,
-                    frame,
-                    deadline,
-                    report_written,
-                } => Output::SendRequest {
-                    seq,
-                    frame,
-                    deadline,
-                    report_written,
-                },
+                RequestOut::Accepted(origin) => Output::Accepted(origin),
                 RequestOut::Resolve(waiter, outcome) => Output::Resolve(waiter, outcome),
                 RequestOut::Orphan { id, response } => Output::Notify(Notice::Orphan {
                     epoch: self.epoch,
@@ -761,7 +719,7 @@ impl Coordinator {
                     self.finish(now, out);
                 } else {
                     let mut r = Vec::new();
-                    self.requests.poll(now, self.last_taken, &mut r);
+                    self.requests.poll(now, &mut r);
                     self.apply_requests(r, out);
                 }
             }
@@ -792,7 +750,7 @@ impl Coordinator {
                 self.session.poll(now, &mut s);
                 self.apply_session(now, s, out);
                 let mut r = Vec::new();
-                self.requests.poll(now, self.last_taken, &mut r);
+                self.requests.poll(now, &mut r);
                 self.apply_requests(r, out);
             }
             Phase::Connecting { .. } | Phase::Stopped => {}

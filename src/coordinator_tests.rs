@@ -802,8 +802,14 @@ fn generated_fault_schedules_hold_the_invariants() {
 
 // ---- requests ----
 
-use crate::requests::{ConfirmMode, Outcome, Request, Undelivered, Unknown, WaiterId};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
+use crate::claim::{Claim, RequestFrame, Take};
+use crate::requests::{ConfirmMode, Outcome, Submission, Undelivered, Unknown, WaiterId};
+
+/// Submits request `id` for `waiter` on the current connection; returns the outputs and the
+/// request frame as the data lane would carry it.
 fn submit(
     h: &mut Harness,
     waiter: u64,
@@ -811,15 +817,30 @@ fn submit(
     fp: u64,
     timeout: Duration,
     mode: ConfirmMode,
-) -> Vec<Output> {
-    let request = Request::new(id, fp, Frame::text(format!("order {id}")))
-        .timeout(timeout)
-        .mode(mode);
-    h.feed(Input::Submit {
+) -> (Vec<Output>, RequestFrame) {
+    let claim = Arc::new(Claim::default());
+    let deadline = h.now + timeout;
+    let sub = Submission {
+        id,
+        fingerprint: fp,
+        mode,
+        deadline,
+        epoch: h.coord.epoch,
+        claim: claim.clone(),
+    };
+    let frame = RequestFrame {
+        origin: WaiterId(waiter),
+        frame: Frame::text(format!("order {id}")),
+        deadline,
+        report_written: mode == ConfirmMode::Sent,
+        claim,
+    };
+    let out = h.feed(Input::Submit {
         waiter: WaiterId(waiter),
-        request,
+        sub,
         reply: None,
-    })
+    });
+    (out, frame)
 }
 
 fn outcomes(out: &[Output]) -> Vec<(u64, Outcome)> {
@@ -831,6 +852,10 @@ fn outcomes(out: &[Output]) -> Vec<(u64, Outcome)> {
         .collect()
 }
 
+fn accepted(out: &[Output]) -> bool {
+    out.iter().any(|o| matches!(o, Output::Accepted(_)))
+}
+
 #[test]
 fn disconnect_resolves_requests_at_once_by_what_the_writer_took() {
     let mut h = Harness::with(
@@ -839,27 +864,23 @@ fn disconnect_resolves_requests_at_once_by_what_the_writer_took() {
         Some(Box::new(Backoff::default())),
     );
     let s = Duration::from_secs(10);
-    let sends: usize = (1..=3)
-        .map(|i| submit(&mut h, i, i, i, s, ConfirmMode::Confirmed))
-        .map(|o| {
-            o.iter()
-                .filter(|x| matches!(x, Output::SendRequest { .. }))
-                .count()
+    let frames: Vec<RequestFrame> = (1..=3)
+        .map(|i| {
+            let (out, frame) = submit(&mut h, i, i, i, s, ConfirmMode::Confirmed);
+            assert!(accepted(&out));
+            frame
         })
-        .sum();
-    assert_eq!(sends, 3);
-    // The writer took 1 and 2, wrote 1; then the transport dies.
-    h.link(LinkEvent::Written(1));
+        .collect();
+    // The writer took 1 and 2; then the transport dies.
+    assert_eq!(frames[0].take(h.now), Take::Write);
+    assert_eq!(frames[1].take(h.now), Take::Write);
     let out = h.link(LinkEvent::ReaderEnded(None));
     assert!(out.iter().any(|o| matches!(o, Output::Disconnect)));
     assert!(
         outcomes(&out).is_empty(),
         "settled only once the writer is joined"
     );
-    let out = h.feed(Input::LinkDown {
-        epoch: 1,
-        last_taken: 2,
-    });
+    let out = h.feed(Input::LinkDown { epoch: 1 });
     let mut got = outcomes(&out);
     got.sort_by_key(|(w, _)| *w);
     assert_eq!(
@@ -870,64 +891,73 @@ fn disconnect_resolves_requests_at_once_by_what_the_writer_took() {
             (3, Outcome::NotDelivered(Undelivered::Disconnected)),
         ]
     );
+    assert_eq!(frames[2].take(h.now), Take::Skip, "never written later");
     assert_eq!(h.coord.pending_requests(), 0);
     // Nothing is resent on the next connection.
     h.advance(Duration::from_secs(60));
     let out = h.feed(Input::Connected { epoch: 2 });
-    assert!(!out.iter().any(|o| matches!(o, Output::SendRequest { .. })));
+    assert!(!accepted(&out));
 }
 
 /// The writer skips a `Sent` request whose deadline passed in the lane and writes the next one;
-/// its report arrives before the coordinator's own timer for the first: the first must not be
-/// reported `Sent`.
+/// its report arrives before the coordinator's own timer for the first: the first is not
+/// delivered (its claim was withdrawn), the second is `Sent`.
 #[test]
 fn a_request_skipped_at_its_deadline_is_not_sent_by_a_later_write() {
     let mut h = Harness::with(settings(), Box::new(Venue { gated: false }), None);
     let ms = Duration::from_millis;
-    submit(&mut h, 1, 10, 1, ms(100), ConfirmMode::Sent);
-    submit(&mut h, 2, 11, 1, ms(500), ConfirmMode::Sent);
-    h.now += ms(150); // No tick: the report comes first.
-    h.coord.set_last_taken(2);
-    let out = h.link(LinkEvent::Written(2));
+    let (_, first) = submit(&mut h, 1, 10, 1, ms(100), ConfirmMode::Sent);
+    let (_, second) = submit(&mut h, 2, 11, 1, ms(500), ConfirmMode::Sent);
+    h.now += ms(150); // No tick: the writer comes first.
+    assert_eq!(first.take(h.now), Take::Skip);
+    assert_eq!(second.take(h.now), Take::Write);
+    let out = h.link(LinkEvent::Written(WaiterId(2)));
     let mut got = outcomes(&out);
     got.sort_by_key(|(w, _)| *w);
     assert_eq!(
         got,
         [
-            // Taken (so maybe written, as far as the table knows), not confirmed written.
-            (1, Outcome::Unconfirmed(Unknown::Deadline)),
+            (1, Outcome::NotDelivered(Undelivered::Deadline)),
             (2, Outcome::Sent),
         ]
     );
 }
 
+/// Finding 5: a registration handled after its deadline (it waited in the inbox) is refused,
+/// and its frame, already on the data lane, never goes out.
+#[test]
+fn request_deadline_is_carried_from_the_call() {
+    let mut h = Harness::with(settings(), Box::new(Venue { gated: false }), None);
+    let claim = Arc::new(Claim::default());
+    let sub = Submission {
+        id: 1,
+        fingerprint: 1,
+        mode: ConfirmMode::Confirmed,
+        deadline: h.now,
+        epoch: h.coord.epoch,
+        claim: claim.clone(),
+    };
+    h.now += Duration::from_millis(1);
+    let out = h.feed(Input::Submit {
+        waiter: WaiterId(1),
+        sub,
+        reply: None,
+    });
+    assert_eq!(
+        outcomes(&out),
+        [(1, Outcome::NotDelivered(Undelivered::Deadline))]
+    );
+    assert!(!accepted(&out));
+    assert_eq!(claim.take(), Take::Skip);
+}
+
 #[test]
 fn responses_confirm_or_reject_and_late_ones_are_orphans() {
     let mut h = Harness::with(settings(), Box::new(Venue { gated: false }), None);
-    submit(
-        &mut h,
-        1,
-        10,
-        1,
-        Duration::from_secs(1),
-        ConfirmMode::Confirmed,
-    );
-    submit(
-        &mut h,
-        2,
-        11,
-        1,
-        Duration::from_secs(1),
-        ConfirmMode::Confirmed,
-    );
-    submit(
-        &mut h,
-        3,
-        12,
-        1,
-        Duration::from_millis(100),
-        ConfirmMode::Confirmed,
-    );
+    let s = Duration::from_secs(1);
+    submit(&mut h, 1, 10, 1, s, ConfirmMode::Confirmed);
+    submit(&mut h, 2, 11, 1, s, ConfirmMode::Confirmed);
+    let (_, third) = submit(&mut h, 3, 12, 1, s / 10, ConfirmMode::Confirmed);
     let out = h.link(LinkEvent::Reply(Frame::text("resp 10 ok")));
     assert_eq!(
         outcomes(&out),
@@ -943,7 +973,7 @@ fn responses_confirm_or_reject_and_late_ones_are_orphans() {
     assert!(
         matches!(&outcomes(&out)[..], [(2, Outcome::EndpointRejected { message, retry_after: Some(_) })] if message == "insufficient")
     );
-    h.coord.set_last_taken(3);
+    assert_eq!(third.take(h.now), Take::Write);
     let out = h.advance(Duration::from_millis(100));
     assert_eq!(
         outcomes(&out),
@@ -959,7 +989,7 @@ fn responses_confirm_or_reject_and_late_ones_are_orphans() {
 #[test]
 fn requests_are_refused_while_not_ready() {
     let mut h = Harness::with(settings(), Box::new(Venue { gated: true }), None);
-    let out = submit(
+    let (out, frame) = submit(
         &mut h,
         1,
         1,
@@ -971,13 +1001,16 @@ fn requests_are_refused_while_not_ready() {
         outcomes(&out),
         [(1, Outcome::NotDelivered(Undelivered::NotConnected))]
     );
+    assert_eq!(frame.take(h.now), Take::Skip);
 }
 
-/// Generated interleavings of submits (new, duplicate, conflicting), writer progress, responses,
-/// disconnects and deadlines. Invariants: every waiter gets exactly one outcome, by its deadline
-/// tick; Confirmed/Rejected only for a request whose response arrived; NotDelivered only for a
-/// request the writer never took; Sent only once written; the table never exceeds its cap and is
-/// empty at the end; nothing is sent twice for one id and nothing is resent after a reconnect.
+/// Generated interleavings of submits (new, duplicate, conflicting), writer progress (taking
+/// frames in lane order, skipping those past their deadline, reporting `Sent` ones written),
+/// responses, disconnects and deadlines. Invariants: every waiter gets exactly one outcome, by
+/// its deadline tick; Confirmed/Rejected only for a request whose response arrived;
+/// NotDelivered only for a request the writer never took, and never taken afterwards; Sent only
+/// once written; the table never exceeds its cap and is empty at the end; nothing is resent
+/// after a reconnect.
 #[test]
 fn generated_request_interleavings_hold_the_invariants() {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
@@ -987,18 +1020,20 @@ fn generated_request_interleavings_hold_the_invariants() {
             Box::new(Venue { gated: false }),
             Some(Box::new(Backoff::new(MS, 10 * MS).seed(case))),
         );
-        let mut waiter_deadline: std::collections::HashMap<u64, Instant> = Default::default();
-        let mut answered: std::collections::HashMap<u64, Outcome> = Default::default();
-        // Link-local view: seq -> request id; which seqs the writer took / wrote.
-        let mut seq_of: Vec<(u64, u64)> = Vec::new();
-        let mut taken = 0u64;
-        let mut written = 0u64;
+        let mut waiter_deadline: HashMap<u64, Instant> = HashMap::new();
+        let mut answered: HashMap<u64, Outcome> = HashMap::new();
+        // The data lane of the current connection: accepted frames in order.
+        let mut lane: Vec<RequestFrame> = Vec::new();
+        let mut taken = 0usize;
+        // Origins the writer took (wrote) and reported written.
+        let mut took: HashSet<u64> = HashSet::new();
+        let mut reported: HashSet<u64> = HashSet::new();
+        let mut not_delivered: HashSet<u64> = HashSet::new();
         let mut responded: Vec<u64> = Vec::new();
-        let mut sent_ids: Vec<u64> = Vec::new();
-        let mut waiter_req: std::collections::HashMap<u64, u64> = Default::default();
-        // The link sequence number each waiter's request went out with (joiners share it).
-        let mut waiter_seq: std::collections::HashMap<u64, u64> = Default::default();
-        let mut seq_for_id: std::collections::HashMap<u64, u64> = Default::default();
+        let mut waiter_req: HashMap<u64, u64> = HashMap::new();
+        // Whose frame each waiter's answer depends on (joiners share the first one's).
+        let mut waiter_origin: HashMap<u64, u64> = HashMap::new();
+        let mut origin_for_id: HashMap<u64, u64> = HashMap::new();
         let mut next_waiter = 1;
         let mut connected = true;
         for _ in 0..rng.below(80) {
@@ -1013,29 +1048,46 @@ fn generated_request_interleavings_hold_the_invariants() {
                     } else {
                         ConfirmMode::Confirmed
                     };
-                    waiter_deadline.insert(next_waiter, h.now + timeout);
-                    waiter_req.insert(next_waiter, id);
-                    out = submit(&mut h, next_waiter, id, fp, timeout, mode);
-                    let sent = out.iter().any(|o| matches!(o, Output::SendRequest { .. }));
-                    let refused = out.iter().any(|o| matches!(o, Output::Resolve(..)));
-                    if sent {
-                        waiter_seq.insert(next_waiter, seq_of.len() as u64 + 1);
-                    } else if !refused {
-                        waiter_seq.insert(next_waiter, seq_for_id[&id]);
-                    }
+                    let w = next_waiter;
                     next_waiter += 1;
+                    waiter_deadline.insert(w, h.now + timeout);
+                    waiter_req.insert(w, id);
+                    let (o, frame) = submit(&mut h, w, id, fp, timeout, mode);
+                    out = o;
+                    if accepted(&out) {
+                        assert!(connected, "case {case}: accepted without a session");
+                        origin_for_id.insert(id, w);
+                        waiter_origin.insert(w, w);
+                        lane.push(frame);
+                    } else if outcomes(&out).is_empty() {
+                        waiter_origin.insert(w, origin_for_id[&id]);
+                    }
                 }
-                3 if connected && (taken as usize) < seq_of.len() => {
-                    taken += 1 + rng.below((seq_of.len() as u64 - taken).max(1));
-                    taken = taken.min(seq_of.len() as u64);
-                    h.coord.set_last_taken(taken);
+                3 if connected && taken < lane.len() => {
+                    let n = 1 + rng.below((lane.len() - taken) as u64) as usize;
+                    for frame in &lane[taken..taken + n] {
+                        if frame.take(h.now) == Take::Write {
+                            let origin = frame.origin.0;
+                            assert!(
+                                !not_delivered.contains(&origin),
+                                "case {case}: taken after NotDelivered"
+                            );
+                            took.insert(origin);
+                        }
+                    }
+                    taken += n;
                 }
-                4 if connected && written < taken => {
-                    written = taken;
-                    out = h.link(LinkEvent::Written(written));
+                4 if connected => {
+                    for frame in &lane[..taken] {
+                        let origin = frame.origin.0;
+                        if frame.report_written && took.contains(&origin) && reported.insert(origin)
+                        {
+                            out.extend(h.link(LinkEvent::Written(frame.origin)));
+                        }
+                    }
                 }
-                5 if connected && !seq_of.is_empty() => {
-                    let (_, id) = seq_of[rng.below(seq_of.len() as u64) as usize];
+                5 if connected && taken > 0 => {
+                    let id = waiter_req[&lane[rng.below(taken as u64) as usize].origin.0];
                     responded.push(id);
                     let text = if rng.below(3) == 0 {
                         format!("resp {id} nope")
@@ -1048,7 +1100,6 @@ fn generated_request_interleavings_hold_the_invariants() {
                     out = h.link(LinkEvent::ReaderEnded(None));
                     out.extend(h.feed(Input::LinkDown {
                         epoch: h.coord.epoch,
-                        last_taken: taken,
                     }));
                     connected = false;
                 }
@@ -1061,67 +1112,48 @@ fn generated_request_interleavings_hold_the_invariants() {
                     }
                     if h.coord.state() == State::Ready {
                         connected = true;
-                        seq_of.clear();
+                        // A new connection's lane: the old frames were discarded.
+                        lane.clear();
                         taken = 0;
-                        written = 0;
-                        h.coord.set_last_taken(0);
                     }
                 }
                 _ => out = h.advance(Duration::from_millis(rng.below(150))),
             }
             for o in &out {
-                match o {
-                    Output::SendRequest {
-                        seq,
-                        frame: Frame::Text(t),
-                        ..
-                    } => {
-                        let id: u64 = t.strip_prefix("order ").unwrap().parse().unwrap();
-                        assert!(connected, "case {case}: request sent without a session");
-                        assert_eq!(*seq, seq_of.len() as u64 + 1, "case {case}: seq order");
-                        seq_of.push((*seq, id));
-                        seq_for_id.insert(id, *seq);
-                        sent_ids.push(id);
-                    }
-                    Output::Resolve(w, outcome) => {
-                        assert!(
-                            answered.insert(w.0, outcome.clone()).is_none(),
-                            "case {case}: waiter {} answered twice",
-                            w.0
-                        );
-                        let deadline = waiter_deadline[&w.0];
-                        assert!(
-                            h.now <= deadline
-                                || matches!(
-                                    outcome,
-                                    Outcome::Unconfirmed(_) | Outcome::NotDelivered(_)
-                                ),
-                            "case {case}"
-                        );
-                        let id = waiter_req[&w.0];
-                        let seq = waiter_seq.get(&w.0).copied();
-                        match outcome {
-                            Outcome::Confirmed { .. } | Outcome::EndpointRejected { .. } => {
-                                assert!(
-                                    responded.contains(&id),
-                                    "case {case}: confirmed without a response"
-                                )
-                            }
-                            Outcome::NotDelivered(
-                                Undelivered::Disconnected | Undelivered::Deadline,
-                            ) => {
-                                assert!(
-                                    seq.is_none_or(|s| s > taken),
-                                    "case {case}: NotDelivered but taken"
-                                )
-                            }
-                            Outcome::Sent => assert!(
-                                seq.is_some_and(|s| s <= written),
-                                "case {case}: Sent before written"
-                            ),
-                            _ => {}
+                let Output::Resolve(w, outcome) = o else {
+                    continue;
+                };
+                assert!(
+                    answered.insert(w.0, outcome.clone()).is_none(),
+                    "case {case}: waiter {} answered twice",
+                    w.0
+                );
+                let deadline = waiter_deadline[&w.0];
+                assert!(
+                    h.now <= deadline
+                        || matches!(outcome, Outcome::Unconfirmed(_) | Outcome::NotDelivered(_)),
+                    "case {case}"
+                );
+                let id = waiter_req[&w.0];
+                let origin = waiter_origin.get(&w.0).copied();
+                match outcome {
+                    Outcome::Confirmed { .. } | Outcome::EndpointRejected { .. } => assert!(
+                        responded.contains(&id),
+                        "case {case}: confirmed without a response"
+                    ),
+                    Outcome::NotDelivered(Undelivered::Disconnected | Undelivered::Deadline) => {
+                        if let Some(origin) = origin {
+                            assert!(
+                                !took.contains(&origin),
+                                "case {case}: NotDelivered but taken"
+                            );
+                            not_delivered.insert(origin);
                         }
                     }
+                    Outcome::Sent => assert!(
+                        origin.is_some_and(|o| reported.contains(&o)),
+                        "case {case}: Sent before written"
+                    ),
                     _ => {}
                 }
             }
@@ -1143,7 +1175,6 @@ fn generated_request_interleavings_hold_the_invariants() {
         let mut out = h.feed(Input::Shutdown { deadline: h.now });
         out.extend(h.feed(Input::LinkDown {
             epoch: h.coord.epoch,
-            last_taken: taken,
         }));
         for o in &out {
             if let Output::Resolve(w, outcome) = o {

@@ -8,7 +8,6 @@
 //! notices to the application's event channel, a dial starts a short-lived `NAME-dial` thread,
 //! a disconnect shuts the link down and joins its threads.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -48,8 +47,6 @@ pub(crate) struct Driver<I: Ingress> {
     pub buffer_while_disconnected: bool,
     dial: Option<Dial<I>>,
     out: Vec<Output>,
-    /// Inputs and outputs still to handle in the current step (reused buffer).
-    work: VecDeque<Deferred>,
     /// True until the driver runs on its own thread: notices must not wait for room then,
     /// because nobody can be consuming events yet.
     pub starting: bool,
@@ -77,7 +74,6 @@ impl<I: Ingress> Driver<I> {
             buffer_while_disconnected,
             dial: None,
             out: Vec::new(),
-            work: VecDeque::new(),
             starting: true,
         }
     }
@@ -149,11 +145,15 @@ impl<I: Ingress> Driver<I> {
     }
 
     /// [`Driver::step`] for an input that came from the inbox channel (`from_inbox`) or not.
+    ///
+    /// The step's work queue is the core's `deferred` queue, behind what inline steps left:
+    /// an input's outputs go to its front, in order, and the inputs they give rise to to its
+    /// back. An output that may block (an event waiting for room, a dial, joining a link's
+    /// threads) is carried out with the lock released and the core marked busy.
     fn step_counted(&mut self, input: Input, from_inbox: bool) -> bool {
         let shared = self.shared.clone();
         let mut core = shared.core.lock();
         let mut keep_running = true;
-        let mut work = std::mem::take(&mut self.work);
         let mut out = std::mem::take(&mut self.out);
         if let Input::Connected { epoch } = input {
             // The link's lanes become visible to inline steps with the step that announces it.
@@ -163,23 +163,47 @@ impl<I: Ingress> Driver<I> {
                 .filter(|l| l.epoch == epoch)
                 .map(Link::lanes);
         }
-        // What inline steps left for this thread comes first, in order.
-        core.take_deferred(&mut work);
-        work.push_back(Deferred::Input(input));
-        while let Some(item) = work.pop_front() {
-            match item {
-                Deferred::Output(output) => {
-                    self.carry_out(&mut core, output, &mut work, &mut keep_running)
-                }
+        core.deferred.push_back(Deferred::Input(input));
+        while let Some(item) = core.deferred.pop_front() {
+            let output = match item {
                 Deferred::Input(input) => {
                     core.feed(input, &mut out);
-                    for output in out.drain(..) {
-                        self.carry_out(&mut core, output, &mut work, &mut keep_running);
+                    for output in out.drain(..).rev() {
+                        core.deferred.push_front(Deferred::Output(output));
                     }
+                    continue;
                 }
+                Deferred::Output(output) => output,
+            };
+            let output = match core.carry(output) {
+                Carried::Done => continue,
+                Carried::Followup(input) => {
+                    core.deferred.push_back(Deferred::Input(input));
+                    continue;
+                }
+                Carried::Heavy(output) => output,
+            };
+            match output {
+                Output::Ready => {
+                    self.on_ready(&core);
+                    continue;
+                }
+                Output::Disconnect | Output::Stop => core.lanes = None,
+                _ => {}
+            }
+            core.busy = true;
+            let answers = core.take_answers();
+            drop(core);
+            deliver(answers);
+            let settle = self.carry_heavy(output, &mut keep_running);
+            core = shared.core.lock();
+            core.busy = false;
+            if let Some(input) = settle {
+                // A link's requests settle before anything else (its `Closed` event may wait
+                // for room in the event channel; its callers must not).
+                core.deferred.push_front(Deferred::Input(input));
             }
         }
-        self.work = work;
         self.out = out;
         if from_inbox {
             shared.handled(&core);
@@ -198,51 +222,38 @@ impl<I: Ingress> Driver<I> {
         keep_running
     }
 
-    /// Carries out one output; inputs it gives rise to join the back of `work`.
-    fn carry_out(
-        &mut self,
-        core: &mut Core,
-        output: Output,
-        work: &mut VecDeque<Deferred>,
-        keep_running: &mut bool,
-    ) {
-        let output = match core.carry(output) {
-            Carried::Done => return,
-            Carried::Followup(input) => return work.push_back(Deferred::Input(input)),
-            Carried::Heavy(output) => output,
-        };
-        // What follows may block (an event waiting for room, joins, a dial abort): outcomes
-        // already decided are not held back by it.
-        deliver(core.take_answers());
+    /// The session is ready: the user data lane opens.
+    fn on_ready(&self, core: &Core) {
+        if !self.buffer_while_disconnected {
+            // Frames that raced with the loss of the previous connection.
+            self.discard_queued();
+        }
+        if let Some(lanes) = &core.lanes {
+            self.counters.set_ready_epoch(lanes.epoch);
+            let _ = lanes.control.try_send(Control::OpenData);
+        }
+        self.counters.set_state(State::Ready);
+    }
+
+    /// Carries out an output that may block (called without the lock); returns the input
+    /// that settles a released link's requests.
+    fn carry_heavy(&mut self, output: Output, keep_running: &mut bool) -> Option<Input> {
         match output {
-            Output::Ready => {
-                if !self.buffer_while_disconnected {
-                    // Frames that raced with the loss of the previous connection.
-                    self.discard_queued();
-                }
-                self.counters.set_state(State::Ready);
-                if let Some(lanes) = &core.lanes {
-                    let _ = lanes.control.try_send(Control::OpenData);
-                }
-            }
             Output::Notify(notice) => self.notify(notice),
             Output::Dial {
                 epoch,
                 attempt,
                 headers,
             } => self.start_dial(epoch, attempt, headers),
-            Output::Disconnect => {
-                core.lanes = None;
-                work.extend(self.disconnect().map(Deferred::Input));
-            }
+            Output::Disconnect => return self.disconnect(),
             Output::Stop => {
                 self.abort_dial();
-                core.lanes = None;
-                work.extend(self.disconnect().map(Deferred::Input));
                 *keep_running = false;
+                return self.disconnect();
             }
             light => debug_assert!(false, "{light:?} is carried out by the core"),
         }
+        None
     }
 
     /// Releases the current link; returns the `LinkDown` input that settles its requests (read
@@ -253,11 +264,8 @@ impl<I: Ingress> Driver<I> {
             if let Some(ingress) = link.disconnect() {
                 self.ingress = Some(ingress);
             }
-            // Read once the writer is joined: no request can still be taken.
-            Input::LinkDown {
-                epoch: link.epoch,
-                last_taken: link.last_taken(),
-            }
+            // Once the writer is joined, no request can still be taken.
+            Input::LinkDown { epoch: link.epoch }
         });
         if !self.buffer_while_disconnected {
             self.discard_queued();

@@ -16,6 +16,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::claim::RequestFrame;
+
 /// A WebSocket close status code (RFC 6455 §7.4).
 ///
 /// Any `u16` can be carried; the associated constants name the common ones. Codes `4000..=4999`
@@ -194,6 +196,8 @@ impl PreparedFrame {
 pub(crate) enum Outbound {
     Owned(Frame),
     Prepared(PreparedFrame),
+    /// A `send_and_confirm` frame, in its caller's order among its other frames.
+    Request(Box<RequestFrame>),
 }
 
 impl Outbound {
@@ -202,6 +206,7 @@ impl Outbound {
         match self {
             Outbound::Owned(frame) => frame.data_payload(),
             Outbound::Prepared(p) => Some((p.text, &p.payload)),
+            Outbound::Request(r) => r.frame.data_payload(),
         }
     }
 }

@@ -69,6 +69,7 @@
 
 mod affinity;
 mod backoff;
+mod claim;
 mod client;
 mod codec;
 mod config;
@@ -110,6 +111,7 @@ pub use ingress::{ForwardAll, Ingress, Verdict};
 pub use liveness::Keepalive;
 pub use requests::{ConfirmMode, Outcome, Request, Response, Undelivered, Unknown};
 pub use stats::Stats;
+pub use stepper::Dispatch;
 pub use ticket::{DEADLINE_GRACE, Ticket};
 pub use tls::certificates_from_pem;
 

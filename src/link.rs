@@ -8,7 +8,7 @@
 
 use std::net::TcpStream;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -16,6 +16,7 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 use parking_lot::Mutex;
 
 use crate::affinity::{Affinity, WaitStrategy, pin_current_thread};
+use crate::claim::Take;
 use crate::codec::{Decoder, Limits};
 use crate::config::Overflow;
 use crate::connect::Dialer;
@@ -27,16 +28,18 @@ use crate::event::Event;
 use crate::frame::{Frame, Outbound};
 use crate::ingress::Ingress;
 use crate::reader::{CONTROL_HEADROOM, Reader};
+use crate::requests::WaiterId;
+use crate::sink::DIRECT_MAX;
 use crate::sink::Sink;
 use crate::stats::Counters;
 use crate::stepper::Inbox;
 use crate::transport::{Direct, SocketHandle, Stream};
-use crate::writer::{RequestFrame, Writer};
+use crate::writer::Writer;
 
 /// The I/O side of one open connection.
 pub(crate) struct Link<I> {
     pub epoch: u64,
-    /// Its lanes, last request taken and write side, as the coordinator's core sees them.
+    /// Its lanes and write side, as the coordinator's core sees them.
     lanes: Lanes,
     socket: SocketHandle,
     /// Dropped to let the reader start reading (after the coordinator has announced the
@@ -52,11 +55,6 @@ impl<I> Link<I> {
     /// The senders of its lanes, for the coordinator's core.
     pub(crate) fn lanes(&self) -> Lanes {
         self.lanes.clone()
-    }
-
-    /// The writer's highest taken request sequence number.
-    pub(crate) fn last_taken(&self) -> u64 {
-        self.lanes.last_taken.load(Ordering::SeqCst)
     }
 
     /// Lets the reader start reading. Idempotent.
@@ -83,49 +81,84 @@ impl<I> Link<I> {
     }
 }
 
-/// The senders of the current link's lanes.
+/// The senders of the current link's lanes, and what the direct path needs.
 #[derive(Clone)]
 pub(crate) struct Lanes {
     pub epoch: u64,
     pub control: Lane<Control>,
     pub session: Lane<Frame>,
-    pub requests: Lane<RequestFrame>,
-    /// The writer's highest taken request sequence number.
-    pub last_taken: Arc<AtomicU64>,
+    /// The user data lane's receiving end (the direct path takes its request off it).
+    pub data: Receiver<Outbound>,
     /// The socket's write side, for direct writes.
     pub sink: Arc<Mutex<Sink>>,
+    /// Tells the writer the sink has work for it (a spill, a held frame).
+    pub kick: Arc<AtomicBool>,
+    /// Wakes the writer.
+    pub bell: Arc<Doorbell>,
 }
 
 impl Lanes {
-    /// The direct path: writes `request` on the calling thread if the writer thread is not
-    /// writing and nothing is queued ahead of it (see [`crate::sink`]; called under the coordinator's lock). `None`: not written,
-    /// queue it. `Some(true)`: written, and its write must be reported (mode `Sent`).
-    pub(crate) fn write_direct(&self, request: &RequestFrame, counters: &Counters) -> Option<bool> {
-        if !(self.control.is_empty() && self.session.is_empty() && self.requests.is_empty()) {
+    /// Wakes the writer for work left in the sink.
+    fn kick(&self) {
+        self.kick.store(true, Ordering::SeqCst);
+        self.bell.ring();
+    }
+
+    /// The direct path (inline dispatch): right after the coordinator accepted the request
+    /// submitted by `origin`, writes its frame on the calling thread if it is the only frame
+    /// queued and the writer thread is not writing (see [`crate::sink`]; called under the
+    /// coordinator's lock). Returns `origin` if the frame was written whole and its write must
+    /// be reported (mode `Sent`). Otherwise the frame stays for the writer thread, which is
+    /// woken.
+    pub(crate) fn write_direct(&self, origin: WaiterId, counters: &Counters) -> Option<WaiterId> {
+        if !(self.control.is_empty() && self.session.is_empty() && self.data.len() == 1) {
             return None;
         }
         let mut sink = self.sink.try_lock()?;
         if !sink.accepts_direct() {
             return None;
         }
-        // The coordinator's lock is held: nobody reads `last_taken` meanwhile, so a request
-        // past its deadline is dropped untaken (`NotDelivered` at its deadline).
-        if Instant::now() >= request.deadline {
-            return Some(false);
+        // The writer takes from the lane only under the sink's lock, and nothing was held: the
+        // one frame queued is the oldest, and the caller's was queued before it was accepted.
+        let item = self.data.try_recv().ok()?;
+        let request = match item {
+            Outbound::Request(r)
+                if r.origin == origin
+                    && r.frame
+                        .data_payload()
+                        .is_some_and(|(_, p)| p.len() <= DIRECT_MAX) =>
+            {
+                r
+            }
+            other => {
+                sink.held = Some(other);
+                drop(sink);
+                self.kick();
+                return None;
+            }
+        };
+        match request.take(Instant::now()) {
+            Take::Write => {}
+            Take::Skip => return None, // Past its deadline: withdrawn, never written.
+            Take::Wait => {
+                sink.held = Some(Outbound::Request(request));
+                drop(sink);
+                self.kick();
+                return None;
+            }
         }
-        let before = self.last_taken.swap(request.seq, Ordering::SeqCst);
-        let report = request.report_written.then_some(request.seq);
+        let report = request.report_written.then_some(origin);
         match sink.write_direct(&request.frame, report, counters) {
-            Direct::Done => Some(report.is_some()),
+            Direct::Done => report,
             Direct::Spilled => {
                 drop(sink);
-                // The writer thread writes the rest (and reports it); wake it.
-                let _ = self.control.try_send(Control::FlushTls);
-                Some(false)
+                // The writer thread writes the rest (and reports it) before anything else.
+                self.kick();
+                None
             }
             Direct::Declined => {
-                // Not a byte went out: the frame is queued as usual.
-                self.last_taken.store(before, Ordering::SeqCst);
+                // No mask could be drawn: the writer meets the same error and ends the link.
+                request.claim.untake();
                 None
             }
         }
@@ -148,7 +181,6 @@ pub(crate) struct LinkFactory<T> {
     pub overflow: Overflow,
     pub control_queue: usize,
     pub session_queue: usize,
-    pub request_queue: usize,
     pub precheck: Option<Precheck>,
     pub affinity: Affinity,
     pub wait: WaitStrategy,
@@ -195,8 +227,7 @@ impl<T: Send + 'static> LinkFactory<T> {
         let control_capacity = self.control_queue.max(2 * CONTROL_HEADROOM);
         let (control_tx, control_rx) = bounded(control_capacity);
         let (session_tx, session_rx) = bounded(self.session_queue.max(1));
-        let (request_tx, request_rx) = bounded(self.request_queue.max(1));
-        let last_taken = Arc::new(AtomicU64::new(0));
+        let kick = Arc::new(AtomicBool::new(false));
         let sink = Arc::new(Mutex::new(Sink::new(write_half)));
         // Signal channels are only ever dropped, never sent on. Capacity 1, not 0: a zero-capacity
         // channel allocates each time `select!` waits on it.
@@ -226,12 +257,12 @@ impl<T: Send + 'static> LinkFactory<T> {
         let writer = Writer {
             sink: sink.clone(),
             data_open: false,
+            kick: kick.clone(),
+            waiting: None,
             epoch,
             control: control_rx,
             session: session_rx,
             data: self.data.clone(),
-            requests: request_rx,
-            last_taken: last_taken.clone(),
             stop: release_rx,
             wait: self.wait,
             doorbell: self.doorbell.clone(),
@@ -244,9 +275,10 @@ impl<T: Send + 'static> LinkFactory<T> {
                 epoch,
                 control: Lane::new(control_tx, self.doorbell.clone()),
                 session: Lane::new(session_tx, self.doorbell.clone()),
-                requests: Lane::new(request_tx, self.doorbell.clone()),
-                last_taken,
+                data: self.data.clone(),
                 sink,
+                kick,
+                bell: self.doorbell.clone(),
             },
             socket,
             go: Some(go_tx),

@@ -3,12 +3,12 @@
 //! Every submitted [`Request`](crate::Request) gets exactly one [`Outcome`] per waiter. The
 //! table's job is to make that outcome true:
 //!
-//! - **NotDelivered** only when the frame's bytes certainly never reached the socket. The writer
-//!   publishes, before each write, the highest link sequence number it has taken from its request
-//!   lane (`last_taken`); anything at or below it may have been written. If a write fails before
-//!   the kernel accepted any byte of its batch, the writer lowers `last_taken` back, so those
-//!   requests count as never delivered. A request whose frame could not even be queued (lane
-//!   full) is `NotDelivered(QueueFull)` at once.
+//! - **NotDelivered** only when the frame's bytes certainly never reached the socket. The frame
+//!   rides the user data lane (so it leaves in the caller's order among its `send`s) and shares
+//!   a [`Claim`] with the table: the writer takes it before writing, the table withdraws it
+//!   before answering `NotDelivered`, and whichever comes first decides. A write that failed
+//!   before the kernel accepted any byte of its batch gives the claim back. A frame that cannot
+//!   be queued (data lane full) is `NotDelivered(QueueFull)` at once.
 //! - **Unconfirmed** when the bytes may have been written and no answer came: on a disconnect at
 //!   once, otherwise at the waiter's deadline.
 //! - **Sent** (mode `Sent`) once the writer reports the batch holding the frame written.
@@ -16,14 +16,15 @@
 //! - A second submit with an id in flight joins it (same fingerprint) or gets **PayloadMismatch**;
 //!   a full table gives **TooManyPending**. Completed ids can be reused.
 //!
-//! The writer never sends a request whose deadline has passed when it takes it from the lane, and
-//! it marks the request taken *before* checking: so when the table reads `last_taken` after a
-//! deadline and finds the request not taken, the writer will skip it — `NotDelivered` stays true.
-//! Nothing in the table is ever resent after a reconnect.
+//! Deadlines are absolute, taken when the caller submitted: a registration that reaches the
+//! coordinator after its deadline is refused (`NotDelivered(Deadline)`), and the writer skips a
+//! frame whose deadline has passed. Nothing in the table is ever resent after a reconnect.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::claim::Claim;
 use crate::frame::Frame;
 
 /// When a request counts as done.
@@ -119,7 +120,8 @@ pub enum Undelivered {
     Deadline,
     /// The client is shutting down.
     ShutDown,
-    /// The connection's request lane was full (the writer is blocked behind a slow peer).
+    /// The data lane was full (the writer is blocked behind a slow peer, or behind frames sent
+    /// earlier): the request was refused at once.
     QueueFull,
 }
 
@@ -152,22 +154,30 @@ pub enum Response {
     },
 }
 
-/// Identifies one caller waiting for an outcome.
+/// Identifies one caller waiting for an outcome (unique per submit, for the client's life).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct WaiterId(pub u64);
+
+/// A request as the table sees it: the frame itself travels on the data lane.
+#[derive(Debug)]
+pub(crate) struct Submission {
+    pub id: u64,
+    pub fingerprint: u64,
+    pub mode: ConfirmMode,
+    /// Absolute: taken when the caller submitted, never re-anchored.
+    pub deadline: Instant,
+    /// The connection whose session the caller saw ready.
+    pub epoch: u64,
+    /// Shared with the frame on the data lane.
+    pub claim: Arc<Claim>,
+}
 
 /// What the table asks the coordinator to do.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum RequestOut {
-    /// Put the frame on the current link's request lane with this sequence number.
-    Send {
-        seq: u64,
-        frame: Frame,
-        deadline: Instant,
-        /// The writer must report the frame written (mode `Sent`); a confirmed request needs no
-        /// report, which keeps the writer off the coordinator on the round trip's path.
-        report_written: bool,
-    },
+    /// The request submitted by this waiter is registered: its frame, already on the data
+    /// lane, may be written (wake the writer, which may be waiting at it).
+    Accepted(WaiterId),
     /// Deliver an outcome to a waiter.
     Resolve(WaiterId, Outcome),
     /// A response matched no pending request (it came after its request was resolved).
@@ -178,8 +188,10 @@ pub(crate) enum RequestOut {
 struct Entry {
     fingerprint: u64,
     mode: ConfirmMode,
-    /// Sequence number on the link it was handed to.
-    seq: u64,
+    /// The submit whose frame is on its way (joiners send none).
+    origin: WaiterId,
+    claim: Arc<Claim>,
+    /// The writer reported the frame written.
     written: bool,
     waiters: Vec<(WaiterId, Instant)>,
 }
@@ -190,8 +202,6 @@ pub(crate) struct Requests {
     table: HashMap<u64, Entry>,
     /// Every waiter's deadline, for `next_deadline` and expiry: (deadline, waiter, request id).
     deadlines: BTreeSet<(Instant, WaiterId, u64)>,
-    /// Sequence numbers handed to the current link (restarts per link).
-    next_seq: u64,
 }
 
 impl Requests {
@@ -200,13 +210,7 @@ impl Requests {
             capacity,
             table: HashMap::new(),
             deadlines: BTreeSet::new(),
-            next_seq: 0,
         }
-    }
-
-    /// A new link: sequence numbers start over (the table is empty after every disconnect).
-    pub(crate) fn on_link_up(&mut self) {
-        self.next_seq = 0;
     }
 
     #[cfg(test)]
@@ -218,73 +222,78 @@ impl Requests {
         self.deadlines.first().map(|(d, _, _)| *d)
     }
 
-    /// Registers a request for `waiter`. `ready`: a session is up to send it on.
+    /// Registers a request for `waiter`. `ready`: the epoch of the connection whose session is
+    /// ready to send it, if any.
     pub(crate) fn submit(
         &mut self,
         now: Instant,
         waiter: WaiterId,
-        req: Request,
-        ready: bool,
+        sub: Submission,
+        ready: Option<u64>,
         out: &mut Vec<RequestOut>,
     ) {
-        let deadline = now + req.timeout;
-        if let Some(entry) = self.table.get_mut(&req.id) {
-            if entry.fingerprint != req.fingerprint {
-                out.push(RequestOut::Resolve(waiter, Outcome::PayloadMismatch));
-                return;
+        let refuse = |out: &mut Vec<RequestOut>, outcome| {
+            sub.claim.withdraw();
+            out.push(RequestOut::Resolve(waiter, outcome));
+        };
+        if now >= sub.deadline {
+            // It waited for the coordinator past its deadline: it must not go out now.
+            return refuse(out, Outcome::NotDelivered(Undelivered::Deadline));
+        }
+        if let Some(entry) = self.table.get_mut(&sub.id) {
+            if entry.fingerprint != sub.fingerprint {
+                return refuse(out, Outcome::PayloadMismatch);
             }
-            // Join: same outcome, but never later than the joiner's own deadline, and never
-            // later than the original's (the writer drops the frame at that deadline).
-            let first_deadline = entry.waiters.first().map_or(deadline, |(_, d)| *d);
-            let deadline = deadline.min(first_deadline);
+            // Join: same outcome, sending nothing, but never later than the joiner's own
+            // deadline, and never later than the original's (the writer drops the frame then).
+            sub.claim.withdraw();
+            let first_deadline = entry.waiters.first().map_or(sub.deadline, |(_, d)| *d);
+            let deadline = sub.deadline.min(first_deadline);
             entry.waiters.push((waiter, deadline));
-            self.deadlines.insert((deadline, waiter, req.id));
+            self.deadlines.insert((deadline, waiter, sub.id));
             return;
         }
-        if !ready {
+        match ready {
+            None => return refuse(out, Outcome::NotDelivered(Undelivered::NotConnected)),
+            // Submitted for a session that has since been lost: its frame was discarded.
+            Some(epoch) if epoch != sub.epoch => {
+                return refuse(out, Outcome::NotDelivered(Undelivered::Disconnected));
+            }
+            Some(_) => {}
+        }
+        if self.table.len() >= self.capacity {
+            return refuse(out, Outcome::TooManyPending);
+        }
+        if !sub.claim.accept() {
+            // The caller gave up before the registration arrived.
             out.push(RequestOut::Resolve(
                 waiter,
-                Outcome::NotDelivered(Undelivered::NotConnected),
+                Outcome::NotDelivered(Undelivered::Deadline),
             ));
             return;
         }
-        if self.table.len() >= self.capacity {
-            out.push(RequestOut::Resolve(waiter, Outcome::TooManyPending));
-            return;
-        }
-        self.next_seq += 1;
-        let seq = self.next_seq;
+        self.deadlines.insert((sub.deadline, waiter, sub.id));
         self.table.insert(
-            req.id,
+            sub.id,
             Entry {
-                fingerprint: req.fingerprint,
-                mode: req.mode,
-                seq,
+                fingerprint: sub.fingerprint,
+                mode: sub.mode,
+                origin: waiter,
+                claim: sub.claim,
                 written: false,
-                waiters: vec![(waiter, deadline)],
+                waiters: vec![(waiter, sub.deadline)],
             },
         );
-        self.deadlines.insert((deadline, waiter, req.id));
-        out.push(RequestOut::Send {
-            seq,
-            frame: req.frame,
-            deadline,
-            report_written: req.mode == ConfirmMode::Sent,
-        });
+        out.push(RequestOut::Accepted(waiter));
     }
 
-    /// The writer wrote every request up to `seq` on the current link.
-    pub(crate) fn on_written(&mut self, seq: u64, out: &mut Vec<RequestOut>) {
-        let done: Vec<u64> = self
-            .table
-            .iter_mut()
-            .filter(|(_, e)| e.seq <= seq && !e.written)
-            .filter_map(|(id, e)| {
-                e.written = true;
-                (e.mode == ConfirmMode::Sent).then_some(*id)
-            })
-            .collect();
-        for id in done {
+    /// The writer wrote the frame submitted by `origin` (reported for mode `Sent` only).
+    pub(crate) fn on_written(&mut self, origin: WaiterId, out: &mut Vec<RequestOut>) {
+        let Some((&id, entry)) = self.table.iter_mut().find(|(_, e)| e.origin == origin) else {
+            return;
+        };
+        entry.written = true;
+        if entry.mode == ConfirmMode::Sent {
             self.resolve_all(id, Outcome::Sent, out);
         }
     }
@@ -312,63 +321,42 @@ impl Requests {
         self.resolve_all(id, outcome, out);
     }
 
-    /// The request with link sequence number `seq` could not be queued: it was never written.
-    pub(crate) fn on_dropped(&mut self, seq: u64, out: &mut Vec<RequestOut>) {
-        let id = self
-            .table
-            .iter()
-            .find(|(_, e)| e.seq == seq)
-            .map(|(id, _)| *id);
-        if let Some(id) = id {
-            self.resolve_all(id, Outcome::NotDelivered(Undelivered::QueueFull), out);
-        }
-    }
-
-    /// The link went down; the writer had taken requests up to `last_taken`. Everything
-    /// resolves now: nothing is ever resent on a later connection.
-    pub(crate) fn on_link_down(&mut self, last_taken: u64, out: &mut Vec<RequestOut>) {
+    /// The link went down (its writer is joined). Everything resolves now: nothing is ever
+    /// resent on a later connection.
+    pub(crate) fn on_link_down(&mut self, out: &mut Vec<RequestOut>) {
         let ids: Vec<u64> = self.table.keys().copied().collect();
         for id in ids {
-            let outcome = self.undecided_outcome(
-                id,
-                last_taken,
-                Unknown::Disconnected,
-                Undelivered::Disconnected,
-            );
-            self.resolve_all(id, outcome, out);
+            let outcome = self
+                .table
+                .get(&id)
+                .map(|e| settle(e, Unknown::Disconnected, Undelivered::Disconnected));
+            if let Some(outcome) = outcome {
+                self.resolve_all(id, outcome, out);
+            }
         }
     }
 
-    /// Resolves the waiters whose deadline has come. `last_taken` as in `on_link_down`.
-    pub(crate) fn poll(&mut self, now: Instant, last_taken: u64, out: &mut Vec<RequestOut>) {
+    /// Resolves the waiters whose deadline has come.
+    pub(crate) fn poll(&mut self, now: Instant, out: &mut Vec<RequestOut>) {
         while let Some(&(deadline, waiter, id)) = self.deadlines.first() {
             if deadline > now {
                 break;
             }
             self.deadlines.pop_first();
-            let outcome =
-                self.undecided_outcome(id, last_taken, Unknown::Deadline, Undelivered::Deadline);
+            let Some(entry) = self.table.get_mut(&id) else {
+                continue;
+            };
+            entry.waiters.retain(|(w, _)| *w != waiter);
+            let outcome = if entry.waiters.is_empty() {
+                // The last one waiting: withdraw the frame if the writer has not taken it.
+                let outcome = settle(entry, Unknown::Deadline, Undelivered::Deadline);
+                self.table.remove(&id);
+                outcome
+            } else {
+                // Others still wait for this frame, which may yet be written.
+                Outcome::Unconfirmed(Unknown::Deadline)
+            };
             out.push(RequestOut::Resolve(waiter, outcome));
-            if let Some(entry) = self.table.get_mut(&id) {
-                entry.waiters.retain(|(w, _)| *w != waiter);
-                if entry.waiters.is_empty() {
-                    self.table.remove(&id);
-                }
-            }
-        }
-    }
-
-    /// The outcome of a request that got no answer: unknown if its bytes may have gone out.
-    fn undecided_outcome(
-        &self,
-        id: u64,
-        last_taken: u64,
-        unknown: Unknown,
-        undelivered: Undelivered,
-    ) -> Outcome {
-        match self.table.get(&id) {
-            Some(e) if e.written || e.seq <= last_taken => Outcome::Unconfirmed(unknown),
-            _ => Outcome::NotDelivered(undelivered),
         }
     }
 
@@ -382,14 +370,35 @@ impl Requests {
     }
 }
 
+/// The outcome of a request that got no answer: unknown if its bytes may have gone out,
+/// otherwise not delivered (and then withdrawn, so it never will be).
+fn settle(entry: &Entry, unknown: Unknown, undelivered: Undelivered) -> Outcome {
+    if entry.written || !entry.claim.withdraw() {
+        Outcome::Unconfirmed(unknown)
+    } else {
+        Outcome::NotDelivered(undelivered)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::claim::Take;
 
     const S: Duration = Duration::from_secs(1);
 
-    fn req(id: u64, fp: u64) -> Request {
-        Request::new(id, fp, Frame::text(format!("order {id}"))).timeout(S)
+    /// A submission of request `id` with a 1 s deadline from `t0`, for epoch 1.
+    fn sub(t0: Instant, id: u64, fp: u64) -> (Submission, Arc<Claim>) {
+        let claim = Arc::new(Claim::default());
+        let sub = Submission {
+            id,
+            fingerprint: fp,
+            mode: ConfirmMode::Confirmed,
+            deadline: t0 + S,
+            epoch: 1,
+            claim: claim.clone(),
+        };
+        (sub, claim)
     }
 
     fn resolved(out: &[RequestOut]) -> Vec<(u64, Outcome)> {
@@ -401,24 +410,28 @@ mod tests {
             .collect()
     }
 
+    fn ok() -> Response {
+        Response::Ok {
+            retry_after: None,
+            hint: None,
+        }
+    }
+
     #[test]
     fn confirmed_by_response() {
         let t0 = Instant::now();
         let mut r = Requests::new(10);
         let mut out = Vec::new();
-        r.submit(t0, WaiterId(1), req(7, 1), true, &mut out);
-        assert!(matches!(&out[..], [RequestOut::Send { seq: 1, .. }]));
-        out.clear();
-        r.on_written(1, &mut out);
-        assert!(out.is_empty(), "confirmed mode waits for the response");
-        r.on_response(
-            7,
-            Response::Ok {
-                retry_after: None,
-                hint: None,
-            },
-            &mut out,
+        let (s, claim) = sub(t0, 7, 1);
+        r.submit(t0, WaiterId(1), s, Some(1), &mut out);
+        assert_eq!(out, [RequestOut::Accepted(WaiterId(1))]);
+        assert_eq!(
+            claim.take(),
+            Take::Write,
+            "accepted: the writer may take it"
         );
+        out.clear();
+        r.on_response(7, ok(), &mut out);
         assert_eq!(
             resolved(&out),
             [(
@@ -438,15 +451,13 @@ mod tests {
         let t0 = Instant::now();
         let mut r = Requests::new(10);
         let mut out = Vec::new();
-        r.submit(
-            t0,
-            WaiterId(1),
-            req(7, 1).mode(ConfirmMode::Sent),
-            true,
-            &mut out,
-        );
+        let (mut s, _claim) = sub(t0, 7, 1);
+        s.mode = ConfirmMode::Sent;
+        r.submit(t0, WaiterId(1), s, Some(1), &mut out);
         out.clear();
-        r.on_written(1, &mut out);
+        r.on_written(WaiterId(2), &mut out);
+        assert!(out.is_empty(), "another submit's frame");
+        r.on_written(WaiterId(1), &mut out);
         assert_eq!(resolved(&out), [(1, Outcome::Sent)]);
     }
 
@@ -455,11 +466,16 @@ mod tests {
         let t0 = Instant::now();
         let mut r = Requests::new(10);
         let mut out = Vec::new();
+        let mut claims = Vec::new();
         for id in 1..=3 {
-            r.submit(t0, WaiterId(id), req(id, id), true, &mut out);
+            let (s, claim) = sub(t0, id, id);
+            r.submit(t0, WaiterId(id), s, Some(1), &mut out);
+            claims.push(claim);
         }
+        assert_eq!(claims[0].take(), Take::Write);
+        assert_eq!(claims[1].take(), Take::Write);
         out.clear();
-        r.on_link_down(2, &mut out);
+        r.on_link_down(&mut out);
         let mut got = resolved(&out);
         got.sort_by_key(|(w, _)| *w);
         assert_eq!(
@@ -470,6 +486,7 @@ mod tests {
                 (3, Outcome::NotDelivered(Undelivered::Disconnected)),
             ]
         );
+        assert_eq!(claims[2].take(), Take::Skip, "withdrawn: never written");
         assert_eq!(r.len(), 0);
     }
 
@@ -478,33 +495,32 @@ mod tests {
         let t0 = Instant::now();
         let mut r = Requests::new(10);
         let mut out = Vec::new();
-        r.submit(t0, WaiterId(1), req(7, 1), true, &mut out);
-        r.submit(t0, WaiterId(2), req(7, 1), true, &mut out);
-        r.submit(t0, WaiterId(3), req(7, 2), true, &mut out);
-        let sends = out
-            .iter()
-            .filter(|o| matches!(o, RequestOut::Send { .. }))
-            .count();
-        assert_eq!(sends, 1, "a joiner sends nothing");
+        let (a, _) = sub(t0, 7, 1);
+        let (b, joiner) = sub(t0, 7, 1);
+        let (c, mismatch) = sub(t0, 7, 2);
+        r.submit(t0, WaiterId(1), a, Some(1), &mut out);
+        r.submit(t0, WaiterId(2), b, Some(1), &mut out);
+        r.submit(t0, WaiterId(3), c, Some(1), &mut out);
+        assert_eq!(joiner.take(), Take::Skip, "a joiner sends nothing");
+        assert_eq!(mismatch.take(), Take::Skip);
         assert_eq!(resolved(&out), [(3, Outcome::PayloadMismatch)]);
         out.clear();
-        r.on_response(
-            7,
-            Response::Err {
-                message: "no funds".into(),
-                retry_after: Some(S),
-            },
-            &mut out,
-        );
+        let response = Response::Err {
+            message: "no funds".into(),
+            retry_after: Some(S),
+        };
+        r.on_response(7, response, &mut out);
         let rejected = Outcome::EndpointRejected {
             message: "no funds".into(),
             retry_after: Some(S),
         };
         assert_eq!(resolved(&out), [(1, rejected.clone()), (2, rejected)]);
         out.clear();
-        r.submit(t0, WaiterId(4), req(7, 9), true, &mut out);
-        assert!(
-            matches!(&out[..], [RequestOut::Send { .. }]),
+        let (d, _) = sub(t0, 7, 9);
+        r.submit(t0, WaiterId(4), d, Some(1), &mut out);
+        assert_eq!(
+            out,
+            [RequestOut::Accepted(WaiterId(4))],
             "completed ids can be reused"
         );
     }
@@ -514,23 +530,21 @@ mod tests {
         let t0 = Instant::now();
         let mut r = Requests::new(10);
         let mut out = Vec::new();
-        r.submit(t0, WaiterId(1), req(7, 1).timeout(10 * S), true, &mut out);
-        r.submit(t0, WaiterId(2), req(7, 1).timeout(S), true, &mut out);
+        let (mut a, first) = sub(t0, 7, 1);
+        a.deadline = t0 + 10 * S;
+        let (b, _) = sub(t0, 7, 1);
+        r.submit(t0, WaiterId(1), a, Some(1), &mut out);
+        r.submit(t0, WaiterId(2), b, Some(1), &mut out);
         out.clear();
-        r.poll(t0 + S, 1, &mut out);
+        r.poll(t0 + S, &mut out);
         assert_eq!(
             resolved(&out),
-            [(2, Outcome::Unconfirmed(Unknown::Deadline))]
+            [(2, Outcome::Unconfirmed(Unknown::Deadline))],
+            "the frame may still go out for the first caller"
         );
+        assert_eq!(first.take(), Take::Write, "not withdrawn");
         out.clear();
-        r.on_response(
-            7,
-            Response::Ok {
-                retry_after: None,
-                hint: None,
-            },
-            &mut out,
-        );
+        r.on_response(7, ok(), &mut out);
         assert_eq!(
             resolved(&out).len(),
             1,
@@ -543,42 +557,65 @@ mod tests {
         let t0 = Instant::now();
         let mut r = Requests::new(10);
         let mut out = Vec::new();
-        r.submit(t0, WaiterId(1), req(7, 1), true, &mut out);
+        let (s, claim) = sub(t0, 7, 1);
+        r.submit(t0, WaiterId(1), s, Some(1), &mut out);
         out.clear();
-        r.poll(t0 + S, 0, &mut out);
+        r.poll(t0 + S, &mut out);
         assert_eq!(
             resolved(&out),
             [(1, Outcome::NotDelivered(Undelivered::Deadline))]
         );
+        assert_eq!(claim.take(), Take::Skip, "and it never will be");
         out.clear();
-        r.on_response(
-            7,
-            Response::Ok {
-                retry_after: None,
-                hint: None,
-            },
-            &mut out,
-        );
+        r.on_response(7, ok(), &mut out);
         assert!(
             matches!(&out[..], [RequestOut::Orphan { id: 7, .. }]),
             "late answers are orphans"
         );
     }
 
+    /// Finding 5: the deadline is the caller's, not re-anchored when the coordinator handles
+    /// the registration.
     #[test]
-    fn full_table_and_not_ready_refuse() {
+    fn request_deadline_is_not_reanchored() {
+        let t0 = Instant::now();
+        let mut r = Requests::new(10);
+        let mut out = Vec::new();
+        let (s, claim) = sub(t0, 7, 1);
+        // The registration waited in the inbox until its deadline.
+        r.submit(t0 + S, WaiterId(1), s, Some(1), &mut out);
+        assert_eq!(
+            resolved(&out),
+            [(1, Outcome::NotDelivered(Undelivered::Deadline))]
+        );
+        assert_eq!(claim.take(), Take::Skip, "its frame is never written");
+        out.clear();
+        let (s, _) = sub(t0, 8, 1);
+        r.submit(t0 + S / 2, WaiterId(2), s, Some(1), &mut out);
+        assert_eq!(r.next_deadline(), Some(t0 + S), "the caller's deadline");
+    }
+
+    #[test]
+    fn full_table_not_ready_and_lost_session_refuse() {
         let t0 = Instant::now();
         let mut r = Requests::new(1);
         let mut out = Vec::new();
-        r.submit(t0, WaiterId(1), req(1, 1), true, &mut out);
-        r.submit(t0, WaiterId(2), req(2, 2), true, &mut out);
-        r.submit(t0, WaiterId(3), req(3, 3), false, &mut out);
+        let (a, _) = sub(t0, 1, 1);
+        let (b, full) = sub(t0, 2, 2);
+        let (c, _) = sub(t0, 3, 3);
+        let (d, _) = sub(t0, 4, 4);
+        r.submit(t0, WaiterId(1), a, Some(1), &mut out);
+        r.submit(t0, WaiterId(2), b, Some(1), &mut out);
+        r.submit(t0, WaiterId(3), c, None, &mut out);
+        r.submit(t0, WaiterId(4), d, Some(2), &mut out);
         assert_eq!(
             resolved(&out),
             [
                 (2, Outcome::TooManyPending),
-                (3, Outcome::NotDelivered(Undelivered::NotConnected))
+                (3, Outcome::NotDelivered(Undelivered::NotConnected)),
+                (4, Outcome::NotDelivered(Undelivered::Disconnected)),
             ]
         );
+        assert_eq!(full.take(), Take::Skip);
     }
 }

@@ -12,12 +12,15 @@
 //! Order on the wire is the order frames were taken, because both paths take and write under
 //! the same lock.
 
+use std::sync::Arc;
 use std::time::Instant;
 
+use crate::claim::Claim;
 use crate::codec::{self, OP_BINARY, OP_PING, OP_PONG, OP_TEXT};
 use crate::coordinator::Control;
 use crate::error::Error;
 use crate::frame::{CloseCode, Frame, Outbound};
+use crate::requests::WaiterId;
 use crate::stats::Counters;
 use crate::transport::{Direct, WriteHalf};
 
@@ -32,7 +35,10 @@ pub(crate) struct Sink {
     /// Wire bytes a direct write could not finish: written first by the writer thread.
     pub spill: Vec<u8>,
     /// The request in the spill whose write must be reported (mode `Sent`).
-    pub spill_report: Option<u64>,
+    pub spill_report: Option<WaiterId>,
+    /// A request frame taken off the data lane before the coordinator registered it: written
+    /// (with everything behind it) once registered.
+    pub held: Option<Outbound>,
     /// A write failed: the stream may be cut mid-frame, nothing more may be written directly.
     pub failed: bool,
 }
@@ -50,14 +56,26 @@ impl Sink {
             },
             spill: Vec::new(),
             spill_report: None,
+            held: None,
             failed: false,
         }
     }
 
-    /// True if a frame may be written directly now: nothing spilled, no close under way, no
-    /// failed write (and a platform with a non-blocking `send`: Linux).
+    /// The claim of the held request frame, if any.
+    pub(crate) fn held_claim(&self) -> Option<Arc<Claim>> {
+        match &self.held {
+            Some(Outbound::Request(r)) => Some(r.claim.clone()),
+            _ => None,
+        }
+    }
+
+    /// True if a frame may be written directly now: the session ready, nothing held or
+    /// spilled, no close under way, no failed write (and a platform with a non-blocking `send`:
+    /// Linux).
     pub(crate) fn accepts_direct(&self) -> bool {
         cfg!(target_os = "linux")
+            && self.st.data_open
+            && self.held.is_none()
             && self.spill.is_empty()
             && self.st.pending_close.is_none()
             && !self.st.close_sent
@@ -65,12 +83,12 @@ impl Sink {
     }
 
     /// Writes `frame` on the calling thread without blocking ([`Direct::Declined`]: nothing was
-    /// done, queue it instead). `report` is the request's sequence number if its write must be
+    /// done, queue it instead). `report` is the request's submit if its write must be
     /// reported; for a spilled frame the writer thread reports it.
     pub(crate) fn write_direct(
         &mut self,
         frame: &Frame,
-        report: Option<u64>,
+        report: Option<WaiterId>,
         counters: &Counters,
     ) -> Direct {
         let Some((text, payload)) = frame.data_payload() else {

@@ -5,7 +5,10 @@
 //! recent errors, reconnects) are copied into a small mutex-protected view when they change.
 //! [`Client::stats`](crate::Client::stats) copies everything.
 
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicU8, AtomicU64,
+    Ordering::{Relaxed, SeqCst},
+};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -96,6 +99,8 @@ pub(crate) struct Counters {
     pub inline_steps: AtomicU64,
     pub queued_steps: AtomicU64,
     pub direct_writes: AtomicU64,
+    /// The connection whose session was last ready (requests submitted now are meant for it).
+    ready_epoch: AtomicU64,
     /// Nanoseconds after `base` of the last data message (0: none yet).
     last_data_ns: AtomicU64,
     /// Nanoseconds after `base` of the last socket write (0: none yet).
@@ -121,6 +126,7 @@ impl Counters {
             inline_steps: AtomicU64::new(0),
             queued_steps: AtomicU64::new(0),
             direct_writes: AtomicU64::new(0),
+            ready_epoch: AtomicU64::new(0),
             last_data_ns: AtomicU64::new(0),
             last_send_ns: AtomicU64::new(0),
             health: Mutex::new(HealthView::default()),
@@ -132,11 +138,20 @@ impl Counters {
     }
 
     pub(crate) fn set_state(&self, state: State) {
-        self.state.store(state as u8, Relaxed);
+        self.state.store(state as u8, SeqCst);
     }
 
     pub(crate) fn state(&self) -> State {
-        State::from_u8(self.state.load(Relaxed))
+        State::from_u8(self.state.load(SeqCst))
+    }
+
+    /// Published before the state turns `Ready`.
+    pub(crate) fn set_ready_epoch(&self, epoch: u64) {
+        self.ready_epoch.store(epoch, SeqCst);
+    }
+
+    pub(crate) fn ready_epoch(&self) -> u64 {
+        self.ready_epoch.load(SeqCst)
     }
 
     fn stamp(&self, slot: &AtomicU64, at: Instant) {

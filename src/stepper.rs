@@ -1,40 +1,43 @@
-//! Who steps the coordinator: its lock, its inbox, and the inline fast path.
+//! Who steps the coordinator: its lock, its inbox, and the two dispatch modes.
 //!
 //! The sans-IO [`Coordinator`] lives behind one mutex together with what carrying out its cheap
 //! outputs needs: the current link's lanes and the answer slots of callers waiting for an
-//! outcome. Whoever holds the lock steps it. Normally that is the coordinator thread, which takes
-//! its inputs from the inbox channel. But three inputs sit on the path of a `send_and_confirm`
-//! round trip — the caller's `Submit`, the reader's `Reply`, the writer's `Written` — and the
-//! thread they come from steps them *inline* when it can, instead of waking the coordinator
-//! thread and waiting for it: a round trip then crosses two thread hand-offs (caller → writer,
-//! reader → caller) instead of four.
+//! outcome. Whoever holds the lock steps it.
 //!
-//! What keeps this as safe as a single owner thread:
+//! **Actor dispatch (the default).** Only the coordinator thread takes the lock: every input
+//! reaches it through the inbox channel, every endpoint callback but the reader's `precheck`
+//! runs on it, and only the writer thread writes the socket. A `send_and_confirm` round trip
+//! crosses four thread hand-offs: caller → coordinator → writer, reader → coordinator → caller.
+//!
+//! **Inline dispatch (opt-in, [`Dispatch::Inline`](crate::Dispatch::Inline)).** Three inputs
+//! sit on the round trip's path — the caller's `Submit`, the reader's `Reply`, the writer's
+//! `Written` — and the thread they come from steps them *inline* when it can, instead of waking
+//! the coordinator thread; a caller whose request is the only frame queued writes it itself
+//! with a non-blocking `send` (see [`crate::sink`]). A round trip then crosses two hand-offs.
+//! The price: endpoint callbacks (`parse_reply`, `app_ping`, ...) may run on a caller's, the
+//! reader's or the writer's thread, under the lock; a caller may write the socket.
+//!
+//! What keeps inline steps as safe as a single owner thread:
 //!
 //! - **One total order.** Every input is handled under the lock. Every input sent on the inbox
 //!   channel is counted from the moment it is sent until the coordinator thread has handled it,
-//!   and an inline step is taken only when that count is zero: an input can never overtake one
-//!   that was sent before it (a response is never handled before the registration it answers).
-//! - **Inline steps never block.** They take the lock only if it comes free within
+//!   and an inline step is taken only when that count is zero (checked before taking the lock,
+//!   and again under it): an input can never overtake one sent before it (a response is never
+//!   handled before the registration it answers).
+//! - **Never blocking under the lock.** Inline steps take the lock only if it comes free within
 //!   [`LOCK_WAIT`], and carry out only outputs that cannot block: frames to a link's lanes
 //!   (`try_send`) and outcomes to waiters. The rest — events, which may wait for room, dials,
 //!   disconnects, which join threads — is *deferred* in order, with everything after it, and the
-//!   coordinator thread is nudged to carry it out before anything else; no inline step runs
-//!   while deferred work waits. The coordinator thread may hold the lock while it blocks (joining
-//!   a link's threads, aborting a dial, waiting for room in the event channel): the threads it
-//!   waits for never wait for the lock beyond `LOCK_WAIT`, and outcomes already decided are
-//!   delivered before it blocks.
+//!   coordinator thread is nudged to carry it out. The coordinator thread carries such outputs
+//!   out with the lock *released* (marked busy, so that no inline step runs meanwhile).
 //! - **Outcomes are delivered after the lock is released**: a woken caller that preempts the
 //!   stepping thread does not then block on the lock it still holds.
 //! - **Deadlines are not missed.** An inline step can arm a deadline earlier than the one the
 //!   coordinator thread sleeps until; it then nudges the thread, which recomputes its wait.
 //!
 //! A thread that cannot step inline (lock busy, inputs queued, deferred work) sends its input on
-//! the inbox channel, which is exactly the path every input took before: the fast path changes
-//! which thread runs a step, not the order of steps nor their outputs. One consequence: the
-//! endpoint's callbacks (`parse_reply`, `app_ping`, ...) may run on a caller's, the reader's or
-//! the writer's thread, not only on the coordinator's; like every endpoint callback they must
-//! not panic.
+//! the inbox channel, exactly the actor path: the fast path changes which thread runs a step,
+//! not the order of steps nor their outputs.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -49,7 +52,36 @@ use crate::link::Lanes;
 use crate::requests::{Outcome, WaiterId};
 use crate::stats::Counters;
 use crate::ticket::Answer;
-use crate::writer::RequestFrame;
+
+/// Which threads step a connection's state machine ([`Config::dispatch`](crate::Config::dispatch)).
+///
+/// ```no_run
+/// use syncws::{Client, Dispatch};
+///
+/// // A process whose threads share cores: fewer thread hand-offs per round trip.
+/// let client = Client::builder("wss://venue.example/ws")
+///     .dispatch(Dispatch::Inline)
+///     .connect()?;
+/// # Ok::<(), syncws::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Dispatch {
+    /// Every input is handled on the coordinator thread, which owns all state; every
+    /// [`Endpoint`](crate::Endpoint) callback but `precheck` runs there; only the writer thread
+    /// writes the socket. A `send_and_confirm` round trip crosses four thread hand-offs. The
+    /// default.
+    #[default]
+    Actor,
+    /// The fast path: a request, its response and its write report are handled on the thread
+    /// they come from when nothing is queued ahead of them, and a caller whose request is the
+    /// only frame queued writes it itself with a non-blocking `send` (Linux). Two hand-offs per
+    /// round trip instead of four; the order of inputs and the outcomes are the same. Trade-offs:
+    /// endpoint callbacks (`parse_reply`, `app_ping`, ...) may run on a caller's, the reader's
+    /// or the writer's thread, under the state lock (they must be quick), and a caller may write
+    /// the socket. For processes whose threads share cores, where each hand-off costs a context
+    /// switch.
+    Inline,
+}
 
 /// How long an inline step waits for the lock before sending its input on the channel instead.
 /// Inline holders keep it for a few microseconds; the coordinator thread may keep it longer
@@ -82,8 +114,14 @@ pub(crate) struct Core {
     /// the thread holding it, then block on it).
     answers: Vec<(Answer, Outcome)>,
     counters: Arc<Counters>,
-    /// Left for the coordinator thread by inline steps.
-    deferred: VecDeque<Deferred>,
+    /// Inline dispatch: the thread an input comes from may step it, and write its own request.
+    pub inline: bool,
+    /// Work for the coordinator thread, in order: what inline steps left, and the rest of the
+    /// step it is carrying out.
+    pub deferred: VecDeque<Deferred>,
+    /// The coordinator thread has released the lock in the middle of a step (to carry out an
+    /// output that may block): no inline step may run until it is done.
+    pub busy: bool,
     /// When the coordinator thread wakes by itself next (`None`: only for an input).
     pub wakes_at: Option<Instant>,
     /// Reused buffers of inline steps.
@@ -92,14 +130,16 @@ pub(crate) struct Core {
 }
 
 impl Core {
-    pub(crate) fn new(coordinator: Coordinator, counters: Arc<Counters>) -> Self {
+    pub(crate) fn new(coordinator: Coordinator, counters: Arc<Counters>, inline: bool) -> Self {
         Core {
             coordinator,
             lanes: None,
             waiters: HashMap::new(),
             answers: Vec::new(),
             counters,
+            inline,
             deferred: VecDeque::new(),
+            busy: false,
             wakes_at: None,
             out: Vec::new(),
             followups: VecDeque::new(),
@@ -114,13 +154,7 @@ impl Core {
                 self.waiters.insert(*waiter, tx);
             }
         }
-        // `now` first, then `last_taken`: see the `requests` module docs.
         let now = Instant::now();
-        let last_taken = self
-            .lanes
-            .as_ref()
-            .map_or(0, |l| l.last_taken.load(Ordering::SeqCst));
-        self.coordinator.set_last_taken(last_taken);
         if let Some(at) = self.counters.last_data() {
             self.coordinator.data_seen(at);
         }
@@ -140,39 +174,19 @@ impl Core {
             Output::SendSession(frame) => {
                 self.to_lanes(|l| l.session.try_send(frame).map_err(drop))
             }
-            Output::SendRequest {
-                seq,
-                frame,
-                deadline,
-                report_written,
-            } => {
-                // A request that cannot be queued is certainly not delivered: say so now (a
-                // later request's sequence number must not make it look taken).
-                let request = RequestFrame {
-                    seq,
-                    frame,
-                    deadline,
-                    report_written,
+            Output::Accepted(origin) => {
+                let Some(lanes) = &self.lanes else {
+                    return Carried::Done;
                 };
-                if let Some(lanes) = &self.lanes {
-                    match lanes.write_direct(&request, &self.counters) {
-                        Some(true) => {
-                            let event = LinkEvent::Written(seq);
-                            let epoch = lanes.epoch;
-                            return Carried::Followup(Input::Link { epoch, event });
-                        }
-                        Some(false) => return Carried::Done,
-                        None => {}
+                if self.inline {
+                    if let Some(origin) = lanes.write_direct(origin, &self.counters) {
+                        let event = LinkEvent::Written(origin);
+                        let epoch = lanes.epoch;
+                        return Carried::Followup(Input::Link { epoch, event });
                     }
                 }
-                let queued = self
-                    .lanes
-                    .as_ref()
-                    .is_some_and(|l| l.requests.try_send(request).is_ok());
-                if !queued {
-                    let epoch = self.lanes.as_ref().map_or(0, |l| l.epoch);
-                    return Carried::Followup(Input::RequestDropped { epoch, seq });
-                }
+                // The writer may be waiting at this frame.
+                lanes.bell.ring();
             }
             Output::Resolve(waiter, outcome) => {
                 if let Some(answer) = self.waiters.remove(&waiter) {
@@ -193,11 +207,6 @@ impl Core {
                 );
             }
         }
-    }
-
-    /// Moves the work inline steps left into `work` (front first).
-    pub(crate) fn take_deferred(&mut self, work: &mut VecDeque<Deferred>) {
-        work.extend(self.deferred.drain(..));
     }
 
     /// Answers every caller still waiting (the coordinator has stopped).
@@ -247,11 +256,13 @@ impl Shared {
 pub(crate) struct Inbox {
     tx: Sender<Input>,
     shared: Arc<Shared>,
+    /// Inline dispatch ([`Dispatch::Inline`](crate::Dispatch::Inline)).
+    inline: bool,
 }
 
 impl Inbox {
-    pub(crate) fn new(tx: Sender<Input>, shared: Arc<Shared>) -> Self {
-        Inbox { tx, shared }
+    pub(crate) fn new(tx: Sender<Input>, shared: Arc<Shared>, inline: bool) -> Self {
+        Inbox { tx, shared, inline }
     }
 
     /// Sends on the channel, waiting for room.
@@ -286,11 +297,12 @@ impl Inbox {
         });
     }
 
-    /// Steps `input` inline if it can; otherwise sends it on the channel, waiting for room.
-    pub(crate) fn step_or_send(&self, input: Input) -> Result<(), Input> {
+    /// Steps `input` inline if it can; otherwise sends it on the channel, waiting for room
+    /// until `deadline`. False if it was neither stepped nor sent.
+    pub(crate) fn step_or_send_deadline(&self, input: Input, deadline: Instant) -> bool {
         match self.step_inline(input) {
-            Ok(()) => Ok(()),
-            Err(input) => self.send(input),
+            Ok(()) => true,
+            Err(input) => self.send_deadline(input, deadline),
         }
     }
 
@@ -311,12 +323,17 @@ impl Inbox {
         sent
     }
 
-    /// Handles `input` on this thread, or gives it back if that could reorder inputs or block.
+    /// Handles `input` on this thread, or gives it back if dispatch is not inline or if that
+    /// could reorder inputs or block.
     fn step_inline(&self, input: Input) -> Result<(), Input> {
+        // Checked before the lock too: an input queued ahead means the lock is no use.
+        if !self.inline || self.shared.queued.load(Ordering::SeqCst) > 0 {
+            return Err(input);
+        }
         let Some(mut core) = self.shared.core.try_lock_for(LOCK_WAIT) else {
             return Err(input);
         };
-        if self.shared.queued.load(Ordering::SeqCst) > 0 || !core.deferred.is_empty() {
+        if self.shared.queued.load(Ordering::SeqCst) > 0 || core.busy || !core.deferred.is_empty() {
             return Err(input);
         }
         Counters::bump(&core.counters.inline_steps, 1);
@@ -369,15 +386,16 @@ impl Inbox {
 mod tests {
     use super::*;
     use crate::affinity::WaitStrategy;
+    use crate::claim::{Claim, RequestFrame};
     use crate::coordinator::{Control, Settings};
     use crate::doorbell::Doorbell;
     use crate::doorbell::Lane;
-    use crate::frame::Frame;
-    use crate::requests::{Request, Response};
+    use crate::frame::{Frame, Outbound};
+    use crate::requests::{ConfirmMode, Request, Response, Submission};
     use crate::sink::Sink;
     use crate::ticket::Ticket;
     use crate::{Data, Endpoint, Keepalive, Reply};
-    use std::sync::atomic::AtomicU64;
+    use std::sync::atomic::AtomicBool;
 
     /// Responses are texts `resp ID`.
     struct Venue;
@@ -402,9 +420,12 @@ mod tests {
         shared: Arc<Shared>,
         /// The coordinator thread's end of the inbox channel.
         inputs: crossbeam_channel::Receiver<Input>,
-        requests: crossbeam_channel::Receiver<RequestFrame>,
+        /// The writer's ends of the lanes.
+        data: crossbeam_channel::Receiver<Outbound>,
+        data_tx: crossbeam_channel::Sender<Outbound>,
         session: crossbeam_channel::Receiver<Frame>,
         control: crossbeam_channel::Receiver<Control>,
+        kick: Arc<AtomicBool>,
         /// The server's end of the connection.
         peer: std::net::TcpStream,
         next_waiter: u64,
@@ -412,7 +433,7 @@ mod tests {
 
     /// A core with connection 1 open and its session ready, as the coordinator thread would
     /// leave it (its own outputs dropped).
-    fn rig() -> Rig {
+    fn rig(dispatch: Dispatch) -> Rig {
         let settings = Settings {
             close_timeout: Duration::from_secs(1),
             stable_after: Duration::from_secs(30),
@@ -423,14 +444,15 @@ mod tests {
             latency: None,
             max_pending: 4096,
         };
+        let inline = dispatch == Dispatch::Inline;
         let coordinator = Coordinator::new(settings, Box::new(Venue), None, Instant::now());
         let counters = Arc::new(Counters::new());
-        let shared = Shared::new(Core::new(coordinator, counters));
+        let shared = Shared::new(Core::new(coordinator, counters, inline));
         let (tx, inputs) = crossbeam_channel::bounded(16);
         let bell = Arc::new(Doorbell::default());
         let (control_tx, control) = crossbeam_channel::bounded(8);
         let (session_tx, session) = crossbeam_channel::bounded(8);
-        let (req_tx, requests) = crossbeam_channel::bounded(8);
+        let (data_tx, data) = crossbeam_channel::bounded(64);
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let sock = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (peer, _) = listener.accept().unwrap();
@@ -438,27 +460,34 @@ mod tests {
             .unwrap();
         let stream = crate::transport::Stream { sock, tls: None };
         let (_read, write, _socket) = stream.split().unwrap();
+        let mut sink = Sink::new(write);
+        sink.st.data_open = true; // As the writer does on `OpenData`.
+        let kick = Arc::new(AtomicBool::new(false));
         {
             let mut core = shared.core.lock();
             core.lanes = Some(Lanes {
                 epoch: 1,
                 control: Lane::new(control_tx, bell.clone()),
                 session: Lane::new(session_tx, bell.clone()),
-                requests: Lane::new(req_tx, bell),
-                last_taken: Arc::new(AtomicU64::new(0)),
-                sink: Arc::new(Mutex::new(Sink::new(write))),
+                data: data.clone(),
+                sink: Arc::new(Mutex::new(sink)),
+                kick: kick.clone(),
+                bell,
             });
             let mut out = Vec::new();
             core.feed(Input::Connected { epoch: 1 }, &mut out);
             assert!(out.iter().any(|o| matches!(o, Output::Ready)), "{out:?}");
+            core.counters.set_ready_epoch(1);
         }
         Rig {
-            inbox: Inbox::new(tx, shared.clone()),
+            inbox: Inbox::new(tx, shared.clone(), inline),
             shared,
             inputs,
-            requests,
+            data,
+            data_tx,
             session,
             control,
+            kick,
             peer,
             next_waiter: 1,
         }
@@ -469,18 +498,38 @@ mod tests {
             self.submit_request(Request::new(id, id, Frame::text(format!("order {id}"))))
         }
 
+        /// What `Client::submit` does: the frame onto the data lane, then the registration.
         fn submit_request(&mut self, request: Request) -> Ticket {
             let id = request.id;
-            let (ticket, answer) =
-                Ticket::new(id, Instant::now() + request.timeout, WaitStrategy::Block);
+            let deadline = Instant::now() + request.timeout;
+            let (ticket, answer) = Ticket::new(id, deadline, WaitStrategy::Block);
             let waiter = WaiterId(self.next_waiter);
             self.next_waiter += 1;
+            let claim = Arc::new(Claim::default());
+            let frame = RequestFrame {
+                origin: waiter,
+                frame: request.frame,
+                deadline,
+                report_written: request.mode == ConfirmMode::Sent,
+                claim: claim.clone(),
+            };
+            self.data_tx
+                .send(Outbound::Request(Box::new(frame)))
+                .unwrap();
+            let sub = Submission {
+                id,
+                fingerprint: request.fingerprint,
+                mode: request.mode,
+                deadline,
+                epoch: 1,
+                claim,
+            };
             let input = Input::Submit {
                 waiter,
-                request,
+                sub,
                 reply: Some(answer),
             };
-            self.inbox.step_or_send(input).unwrap();
+            assert!(self.inbox.step_or_send_deadline(input, deadline));
             ticket
         }
 
@@ -508,20 +557,29 @@ mod tests {
                 .step_or_report(Input::Link { epoch: 1, event }, &release);
         }
 
+        /// The request frame queued next on the data lane (for the writer thread).
+        fn queued_request(&self) -> WaiterId {
+            match self.data.try_recv() {
+                Ok(Outbound::Request(r)) => r.origin,
+                other => panic!("expected a request frame, got {other:?}"),
+            }
+        }
+
         /// Does what the coordinator thread does with everything in the inbox (outputs other
         /// than outcomes are dropped).
         fn drain_inbox(&self) {
             while let Ok(input) = self.inputs.try_recv() {
                 let mut core = self.shared.core.lock();
-                let mut work = VecDeque::new();
-                core.take_deferred(&mut work);
-                let mut inputs = VecDeque::from([input]);
-                while let Some(input) = inputs.pop_front() {
+                core.deferred.push_back(Deferred::Input(input));
+                while let Some(item) = core.deferred.pop_front() {
+                    let Deferred::Input(input) = item else {
+                        continue;
+                    };
                     let mut out = Vec::new();
                     core.feed(input, &mut out);
                     for o in out {
                         if let Carried::Followup(input) = core.carry(o) {
-                            inputs.push_back(input);
+                            core.deferred.push_back(Deferred::Input(input));
                         }
                     }
                 }
@@ -532,6 +590,12 @@ mod tests {
                 deliver(answers);
             }
         }
+
+        /// Handles the nudge an earlier deadline sent, as the coordinator thread would.
+        fn drain_inbox_after_nudge(&self) {
+            self.drain_inbox();
+            assert!(self.inputs.is_empty());
+        }
     }
 
     fn confirmed(ticket: &mut Ticket) -> bool {
@@ -540,11 +604,10 @@ mod tests {
 
     #[test]
     fn submit_and_response_are_handled_on_the_calling_threads() {
-        let mut rig = rig();
+        let mut rig = rig(Dispatch::Inline);
         let mut ticket = rig.submit(7);
         assert_eq!(rig.on_wire(), "order 7", "written by the caller");
-        assert!(rig.requests.is_empty());
-        assert_eq!(rig.lanes(|l| l.last_taken.load(Ordering::SeqCst)), 1);
+        assert!(rig.data.is_empty());
         // The first deadline is earlier than the coordinator thread's wake-up (none): nudged.
         assert_eq!(rig.inputs.len(), 1);
         rig.drain_inbox_after_nudge();
@@ -564,16 +627,36 @@ mod tests {
         );
     }
 
+    /// The default: every input goes to the coordinator thread, and only the writer thread
+    /// writes the socket.
+    #[test]
+    fn actor_dispatch_steps_nothing_inline_and_writes_nothing_directly() {
+        let mut rig = rig(Dispatch::Actor);
+        let mut ticket = rig.submit(7);
+        assert_eq!(rig.inputs.len(), 1, "the registration went to the inbox");
+        rig.drain_inbox();
+        assert!(rig.wire_is_quiet(), "the caller wrote nothing");
+        assert_eq!(rig.queued_request(), WaiterId(1), "left for the writer");
+        rig.respond(7);
+        assert_eq!(rig.inputs.len(), 1, "the response went to the inbox");
+        assert_eq!(ticket.try_outcome(), None);
+        rig.drain_inbox();
+        assert!(confirmed(&mut ticket));
+        let core = rig.shared.core.lock();
+        assert_eq!(core.counters.inline_steps.load(Ordering::Relaxed), 0);
+        assert_eq!(core.counters.direct_writes.load(Ordering::Relaxed), 0);
+    }
+
     #[test]
     fn an_input_never_overtakes_one_queued_before_it() {
-        let mut rig = rig();
+        let mut rig = rig(Dispatch::Inline);
         // Something is waiting in the inbox: the submit must queue behind it.
         rig.inbox.send(Input::Tick).unwrap();
         let mut first = rig.submit(1);
         assert!(rig.wire_is_quiet(), "not handled ahead of the queued input");
         assert_eq!(rig.inputs.len(), 2);
         rig.drain_inbox();
-        assert_eq!(rig.on_wire(), "order 1");
+        assert_eq!(rig.on_wire(), "order 1", "then handled, in order");
         // Now the inbox is empty and the coordinator free: inline again.
         rig.respond(1);
         assert!(confirmed(&mut first));
@@ -582,7 +665,7 @@ mod tests {
 
     #[test]
     fn work_only_the_coordinator_thread_may_do_is_deferred_with_what_follows() {
-        let mut rig = rig();
+        let mut rig = rig(Dispatch::Inline);
         let _ = rig.submit(1);
         rig.drain_inbox_after_nudge();
         // A response to no pending request is an orphan event: deferred, and a nudge sent.
@@ -593,43 +676,62 @@ mod tests {
         rig.shared.handled(&rig.shared.core.lock());
         rig.respond(1);
         assert_eq!(rig.inputs.len(), 1, "the response took the queue");
-        let mut work = VecDeque::new();
-        rig.shared.core.lock().take_deferred(&mut work);
+        let mut core = rig.shared.core.lock();
         assert!(matches!(
-            work.pop_front(),
+            core.deferred.pop_front(),
             Some(Deferred::Output(Output::Notify(_)))
         ));
-        assert!(work.is_empty());
+        assert!(core.deferred.is_empty());
+        // While the coordinator thread carries out such work without the lock, nothing is
+        // stepped inline either.
+        core.busy = true;
+        drop(core);
+        rig.drain_inbox();
+        rig.respond(2);
+        assert_eq!(rig.inputs.len(), 1, "queued while the core is busy");
     }
 
+    /// Finding 6: a request is never written ahead of a frame queued before it — user data
+    /// (on the same lane, behind which it waits), session or control frames.
     #[test]
-    fn a_request_is_queued_not_written_directly_behind_a_queued_frame() {
-        let mut rig = rig();
+    fn requests_never_overtake_earlier_sends() {
+        let mut rig = rig(Dispatch::Inline);
         let _ = rig.submit(1);
         assert_eq!(rig.on_wire(), "order 1");
         rig.drain_inbox_after_nudge();
+        // A user frame sent earlier still waits: the request queues behind it on the same lane.
+        rig.data_tx
+            .send(Outbound::Owned(Frame::text("cancel 1")))
+            .unwrap();
+        let _ = rig.submit(2);
+        assert!(rig.wire_is_quiet());
+        assert!(matches!(rig.data.try_recv(), Ok(Outbound::Owned(_))));
+        assert_eq!(
+            rig.queued_request(),
+            WaiterId(2),
+            "behind it, in call order"
+        );
         // A session frame waits in its lane: the request must not overtake it on the wire.
         rig.lanes(|l| l.session.try_send(Frame::text("sub")).unwrap());
-        let _ = rig.submit(2);
-        assert_eq!(rig.requests.try_recv().unwrap().seq, 2, "queued behind it");
-        assert_eq!(rig.session.len(), 1);
-        // So must a control frame (a pong the reader queued, a close).
-        rig.session.try_recv().unwrap();
-        rig.lanes(|l| l.control.try_send(Control::Pong(vec![])).unwrap());
         let _ = rig.submit(3);
-        assert_eq!(rig.requests.try_recv().unwrap().seq, 3);
-        rig.control.try_recv().unwrap();
+        assert_eq!(rig.queued_request(), WaiterId(3), "queued behind it");
+        rig.session.try_recv().unwrap();
+        // So must a control frame (a pong the reader queued, a close).
+        rig.lanes(|l| l.control.try_send(Control::Pong(vec![])).unwrap());
         let _ = rig.submit(4);
+        assert_eq!(rig.queued_request(), WaiterId(4));
+        rig.control.try_recv().unwrap();
+        let _ = rig.submit(5);
         assert_eq!(
             rig.on_wire(),
-            "order 4",
+            "order 5",
             "direct again once the lanes are empty"
         );
     }
 
     #[test]
     fn a_request_is_queued_while_the_writer_thread_writes() {
-        let mut rig = rig();
+        let mut rig = rig(Dispatch::Inline);
         let _ = rig.submit(1);
         assert_eq!(rig.on_wire(), "order 1");
         rig.drain_inbox_after_nudge();
@@ -637,20 +739,21 @@ mod tests {
         let writing = sink.lock(); // As the writer thread holds it for a batch.
         let _ = rig.submit(2);
         drop(writing);
-        assert_eq!(rig.requests.try_recv().unwrap().seq, 2);
+        assert_eq!(rig.queued_request(), WaiterId(2));
         // After a failed write the stream may be cut mid-frame: never again directly.
         sink.lock().failed = true;
         let _ = rig.submit(3);
-        assert_eq!(rig.requests.try_recv().unwrap().seq, 3);
+        assert_eq!(rig.queued_request(), WaiterId(3));
     }
 
     /// The server stops reading; requests of 15 KiB are written directly until the kernel takes
-    /// only part of one. The rest is kept as spill, the writer thread is woken (`FlushTls`), the
-    /// next request is queued; once the spill is written (as the writer thread would, first),
-    /// the server has every frame whole and in order.
+    /// only part of one. The rest is kept as spill and the writer thread is told (finding 10:
+    /// through the sink's kick flag, which its wait checks, not a control frame that may not
+    /// fit); the next request is queued; once the spill is written (as the writer thread would,
+    /// first), the server has every frame whole and in order.
     #[test]
     fn a_partial_direct_write_leaves_the_rest_to_the_writer_thread() {
-        let mut rig = rig();
+        let mut rig = rig(Dispatch::Inline);
         let sink = rig.lanes(|l| l.sink.clone());
         let padding = "x".repeat(15 * 1024);
         let big = |id: u64| Request::new(id, id, Frame::text(format!("order {id} {padding}")));
@@ -658,19 +761,18 @@ mod tests {
         while sink.lock().spill.is_empty() {
             id += 1;
             assert!(id < 4000, "the kernel never refused part of a frame");
+            assert!(!rig.kick.load(Ordering::SeqCst));
             let _ = rig.submit_request(big(id));
             rig.drain_inbox(); // The first submit's nudge.
-            assert!(rig.requests.is_empty(), "request {id} was written directly");
+            assert!(rig.data.is_empty(), "request {id} was written directly");
         }
         let spilled = id;
-        assert!(
-            matches!(rig.control.try_recv(), Ok(Control::FlushTls)),
-            "writer woken"
-        );
+        assert!(rig.kick.load(Ordering::SeqCst), "writer told");
+        assert!(rig.control.is_empty(), "no control frame needed for that");
         let _ = rig.submit_request(big(spilled + 1));
         assert_eq!(
-            rig.requests.try_recv().unwrap().seq,
-            spilled + 1,
+            rig.queued_request(),
+            WaiterId(spilled + 1),
             "queued behind the spill"
         );
         // The writer thread's part: the spill first.
@@ -689,16 +791,12 @@ mod tests {
 
     #[test]
     fn a_request_past_its_deadline_is_not_written_and_not_taken() {
-        let mut rig = rig();
+        let mut rig = rig(Dispatch::Inline);
         let _ = rig.submit(1);
         assert_eq!(rig.on_wire(), "order 1");
         rig.drain_inbox_after_nudge();
         let request = Request::new(2, 2, Frame::text("order 2")).timeout(Duration::ZERO);
         let mut ticket = rig.submit_request(request);
-        assert!(rig.requests.is_empty());
-        assert_eq!(rig.lanes(|l| l.last_taken.load(Ordering::SeqCst)), 1);
-        rig.drain_inbox(); // The deadline is acted on.
-        rig.inbox.send(Input::Tick).unwrap();
         rig.drain_inbox();
         assert_eq!(
             ticket.try_outcome(),
@@ -731,13 +829,5 @@ mod tests {
             *b ^= mask[i % 4];
         }
         String::from_utf8(payload).unwrap()
-    }
-
-    impl Rig {
-        /// Handles the nudge an earlier deadline sent, as the coordinator thread would.
-        fn drain_inbox_after_nudge(&self) {
-            self.drain_inbox();
-            assert!(self.inputs.is_empty());
-        }
     }
 }

@@ -15,7 +15,7 @@
 //! The thread ends when its link is released or a write fails (reported to the coordinator).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crossbeam_channel::Receiver;
@@ -23,11 +23,13 @@ use parking_lot::Mutex;
 
 use crate::affinity::WaitStrategy;
 
+use crate::claim::{Claim, Take};
 use crate::coordinator::{Control, Input, LinkEvent};
 use crate::doorbell::Doorbell;
 use crate::error::Error;
 use crate::frame::{Frame, Outbound};
-use crate::sink::{Sink, State};
+use crate::requests::WaiterId;
+use crate::sink::Sink;
 use crate::stats::Counters;
 use crate::stepper::Inbox;
 
@@ -39,18 +41,18 @@ pub(crate) struct Writer {
     pub sink: Arc<Mutex<Sink>>,
     /// A copy of the sink's `data_open`, for deciding whether there is work without its lock.
     pub data_open: bool,
+    /// Set (and the doorbell rung) by a direct write that left work in the sink: a spill, or a
+    /// frame it took off the data lane but could not write.
+    pub kick: Arc<AtomicBool>,
+    /// The claim of the request frame the writer is waiting at (registration not seen yet).
+    pub waiting: Option<Arc<Claim>>,
     pub epoch: u64,
     pub control: Receiver<Control>,
     /// Session frames (auth, subscriptions, application pings): ahead of user data.
     pub session: Receiver<Frame>,
-    /// The user data lane, shared by every connection of the client; read only once the
-    /// session is ready ([`Control::OpenData`]).
+    /// The user data lane, shared by every connection of the client: `send`s and request frames
+    /// in their callers' order. Read only once the session is ready ([`Control::OpenData`]).
     pub data: Receiver<Outbound>,
-    /// Request frames for `send_and_confirm`: after session frames, before user data.
-    pub requests: Receiver<RequestFrame>,
-    /// The highest request sequence number taken from `requests` (stored before the frame's
-    /// deadline is checked and before it is written; read by the coordinator).
-    pub last_taken: Arc<AtomicU64>,
     /// Disconnected when the link is released.
     pub stop: Receiver<()>,
     /// How to wait for frames.
@@ -61,61 +63,53 @@ pub(crate) struct Writer {
     pub counters: Arc<Counters>,
 }
 
-/// A request frame on its way to the socket.
-#[derive(Debug)]
-pub(crate) struct RequestFrame {
-    pub seq: u64,
-    pub frame: Frame,
-    pub deadline: Instant,
-    /// Report it written (`LinkEvent::Written`): only mode `Sent` needs that.
-    pub report_written: bool,
-}
-
 enum Item {
     Control(Control),
     Data(Outgoing),
 }
 
-/// A data frame: a session frame, a user frame, or a tracked request.
+/// A data frame: a session frame or a user frame (a request's claim already taken).
 enum Outgoing {
     Plain(Frame),
     User(Outbound),
-    Request(RequestFrame),
 }
 
 impl Writer {
     pub(crate) fn run(mut self) {
         self.doorbell.register();
         let sink = self.sink.clone();
+        let mut done = Done::default();
         while self.wait_for_work() {
             // Frames are taken and written under the sink's lock: a direct write can never
             // slip in between.
             let mut sink = sink.lock();
+            self.kick.store(false, Ordering::SeqCst);
             let first = match self.control.try_recv() {
-                Ok(c) => Item::Control(c),
-                Err(_) => match self.next_data(&sink.st) {
-                    Some(d) => Item::Data(d),
-                    None => continue,
-                },
+                Ok(c) => Some(Item::Control(c)),
+                Err(_) => self.next_data(&mut sink, &mut done).map(Item::Data),
             };
-            let mut done = Done::default();
-            let written = self.write_batch(&mut sink, first, &mut done);
+            let written = match first {
+                Some(first) => self.write_batch(&mut sink, first, &mut done),
+                None if !sink.spill.is_empty() => self.write_spill(&mut sink, &mut done),
+                None => Ok(()),
+            };
             self.data_open = sink.st.data_open;
+            self.waiting = sink.held_claim();
             if written.is_err() {
                 sink.failed = true; // No direct write may follow a broken stream.
             }
             drop(sink);
             // Reported without the sink's lock, so a caller woken by a report can write its
             // next request directly.
-            if done.request > 0 {
+            for origin in done.written.drain(..) {
                 let input = Input::Link {
                     epoch: self.epoch,
-                    event: LinkEvent::Written(done.request),
+                    event: LinkEvent::Written(origin),
                 };
                 // Resolves `Sent` requests: handled here if the coordinator is free.
                 self.coord.step_or_report(input, &self.stop);
             }
-            if done.close {
+            if std::mem::take(&mut done.close) {
                 self.report(LinkEvent::CloseWritten);
             }
             if let Err(e) = written {
@@ -131,10 +125,14 @@ impl Writer {
     /// parked on the doorbell); false once the link is released.
     fn wait_for_work(&self) -> bool {
         let has_work = || {
+            let data = match &self.waiting {
+                Some(claim) => claim.is_decided(),
+                None => !self.data.is_empty(),
+            };
             !self.control.is_empty()
                 || !self.session.is_empty()
-                || !self.requests.is_empty()
-                || (self.data_open && !self.data.is_empty())
+                || (self.data_open && data)
+                || self.kick.load(Ordering::SeqCst)
                 || crate::driver::released(&self.stop)
         };
         if self.wait.spin(|| has_work().then_some(())).is_none() {
@@ -154,61 +152,117 @@ impl Writer {
     }
 
     /// Frames queued now that a close must wait for.
-    fn queued(&self, st: &State) -> usize {
-        self.session.len() + self.requests.len() + if st.data_open { self.data.len() } else { 0 }
+    fn queued(&self, sink: &Sink) -> usize {
+        let data = if sink.st.data_open {
+            self.data.len() + usize::from(sink.held.is_some())
+        } else {
+            0
+        };
+        self.session.len() + data
     }
 
-    /// The next data frame: session frames first, then requests, then user data once the
-    /// session is ready.
-    fn next_data(&self, st: &State) -> Option<Outgoing> {
+    /// The next data frame: session frames first, then, once the session is ready, user data
+    /// and request frames in the order they were queued. A request frame whose registration
+    /// the coordinator has not handled yet is held (with everything behind it) until it has.
+    fn next_data(&self, sink: &mut Sink, done: &mut Done) -> Option<Outgoing> {
         if let Ok(f) = self.session.try_recv() {
             return Some(Outgoing::Plain(f));
         }
-        if let Ok(r) = self.requests.try_recv() {
-            return Some(Outgoing::Request(r));
+        if !sink.st.data_open {
+            return None;
         }
-        st.data_open
-            .then(|| self.data.try_recv().ok().map(Outgoing::User))
-            .flatten()
+        loop {
+            let item = match sink.held.take() {
+                Some(item) => item,
+                None => self.data.try_recv().ok()?,
+            };
+            let Outbound::Request(request) = &item else {
+                return Some(Outgoing::User(item));
+            };
+            match request.take(Instant::now()) {
+                Take::Write => {
+                    done.taken.push(request.claim.clone());
+                    if request.report_written {
+                        done.pending.push(request.origin);
+                    }
+                    return Some(Outgoing::User(item));
+                }
+                Take::Skip => continue,
+                Take::Wait => {
+                    sink.held = Some(item);
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Writes the rest of a direct write (it goes before anything else).
+    fn write_spill(&self, sink: &mut Sink, done: &mut Done) -> Result<(), Error> {
+        if sink.spill.is_empty() {
+            return Ok(());
+        }
+        sink.half
+            .write_raw_all(&sink.spill)
+            .map_err(crate::error::from_io)?;
+        sink.spill.clear();
+        self.counters.sent(Instant::now());
+        done.written.extend(sink.spill_report.take());
+        Ok(())
     }
 
     /// Encodes one batch (control first, then data up to [`BATCH_BYTES`]) and writes it; `done`
-    /// says what to report (also when it fails part way).
+    /// says what to report (also when it fails part way). If no byte of the batch reached the
+    /// socket, its request frames were not delivered: their claims are given back.
     fn write_batch(&mut self, sink: &mut Sink, first: Item, done: &mut Done) -> Result<(), Error> {
-        if !sink.spill.is_empty() {
-            // The rest of a direct write goes first.
-            sink.half
-                .write_raw_all(&sink.spill)
-                .map_err(crate::error::from_io)?;
-            sink.spill.clear();
-            self.counters.sent(Instant::now());
-            done.request = sink.spill_report.take().unwrap_or(0);
+        let result = self.build_and_write(sink, first, done);
+        if let Err((_, reached)) = &result {
+            if !reached {
+                for claim in &done.taken {
+                    claim.untake();
+                }
+            }
+            done.pending.clear();
         }
-        let Sink { half, st, .. } = sink;
-        st.batch.clear();
-        let mut written_request = 0u64;
+        done.taken.clear();
+        result.map_err(|(e, _)| e)
+    }
+
+    /// [`Writer::write_batch`]'s work; an error says whether any byte of the batch may have
+    /// reached the socket.
+    fn build_and_write(
+        &mut self,
+        sink: &mut Sink,
+        first: Item,
+        done: &mut Done,
+    ) -> Result<(), (Error, bool)> {
+        let unsent = |e| (e, false);
+        self.write_spill(sink, done).map_err(unsent)?;
+        sink.st.batch.clear();
         let mut flush_tls = false;
         let (mut messages, mut bytes) = (0u64, 0u64);
-        let taken_before = self.last_taken.load(Ordering::SeqCst);
         let mut held = None;
         match first {
             Item::Control(c) => {
-                let queued = self.queued(st);
-                st.encode_control(c, queued, &mut flush_tls)?;
+                let queued = self.queued(sink);
+                sink.st
+                    .encode_control(c, queued, &mut flush_tls)
+                    .map_err(unsent)?;
             }
             Item::Data(d) => held = Some(d),
         }
-        let close_was_sent = st.close_sent;
+        let close_was_sent = sink.st.close_sent;
         loop {
             while let Ok(c) = self.control.try_recv() {
-                let queued = self.queued(st) + usize::from(held.is_some());
-                st.encode_control(c, queued, &mut flush_tls)?;
+                let queued = self.queued(sink) + usize::from(held.is_some());
+                sink.st
+                    .encode_control(c, queued, &mut flush_tls)
+                    .map_err(unsent)?;
             }
-            st.encode_close_if_due()?;
+            sink.st.encode_close_if_due().map_err(unsent)?;
             let next = match held.take() {
                 Some(d) => d,
-                None if st.batch.len() >= BATCH_BYTES => break,
-                None => match self.next_data(st) {
+                None if sink.st.batch.len() >= BATCH_BYTES => break,
+                None => match self.next_data(sink, done) {
                     Some(d) => d,
                     None => break,
                 },
@@ -216,57 +270,51 @@ impl Writer {
             let frame = match next {
                 Outgoing::Plain(f) => Outbound::Owned(f),
                 Outgoing::User(u) => u,
-                Outgoing::Request(r) => {
-                    // Taken first, deadline second: once the coordinator has seen a request as
-                    // not taken after its deadline, this check is sure to skip it.
-                    self.last_taken.store(r.seq, Ordering::SeqCst);
-                    if Instant::now() >= r.deadline {
-                        continue;
-                    }
-                    if r.report_written {
-                        written_request = r.seq;
-                    }
-                    Outbound::Owned(r.frame)
-                }
             };
-            if let Some(len) = st.encode_data(&frame, &self.counters)? {
+            if let Some(len) = sink
+                .st
+                .encode_data(&frame, &self.counters)
+                .map_err(unsent)?
+            {
                 messages += 1;
                 bytes += len as u64;
             }
         }
         // The lane ran dry: whatever the close was waiting for has been written.
-        if self.queued(st) == 0 {
-            if let Some(p) = &mut st.pending_close {
+        if self.queued(sink) == 0 {
+            if let Some(p) = &mut sink.st.pending_close {
                 p.data_before = 0;
             }
         }
-        st.encode_close_if_due()?;
+        let Sink { half, st, .. } = sink;
+        st.encode_close_if_due().map_err(unsent)?;
         if !st.batch.is_empty() {
             if let Err(e) = half.write_all(&st.batch) {
-                if !half.bytes_reached_socket() {
-                    // Not one byte of this batch reached the socket: its requests were never
-                    // delivered, so they may be reported as such.
-                    self.last_taken.store(taken_before, Ordering::SeqCst);
-                }
-                return Err(crate::error::from_io(e));
+                let reached = half.bytes_reached_socket();
+                return Err((crate::error::from_io(e), reached));
             }
             self.counters.sent(Instant::now());
         } else if flush_tls {
-            half.flush_tls().map_err(crate::error::from_io)?;
+            half.flush_tls()
+                .map_err(|e| (crate::error::from_io(e), true))?;
         }
+        done.written.append(&mut done.pending);
         Counters::bump(&self.counters.messages_out, messages);
         Counters::bump(&self.counters.bytes_out, bytes);
-        done.request = done.request.max(written_request);
         done.close = st.close_sent && !close_was_sent;
         Ok(())
     }
 }
 
-/// What a batch wrote that the coordinator must hear about.
+/// What a batch wrote that the coordinator must hear about (buffers reused across batches).
 #[derive(Default)]
 struct Done {
-    /// The highest `Sent`-mode request written (0: none).
-    request: u64,
+    /// Claims of the request frames in the batch being built (given back if it reaches nothing).
+    taken: Vec<Arc<Claim>>,
+    /// `Sent`-mode requests in the batch being built.
+    pending: Vec<WaiterId>,
+    /// `Sent`-mode requests written: to report.
+    written: Vec<WaiterId>,
     /// The close frame went out with this batch.
     close: bool,
 }

@@ -475,6 +475,7 @@ fn serve_ws(shared: &ServerShared, idx: usize, sock: TcpStream) {
 
 fn connect(url: &str, pki: Option<&Pki>, gated: bool, tune: Tune) -> Client<String> {
     let mut builder = Client::builder(url)
+        .dispatch(support::dispatch_under_test())
         .name("rc")
         .endpoint(Venue { gated })
         .reconnect(Backoff::new(BACKOFF_INITIAL, BACKOFF_MAX).seed(1))

@@ -29,9 +29,9 @@ use jsonrpc::{JsonRpc, Notification, Notifications, outcome_name, request_text, 
 use serde_json::json;
 use support::{next_event, wait_until};
 use syncws::{
-    Affinity, Backoff, Client, ClientBuilder, ConfirmMode, DEADLINE_GRACE, Data, Endpoint, Event,
-    Frame, Outcome, Precheck, Reconnect, Reply, Request, Response, Undelivered, Unknown,
-    WaitStrategy,
+    Affinity, Backoff, Client, ClientBuilder, ConfirmMode, DEADLINE_GRACE, Data, Dispatch,
+    Endpoint, Event, Frame, Outcome, Precheck, Reconnect, Reply, Request, Response, Undelivered,
+    Unknown, WaitStrategy,
 };
 use venue::{Answer, DropWhen, Flaky, Knobs, Venue};
 
@@ -51,6 +51,7 @@ impl Reconnect for After {
 
 fn builder(venue: &Venue) -> ClientBuilder {
     Client::builder(&venue.url())
+        .dispatch(support::dispatch_under_test())
         .endpoint(JsonRpc::private("tester", "secret"))
         .subscribe(TICKER)
 }
@@ -116,7 +117,7 @@ fn order_confirmed_on_an_auth_gated_session() {
 fn sequential_round_trips_take_the_fast_path() {
     const ORDERS: u64 = 200;
     let venue = Venue::start(Knobs::default()).unwrap();
-    let client = ready(builder(&venue));
+    let client = ready(builder(&venue).dispatch(Dispatch::Inline));
     let before = client.stats();
     for id in 1..=ORDERS {
         let outcome = client.send_and_confirm(order(id));
@@ -176,6 +177,7 @@ fn round_trips_over_tls_take_the_fast_path() {
     let pki = support::Pki::new("fast path CA");
     let server = support::echo_server(Some(pki.server_config(&["localhost"])));
     let client = Client::builder(&server.url("/"))
+        .dispatch(Dispatch::Inline)
         .add_root_certificate(pki.ca_der())
         .endpoint(EchoIds)
         .connect()
@@ -350,12 +352,11 @@ fn unwritable_request(id: u64, timeout: Duration) -> Request {
     Request::new(id, id, Frame::text(text)).timeout(timeout)
 }
 
-/// The request lane holds `2 * max_pending` frames, and frames whose deadline passed stay in it
-/// until the writer skips them. With the writer blocked, four expired requests fill the lane
-/// (`max_pending(2)`); the next request has room in the table but not in the lane, so the
-/// driver cannot queue its frame: it is certainly never written and resolves `NotDelivered` at
-/// once — even though a later request is taken and written once the venue reads again
-/// (regression: its sequence number used to make the dropped one look "possibly sent").
+/// Request frames ride the data lane, and frames whose deadline passed stay in it until the
+/// writer skips them. With the writer blocked, four expired requests fill the lane
+/// (`data_queue(4)`); the next request has room in the table but not in the lane: it is
+/// certainly never written and resolves `NotDelivered(QueueFull)` at once — even though a later
+/// request is taken and written once the venue reads again.
 #[test]
 fn a_request_that_never_fit_in_the_lane_is_not_delivered() {
     let venue = Venue::start(Knobs {
@@ -363,7 +364,7 @@ fn a_request_that_never_fit_in_the_lane_is_not_delivered() {
         ..Knobs::default()
     })
     .unwrap();
-    let client = ready(builder(&venue).max_pending(2));
+    let client = ready(builder(&venue).max_pending(2).data_queue(4));
     assert!(confirmed(&client.send_and_confirm(order(1))));
     let blocked = client.submit(unwritable_request(2, WAIT * 3));
     for id in 3..=6 {

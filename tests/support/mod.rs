@@ -17,7 +17,7 @@ use crossbeam_channel::Receiver;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
-use syncws::{Client, Event};
+use syncws::{Client, Dispatch, Event};
 use tungstenite::Message;
 
 /// A throwaway certificate authority.
@@ -391,4 +391,15 @@ pub fn thread_names_with_status() -> Vec<(String, String)> {
         }
     }
     out
+}
+
+/// The dispatch mode the request and reconnect suites run under: the default (actor) unless
+/// `SYNCWS_TEST_DISPATCH=inline`. CI runs those suites once in each mode.
+#[allow(dead_code)]
+pub fn dispatch_under_test() -> Dispatch {
+    match std::env::var("SYNCWS_TEST_DISPATCH").as_deref() {
+        Ok("inline") => Dispatch::Inline,
+        Ok("actor") | Err(_) => Dispatch::Actor,
+        Ok(other) => panic!("SYNCWS_TEST_DISPATCH={other}: expected actor or inline"),
+    }
 }
