@@ -124,7 +124,9 @@ impl<T: Send + 'static> Client<T> {
         };
         let precheck = endpoint.precheck();
         let mut coordinator = Coordinator::new(settings, endpoint, reconnect, Instant::now());
-        let headers = coordinator.first_dial_headers();
+        let headers = coordinator
+            .first_dial_headers()
+            .map_err(|p| Error::Config(format!("{} panicked: {}", p.callback, p.message)))?;
         let inline = config.dispatch == Dispatch::Inline;
         let shared = Shared::new(Core::new(coordinator, counters.clone(), inline));
         let inbox = Inbox::new(input_tx, shared.clone(), inline);

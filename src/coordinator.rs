@@ -43,6 +43,7 @@ use crate::endpoint::{Action, Cause, Endpoint, Reply};
 use crate::error::Error;
 use crate::event::{CloseInfo, Initiator};
 use crate::frame::{CloseCode, Data, Frame};
+use crate::guard::{self, Panicked};
 use crate::health::{ErrorRing, LatencyPolicy, LatencyWatch, RttHistogram};
 use crate::liveness::{Due, Keepalive, Liveness};
 use crate::requests::{Outcome, RequestOut, Requests, Response, Submission, WaiterId};
@@ -115,6 +116,8 @@ pub(crate) enum LinkEvent {
     Written(WaiterId),
     /// Writer: a write failed; the writer has stopped.
     WriteFailed(Error),
+    /// Reader: the ingress or the precheck panicked; the reader has stopped.
+    CallbackPanicked(Panicked),
 }
 
 /// A frame for the writer's control lane.
@@ -319,8 +322,9 @@ impl Coordinator {
     }
 
     /// Headers for the first dial (attempt 1), which the client makes itself.
-    pub(crate) fn first_dial_headers(&mut self) -> Vec<(String, String)> {
-        self.endpoint.headers(1)
+    pub(crate) fn first_dial_headers(&mut self) -> Result<Vec<(String, String)>, Panicked> {
+        let endpoint = &mut self.endpoint;
+        guard::catch("Endpoint::headers", || endpoint.headers(1))
     }
 
     /// The phase as seen by user threads.
@@ -383,7 +387,43 @@ impl Coordinator {
     }
 
     /// Feeds one input; outputs are appended to `out` in the order they must be carried out.
+    ///
+    /// The endpoint's callbacks run inside: if one panics, the step ends there and the current
+    /// connection is torn down with [`Cause::CallbackPanicked`] (see [`crate::guard`]).
     pub(crate) fn handle(&mut self, now: Instant, input: Input, out: &mut Vec<Output>) {
+        let stepped = guard::catch("Endpoint callback", || self.step(now, input, out));
+        if let Err(panicked) = stepped {
+            self.on_panic(now, panicked, out);
+        }
+    }
+
+    /// A callback panicked in the middle of a step: end the current connection (or attempt),
+    /// as for any other failure.
+    fn on_panic(&mut self, now: Instant, panicked: Panicked, out: &mut Vec<Output>) {
+        let cause = Cause::CallbackPanicked {
+            callback: panicked.callback,
+            message: panicked.message,
+        };
+        match &mut self.phase {
+            Phase::Open { since, .. } => {
+                let since = *since;
+                self.abort(now, since, Initiator::Local, cause, out);
+            }
+            Phase::Closing(c) => {
+                c.cause = Some(cause);
+                self.finish(now, out);
+            }
+            Phase::Connecting { attempt } => {
+                // Only `headers` runs while connecting: the dial was never issued.
+                let attempt = *attempt;
+                let error = Error::Io(std::io::Error::other(cause.to_string()));
+                self.on_connect_failed(now, attempt, error, out);
+            }
+            Phase::Waiting { .. } | Phase::Stopped => {}
+        }
+    }
+
+    fn step(&mut self, now: Instant, input: Input, out: &mut Vec<Output>) {
         if let Input::LinkDown { epoch } = input {
             // Also after a stop: every request must be answered.
             if epoch == self.epoch {
@@ -598,6 +638,7 @@ impl Coordinator {
                     }
                 }
             }
+            LinkEvent::CallbackPanicked(panicked) => self.on_panic(now, panicked, out),
             LinkEvent::WriteFailed(e) => match &mut self.phase {
                 Phase::Open { since, .. } => {
                     let since = *since;
@@ -902,9 +943,11 @@ impl Coordinator {
             return None;
         }
         let reconnect = self.reconnect.as_mut()?;
-        let action = self.endpoint.on_disconnect(cause);
+        let endpoint = &mut self.endpoint;
+        let action = guard::catch("Endpoint::on_disconnect", || endpoint.on_disconnect(cause))
+            .unwrap_or_else(|_| cause.default_action());
         if since.is_some_and(|s| now >= s + self.settings.stable_after) {
-            reconnect.reset();
+            let _ = guard::catch("Reconnect::reset", || reconnect.reset());
             self.failures = 0;
         }
         let floor = match action {
@@ -913,7 +956,11 @@ impl Coordinator {
             Action::ReconnectAfter(d) => d,
         };
         self.failures = self.failures.saturating_add(1);
-        let delay = reconnect.next_delay(self.failures)?.max(floor);
+        let failures = self.failures;
+        // A panicking strategy stops reconnecting (the panic is logged).
+        let delay = guard::catch("Reconnect::next_delay", || reconnect.next_delay(failures))
+            .ok()??
+            .max(floor);
         self.phase = Phase::Waiting {
             until: now + delay,
             attempt: self.failures + 1,

@@ -69,6 +69,16 @@ pub enum Cause {
     AckTimeout(Option<String>),
     /// The [`LatencyPolicy`](crate::LatencyPolicy) saw too many slow round trips in a row.
     LatencyPolicy,
+    /// An application callback panicked (an [`Endpoint`] method, the
+    /// [`Ingress`](crate::Ingress), the precheck or the [`Reconnect`](crate::Reconnect)
+    /// strategy); the connection was torn down. Fix the callback: syncws reconnects per the
+    /// policy, and the same input may make it panic again.
+    CallbackPanicked {
+        /// Which callback: for example `"Endpoint::parse_reply"` or `"Ingress::on_message"`.
+        callback: &'static str,
+        /// The panic message.
+        message: String,
+    },
 }
 
 /// What to do after a disconnect.
@@ -123,6 +133,9 @@ impl std::fmt::Display for Cause {
             Cause::AckTimeout(Some(t)) => write!(f, "no acknowledgement for subscription {t}"),
             Cause::AckTimeout(None) => write!(f, "no acknowledgement of authentication"),
             Cause::LatencyPolicy => write!(f, "latency policy breached"),
+            Cause::CallbackPanicked { callback, message } => {
+                write!(f, "{callback} panicked: {message}")
+            }
         }
     }
 }

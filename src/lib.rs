@@ -81,6 +81,7 @@ mod endpoint;
 mod error;
 mod event;
 mod frame;
+mod guard;
 mod handshake;
 mod health;
 mod ingress;

@@ -21,6 +21,7 @@ use crate::doorbell::Lane;
 use crate::endpoint::Precheck;
 use crate::event::Event;
 use crate::frame::Frame;
+use crate::guard;
 use crate::ingress::{Ingress, Verdict};
 use crate::stats::Counters;
 use crate::stepper::Inbox;
@@ -98,15 +99,32 @@ impl<I: Ingress> Reader<I> {
                         // Counted first: once a response has resolved a request, it is counted.
                         Counters::bump(&self.counters.messages_in, 1);
                         Counters::bump(&self.counters.bytes_in, data.as_bytes().len() as u64);
-                        if self.precheck.as_ref().is_some_and(|p| p(data)) {
-                            let input = Input::Link {
-                                epoch: self.epoch,
-                                event: LinkEvent::Reply(Frame::from(data)),
-                            };
-                            // On the round trip's path: handled here if the coordinator is free.
-                            self.coord.step_or_report(input, &self.stop);
-                        }
-                        let event = match self.ingress.on_message(data) {
+                        let flagged = match &self.precheck {
+                            Some(p) => guard::catch("Endpoint::precheck", || p(data)),
+                            None => Ok(false),
+                        };
+                        let verdict = flagged.and_then(|flagged| {
+                            if flagged {
+                                let input = Input::Link {
+                                    epoch: self.epoch,
+                                    event: LinkEvent::Reply(Frame::from(data)),
+                                };
+                                // On the round trip's path: handled here if the coordinator is
+                                // free (inline dispatch).
+                                self.coord.step_or_report(input, &self.stop);
+                            }
+                            let ingress = &mut self.ingress;
+                            guard::catch("Ingress::on_message", || ingress.on_message(data))
+                        });
+                        let verdict = match verdict {
+                            Ok(verdict) => verdict,
+                            Err(panicked) => {
+                                // The connection ends; the ingress goes back to the client.
+                                self.report(LinkEvent::CallbackPanicked(panicked));
+                                return;
+                            }
+                        };
+                        let event = match verdict {
                             Verdict::Ignore => None,
                             Verdict::Emit(value) => Some(Event::Data {
                                 epoch: self.epoch,

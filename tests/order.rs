@@ -1,0 +1,155 @@
+//! Finding 6: frames submitted by one thread leave in call order across `send`, `send_prepared`
+//! and `send_and_confirm`; only control frames may go first. The peer records the order by
+//! echoing every message back: the client's events show the order the server read them in.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use support::{TestServer, accept_ws};
+use syncws::{
+    Client, Data, Dispatch, Endpoint, Event, Frame, Outcome, Precheck, PreparedFrame, Reply,
+    Request, Response,
+};
+use tungstenite::Message;
+
+const THREADS: u64 = 3;
+const ROUNDS: u64 = 300;
+
+/// Orders are texts `order T I`; their echo is the response (id `T * 1_000_000 + I`).
+struct Echoes;
+
+impl Endpoint for Echoes {
+    fn subscribe(&mut self, topic: &str) -> Frame {
+        Frame::text(topic)
+    }
+    fn precheck(&self) -> Option<Precheck> {
+        Some(Arc::new(|d: Data<'_>| d.as_bytes().starts_with(b"order ")))
+    }
+    fn parse_reply(&mut self, msg: Data<'_>) -> Option<Reply> {
+        let Data::Text(t) = msg else { return None };
+        let mut parts = t.strip_prefix("order ")?.split(' ');
+        let thread: u64 = parts.next()?.parse().ok()?;
+        let round: u64 = parts.next()?.parse().ok()?;
+        let response = Response::Ok {
+            retry_after: None,
+            hint: None,
+        };
+        Some(Reply::Response {
+            id: thread * 1_000_000 + round,
+            response,
+        })
+    }
+}
+
+fn echo_server() -> TestServer {
+    TestServer::start(None, 1, |_, conn| {
+        let mut ws = accept_ws(conn);
+        while let Ok(m) = ws.read() {
+            if let Message::Text(_) | Message::Binary(_) = m {
+                if ws.send(m).is_err() {
+                    return;
+                }
+            }
+        }
+    })
+}
+
+#[test]
+fn requests_never_overtake_earlier_sends_under_load() {
+    for dispatch in [Dispatch::Actor, Dispatch::Inline] {
+        let server = echo_server();
+        let client = Arc::new(
+            Client::builder(&server.url("/"))
+                .dispatch(dispatch)
+                .endpoint(Echoes)
+                .connect()
+                .unwrap(),
+        );
+        // Each thread: cancel, order (confirmed), a prepared "after" frame, round after round.
+        let senders: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let client = client.clone();
+                thread::spawn(move || {
+                    for i in 0..ROUNDS {
+                        client.send(Frame::text(format!("cancel {t} {i}"))).unwrap();
+                        let order = Request::new(
+                            t * 1_000_000 + i,
+                            i,
+                            Frame::text(format!("order {t} {i}")),
+                        )
+                        .timeout(Duration::from_secs(20));
+                        let outcome = client.send_and_confirm(order);
+                        assert!(
+                            matches!(outcome, Outcome::Confirmed { .. }),
+                            "{dispatch:?} order {t} {i}: {outcome:?}"
+                        );
+                        let after = PreparedFrame::text(format!("after {t} {i}"));
+                        client.send_prepared(&after).unwrap();
+                    }
+                })
+            })
+            .collect();
+        // Load: a thread that floods plain frames meanwhile.
+        let flood = {
+            let client = client.clone();
+            thread::spawn(move || {
+                for i in 0..ROUNDS * 10 {
+                    client.send(Frame::text(format!("noise {i}"))).unwrap();
+                }
+            })
+        };
+        // Read the echoes: per thread, the sequence must be cancel, order, after, round by round.
+        let mut next: HashMap<u64, (u64, &str)> =
+            (0..THREADS).map(|t| (t, (0, "cancel"))).collect();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut done = 0;
+        while done < THREADS {
+            let event = client
+                .events()
+                .recv_deadline(deadline)
+                .expect("every echo arrives");
+            let Event::Frame {
+                frame: Frame::Text(text),
+                ..
+            } = event
+            else {
+                continue;
+            };
+            let mut parts = text.split(' ');
+            let kind = parts.next().unwrap();
+            if kind == "noise" {
+                continue;
+            }
+            let t: u64 = parts.next().unwrap().parse().unwrap();
+            let i: u64 = parts.next().unwrap().parse().unwrap();
+            let expected = next[&t];
+            assert_eq!(
+                (i, kind),
+                expected,
+                "{dispatch:?}: thread {t}'s frames left out of call order"
+            );
+            let following = match kind {
+                "cancel" => (i, "order"),
+                "order" => (i, "after"),
+                _ => (i + 1, "cancel"),
+            };
+            if following.0 == ROUNDS {
+                done += 1;
+            }
+            next.insert(t, following);
+        }
+        for s in senders {
+            s.join().unwrap();
+        }
+        flood.join().unwrap();
+        match Arc::try_unwrap(client) {
+            Ok(client) => client.shutdown(Duration::from_secs(2)),
+            Err(_) => panic!("client still shared"),
+        }
+        server.join();
+    }
+}
