@@ -21,8 +21,8 @@ use futures_util::{SinkExt, StreamExt};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConnection, StreamOwned};
 use syncws::{
-    Client, ClientBuilder, Data, Endpoint, Event, Frame, Ingress, Keepalive, Outcome, Precheck,
-    Reply, Request, Response, Verdict, WaitStrategy,
+    Client, ClientBuilder, Data, Dispatch, Endpoint, Event, Frame, Ingress, Keepalive, Outcome,
+    Precheck, Reply, Request, Response, Verdict, WaitStrategy,
 };
 use tungstenite::Message;
 
@@ -42,6 +42,9 @@ pub enum Who {
     /// syncws inbound with the default `connect()` (`ForwardAll`): every message is copied out
     /// of the read buffer and delivered as `Event::Frame` on `Client::events`.
     SyncwsFrame,
+    /// syncws round trip with [`Dispatch::Inline`] (the opt-in fast path); `Syncws` is the
+    /// default actor dispatch.
+    SyncwsInline,
     Raw,
     /// raw outbound with tungstenite's `write` (no flush per message): frames collect in
     /// tungstenite's write buffer and go out when it is full, which is how a blocking client
@@ -56,6 +59,7 @@ impl Who {
             Who::Syncws => "syncws",
             Who::SyncwsChannel => "syncws_channel",
             Who::SyncwsFrame => "syncws_frame",
+            Who::SyncwsInline => "syncws_inline",
             Who::Raw => "raw",
             Who::RawBatched => "raw_batched",
             Who::Tokio => "tokio",
@@ -234,9 +238,10 @@ fn syncws_round_trip(client: &Client<()>, id: u64, request: &[u8]) {
     );
 }
 
-fn syncws_rtt(t: &Target, plan: &RttPlan) -> Vec<u64> {
+fn syncws_rtt(t: &Target, plan: &RttPlan, dispatch: Dispatch) -> Vec<u64> {
     // The responses are consumed by the coordinator; the ingress drops the copies.
     let client = syncws_builder(t)
+        .dispatch(dispatch)
         .endpoint(Echo)
         .connect_with(|_: Data<'_>| Verdict::<()>::Ignore)
         .expect("syncws connect");
@@ -452,6 +457,7 @@ pub fn spawn_inbound(
             Who::Raw => raw_inbound(&t, &count, &stop),
             Who::Tokio => tokio_inbound(&t, &count, &stop),
             Who::RawBatched => unreachable!("outbound only"),
+            Who::SyncwsInline => unreachable!("round trip only"),
         })
         .unwrap()
 }
@@ -505,7 +511,8 @@ impl RttPlan {
 /// Runs a round-trip client on the calling thread.
 pub fn rtt(who: Who, t: &Target, plan: &RttPlan) -> Vec<u64> {
     match who {
-        Who::Syncws => syncws_rtt(t, plan),
+        Who::Syncws => syncws_rtt(t, plan, Dispatch::Actor),
+        Who::SyncwsInline => syncws_rtt(t, plan, Dispatch::Inline),
         Who::Raw => raw_rtt(t, plan),
         Who::Tokio => tokio_rtt(t, plan),
         _ => unreachable!(),

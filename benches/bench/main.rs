@@ -252,7 +252,7 @@ impl Bench {
             return;
         }
         let started = Instant::now();
-        let who = self.selected(&[Who::Syncws, Who::Raw, Who::Tokio]);
+        let who = self.selected(&[Who::Syncws, Who::SyncwsInline, Who::Raw, Who::Tokio]);
         let plan = RttPlan {
             warmup: self.plan.rtt_warmup,
             samples: self.plan.rtt_samples,
@@ -266,11 +266,21 @@ impl Bench {
                 server.join();
             }
         }
+        // One metric per dispatch mode, each with the same raw and tokio figures beside it:
+        // `rtt_p50_us_plain_actor` (the default) and `rtt_p50_us_plain_inline`.
         for (w, s) in who.iter().zip(&mut samples) {
             s.sort_unstable();
             for (name, p) in [("p50", 50.0), ("p99", 99.0), ("p999", 99.9)] {
                 let us = stats::percentile(s, p) as f64 / 1000.0;
-                self.record(&format!("rtt_{name}_us_{transport}"), w.name(), us);
+                for dispatch in ["actor", "inline"] {
+                    let client = match (w, dispatch) {
+                        (Who::Syncws, "actor") | (Who::SyncwsInline, "inline") => "syncws",
+                        (Who::Syncws | Who::SyncwsInline, _) => continue,
+                        _ => w.name(),
+                    };
+                    let metric = format!("rtt_{name}_us_{transport}_{dispatch}");
+                    self.record(&metric, client, us);
+                }
             }
         }
         eprintln!(

@@ -54,6 +54,8 @@ fn goal(metric: &str) -> Option<(bool, f64)> {
         Some((true, 0.95))
     } else if metric.starts_with("outbound_") {
         Some((true, 1.0))
+    } else if metric.starts_with("rtt_p50_") && metric.ends_with("_actor") {
+        Some((false, 2.0))
     } else if metric.starts_with("rtt_p50_") {
         Some((false, 1.5))
     } else if metric.starts_with("rtt_p99_") {
