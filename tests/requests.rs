@@ -450,6 +450,40 @@ fn unconfirmed_at_once_when_the_venue_drops_after_the_write() {
     client.shutdown(Duration::from_secs(1));
 }
 
+/// Finding 10: when a connection drops, its requests settle before its `Closed` event is
+/// published. Here the application does not read its events and the channel is full (ticker
+/// notifications, dropped past the first): the `Closed` event must wait for room, the caller
+/// must not.
+#[test]
+fn requests_settle_before_closed_is_published() {
+    let venue = Venue::start(Knobs {
+        drop_at_order: Some((1, DropWhen::BeforeAnswer)),
+        ..Knobs::default()
+    })
+    .unwrap();
+    let client = ready(
+        builder(&venue)
+            .event_queue(1)
+            .overflow(syncws::Overflow::DropNewest),
+    );
+    support::wait_until("a full event channel", WAIT, || {
+        client.events().is_full().then_some(())
+    });
+    let t0 = Instant::now();
+    let outcome = client.send_and_confirm(order(1).timeout(Duration::from_secs(5)));
+    assert_eq!(outcome, Outcome::Unconfirmed(Unknown::Disconnected));
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "answered at the drop, not at the deadline: {:?}",
+        t0.elapsed()
+    );
+    assert!(client.events().is_full(), "the Closed event still waits");
+    next_event(&client, WAIT, |e| {
+        matches!(e, Event::Closed { .. }).then_some(())
+    });
+    client.shutdown(Duration::from_secs(1));
+}
+
 #[test]
 fn answered_then_dropped_is_confirmed() {
     let venue = Venue::start(Knobs {
