@@ -147,10 +147,11 @@ impl std::fmt::Display for Cause {
 /// a public feed with no authentication implements only that and
 /// [`parse_reply`](Self::parse_reply).
 ///
-/// Its methods run one at a time, under the coordinator's lock, but not always on the
-/// coordinator thread: to save thread hand-offs, an input on the `send_and_confirm` path is
-/// handled on the thread it comes from (the caller's, the reader's or the writer's) when the
-/// coordinator is free. Keep them short, and never panic: a panic there is not caught.
+/// Its methods run one at a time on the coordinator thread ([`precheck`](Self::precheck)'s
+/// filter runs on the reader thread). With [`Dispatch::Inline`](crate::Dispatch::Inline) they
+/// may also run on the thread an input comes from (the caller's, the reader's or the writer's),
+/// under the coordinator's lock: keep them short. A panic in one is caught: the connection
+/// closes with [`Cause::CallbackPanicked`] and reconnecting follows the policy.
 ///
 /// ```
 /// use syncws::{Data, Endpoint, Frame, Reply};

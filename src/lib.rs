@@ -36,13 +36,21 @@
 //! - the **writer** drains its small control lane (pong, ping, close) before its bounded data
 //!   lane and writes each batch at once.
 //! - the **coordinator** owns the connection's state: a sans-IO state machine fed with user
-//!   commands and reader/writer reports in one total order, driving the close handshake and its
-//!   deadlines.
+//!   commands and reader/writer reports in one total order, driving reconnects, liveness, the
+//!   close handshake and request deadlines.
 //!
-//! [`Client::send_and_confirm`] takes a fast path: the state machine sits behind a lock, and when
-//! it is free the caller registers its request and, if the writer is idle and nothing is queued
-//! ahead, writes the frame itself without blocking; the reader matches the response and wakes the
-//! caller. The order of inputs is the same as through the coordinator thread.
+//! **Actor dispatch is the default** ([`Dispatch::Actor`]): only the coordinator thread steps the
+//! state, every [`Endpoint`] callback but the reader's `precheck` runs there, and only the writer
+//! thread writes the socket. [`Client::send_and_confirm`] puts the request's frame on the data
+//! lane in the caller's order among its `send`s; the writer takes it once the coordinator has
+//! registered the request.
+//!
+//! **Inline dispatch is the opt-in fast path** ([`Dispatch::Inline`]) for processes whose threads
+//! share cores: a round trip's inputs are stepped on the thread they come from when nothing is
+//! queued ahead of them, and a caller whose request is the only frame queued writes it itself
+//! (non-blocking). One thread hand-off per round trip instead of four; the price is that endpoint
+//! callbacks may run on any of the client's or the caller's threads, and a caller may write the
+//! socket.
 //!
 //! Over TLS the reader and writer each own a duplicate of the socket; the rustls state is locked
 //! only around in-memory encryption and decryption, so a blocked read never delays a write.
@@ -62,6 +70,8 @@
 //!   counted in [`Stats`].
 //! - Nothing from the network panics the library; violations close the connection with the
 //!   matching close code and are reported as [`Error::Protocol`].
+//! - A panicking user callback (endpoint, ingress, reconnect strategy) is caught: the connection
+//!   closes with [`Cause::CallbackPanicked`] and reconnecting follows the policy.
 //! - Close codes are preserved in both directions; [`CloseInfo`] says who initiated.
 //! - [`Client::shutdown`] (and `Drop`) bounds the close handshake and joins every thread.
 
