@@ -50,8 +50,11 @@ pub struct Config {
     pub max_message_size: usize,
     /// Initial read buffer size. Default 64 KiB; grows only for a frame that does not fit.
     pub read_buffer_size: usize,
-    /// Capacity, in frames, of the outbound data lane. Default 1024. When full,
-    /// [`Client::send`] waits and [`Client::try_send`] returns [`Error::QueueFull`].
+    /// Capacity, in frames, of the outbound data lane, shared by `send`s and the frames of
+    /// [`Client::send_and_confirm`] (which keep their caller's order among its sends). Default
+    /// 1024. When full, [`Client::send`] waits, [`Client::try_send`] returns
+    /// [`Error::QueueFull`] and a request is answered
+    /// [`Undelivered::QueueFull`](crate::Undelivered::QueueFull) at once.
     pub data_queue: usize,
     /// Capacity of the outbound control lane (pings, pongs, close). Default 64. Pongs are dropped
     /// (and counted) rather than fill its last slots.
