@@ -13,12 +13,13 @@
 
 use std::sync::atomic::{AtomicBool, Ordering, fence};
 use std::thread::{self, Thread};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{SendTimeoutError, Sender, TrySendError};
 use parking_lot::Mutex;
 
-/// Wakes the writer of the current connection.
+/// Wakes the thread registered with it (the writer of the current connection; a second bell
+/// wakes the coordinator thread).
 #[derive(Debug, Default)]
 pub(crate) struct Doorbell {
     /// The writer thread; `None` while no writer runs.
@@ -54,10 +55,19 @@ impl Doorbell {
     /// Parks the calling writer thread unless `has_work` says there is work. It may return
     /// without work (a stale wake-up): the caller polls again.
     pub(crate) fn wait(&self, has_work: impl Fn() -> bool) {
+        self.wait_until(has_work, None);
+    }
+
+    /// Like [`Doorbell::wait`], but gives up at `deadline` (a spurious or late return is fine:
+    /// the caller looks again).
+    pub(crate) fn wait_until(&self, has_work: impl Fn() -> bool, deadline: Option<Instant>) {
         self.sleeping.store(true, Ordering::Relaxed);
         fence(Ordering::SeqCst);
         if !has_work() {
-            thread::park();
+            match deadline {
+                Some(d) => thread::park_timeout(d.saturating_duration_since(Instant::now())),
+                None => thread::park(),
+            }
         }
         self.sleeping.store(false, Ordering::Relaxed);
     }

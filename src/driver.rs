@@ -79,9 +79,12 @@ impl<I: Ingress> Driver<I> {
     }
 
     pub(crate) fn run(mut self) {
+        let bell = self.factory.inputs.bell.clone();
+        bell.register();
         loop {
             let (input, from_inbox) = self.next_input();
             if !self.step_counted(input, from_inbox) {
+                bell.unregister();
                 return;
             }
         }
@@ -89,6 +92,10 @@ impl<I: Ingress> Driver<I> {
 
     /// Waits for a command or report, a finished dial, or the coordinator's next deadline.
     /// The flag says whether the input came from the inbox channel.
+    ///
+    /// It polls the inbox first (busy-polling if the wait strategy says so), then parks on the
+    /// inbox's doorbell, which every send rings: unlike a blocking channel receive, parking does
+    /// not yield the core to every runnable thread first.
     fn next_input(&mut self) -> (Input, bool) {
         let deadline = {
             let mut core = self.shared.core.lock();
@@ -96,46 +103,35 @@ impl<I: Ingress> Driver<I> {
             core.wakes_at = deadline;
             deadline
         };
-        let wait = self.factory.wait;
-        // `Some(None)`: stop polling, the blocking path below handles it (a finished dial, a
-        // closed channel).
-        let polled = wait.spin(|| match self.inputs.try_recv() {
-            Ok(input) => Some(Some(input)),
-            Err(_) if deadline.is_some_and(|d| Instant::now() >= d) => Some(None),
-            Err(crossbeam_channel::TryRecvError::Disconnected) => Some(None),
-            Err(_) if self.dial.as_ref().is_some_and(|d| !d.done.is_empty()) => Some(None),
-            Err(crossbeam_channel::TryRecvError::Empty) => None,
-        });
-        if let Some(Some(input)) = polled {
-            return (input, true);
-        }
-        let never = crossbeam_channel::never();
-        let dial_done = self.dial.as_ref().map_or(&never, |d| &d.done);
-        // `None`: the dial finished (the borrow of `self.dial` ends before it is collected).
-        let received = match deadline {
-            Some(deadline) => {
-                let timeout = deadline.saturating_duration_since(Instant::now());
-                select! {
-                    recv(self.inputs) -> m => Some(m),
-                    recv(dial_done) -> _ => None,
-                    default(timeout) => return (Input::Tick, false),
+        let bell = self.factory.inputs.bell.clone();
+        let mut spun = false;
+        loop {
+            match self.inputs.try_recv() {
+                Ok(input) => return (input, true),
+                // Every handle is gone: stop now.
+                Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                    let now = Instant::now();
+                    return (Input::Shutdown { deadline: now }, false);
+                }
+                Err(crossbeam_channel::TryRecvError::Empty) => {}
+            }
+            if self.dial.as_ref().is_some_and(|d| !d.done.is_empty()) {
+                return (self.finish_dial().unwrap_or(Input::Tick), false);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return (Input::Tick, false);
+            }
+            let has_work = || {
+                !self.inputs.is_empty() || self.dial.as_ref().is_some_and(|d| !d.done.is_empty())
+            };
+            if !spun {
+                spun = true;
+                let wait = self.factory.wait;
+                if wait.spin(|| has_work().then_some(())).is_some() {
+                    continue;
                 }
             }
-            None => select! {
-                recv(self.inputs) -> m => Some(m),
-                recv(dial_done) -> _ => None,
-            },
-        };
-        match received {
-            Some(Ok(input)) => (input, true),
-            // Every handle is gone: stop now.
-            Some(Err(_)) => (
-                Input::Shutdown {
-                    deadline: Instant::now(),
-                },
-                false,
-            ),
-            None => (self.finish_dial().unwrap_or(Input::Tick), false),
+            bell.wait_until(has_work, deadline);
         }
     }
 
@@ -301,6 +297,7 @@ impl<I: Ingress> Driver<I> {
         let spawned = spawn(name, move || {
             let result = factory.open(epoch, &headers, ingress, &slot);
             let _ = done_tx.send(());
+            factory.inputs.bell.ring();
             result
         });
         match spawned {

@@ -44,10 +44,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, SendTimeoutError, Sender, select};
+use crossbeam_channel::{Receiver, SendTimeoutError, Sender, TrySendError, select};
 use parking_lot::{Mutex, MutexGuard};
 
 use crate::coordinator::{Coordinator, Input, LinkEvent, Output, State};
+use crate::doorbell::Doorbell;
 use crate::link::Lanes;
 use crate::requests::{Outcome, WaiterId};
 use crate::stats::Counters;
@@ -258,11 +259,19 @@ pub(crate) struct Inbox {
     shared: Arc<Shared>,
     /// Inline dispatch ([`Dispatch::Inline`](crate::Dispatch::Inline)).
     inline: bool,
+    /// Wakes the coordinator thread, which parks on it when the inbox is empty.
+    pub bell: Arc<Doorbell>,
 }
 
 impl Inbox {
     pub(crate) fn new(tx: Sender<Input>, shared: Arc<Shared>, inline: bool) -> Self {
-        Inbox { tx, shared, inline }
+        let bell = Arc::new(Doorbell::default());
+        Inbox {
+            tx,
+            shared,
+            inline,
+            bell,
+        }
     }
 
     /// Sends on the channel, waiting for room.
@@ -289,11 +298,13 @@ impl Inbox {
     /// Sends on the channel from a link's reader or writer, giving up if the link is released
     /// first (the coordinator thread may be busy joining that very thread).
     pub(crate) fn report(&self, input: Input, release: &Receiver<()>) {
-        let _ = self.count(|tx| {
-            select! {
+        let _ = self.count(|tx| match tx.try_send(input) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Disconnected(input)) => Err(input),
+            Err(TrySendError::Full(input)) => select! {
                 send(tx, input) -> r => r.map_err(|e| e.into_inner()),
                 recv(release) -> _ => Err(Input::Tick),
-            }
+            },
         });
     }
 
@@ -313,12 +324,16 @@ impl Inbox {
         }
     }
 
-    /// Counts an input as queued while `send` puts it on the channel (uncounted if it fails).
+    /// Counts an input as queued while `send` puts it on the channel (uncounted if it fails),
+    /// and wakes the coordinator thread.
     fn count(&self, send: impl FnOnce(&Sender<Input>) -> Result<(), Input>) -> Result<(), Input> {
         self.shared.queued.fetch_add(1, Ordering::SeqCst);
         let sent = send(&self.tx);
-        if sent.is_err() {
-            self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+        match sent {
+            Ok(()) => self.bell.ring(),
+            Err(_) => {
+                self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+            }
         }
         sent
     }
