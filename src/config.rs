@@ -32,6 +32,9 @@ pub enum Overflow {
 }
 
 /// Connection settings. Every field has a safe default ([`Config::default`]).
+///
+/// Every duration may be anything up to [`Duration::MAX`]: deadlines saturate (a timeout too
+/// large for the clock means "never" in practice) instead of overflowing.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct Config {

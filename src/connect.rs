@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use rustls::{ClientConfig, ClientConnection};
 
+use crate::deadline;
 use crate::error::{Error, Result};
 use crate::handshake::{self, Upgraded};
 use crate::target::Target;
@@ -39,7 +40,7 @@ impl Dialer {
         extra_headers: &[(String, String)],
         on_tcp: &mut dyn FnMut(&TcpStream),
     ) -> Result<(Stream, Upgraded)> {
-        let deadline = Instant::now() + self.handshake_timeout;
+        let deadline = deadline::after(Instant::now(), self.handshake_timeout);
         let sock = self.tcp_connect(deadline)?;
         on_tcp(&sock);
         sock.set_nodelay(self.nodelay).map_err(Error::Io)?;

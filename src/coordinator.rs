@@ -39,6 +39,7 @@ use crate::ticket::Answer;
 
 use crate::backoff::Reconnect;
 use crate::codec::Violation;
+use crate::deadline;
 use crate::endpoint::{Action, Cause, Endpoint, Reply};
 use crate::error::Error;
 use crate::event::{CloseInfo, Initiator};
@@ -824,7 +825,7 @@ impl Coordinator {
             return;
         };
         out.push(Output::Send(Control::Close(Some((code, reason.clone())))));
-        let mut deadline = now + self.settings.close_timeout;
+        let mut deadline = deadline::after(now, self.settings.close_timeout);
         if let Some(stop) = self.stop_requested {
             deadline = deadline.min(stop);
         }
@@ -854,7 +855,7 @@ impl Coordinator {
                 let echo = frame.as_ref().map(|(code, _)| (*code, String::new()));
                 out.push(Output::Send(Control::Close(echo)));
                 let (code, reason) = frame.unwrap_or((CloseCode::NO_STATUS, String::new()));
-                let mut deadline = now + self.settings.close_timeout;
+                let mut deadline = deadline::after(now, self.settings.close_timeout);
                 if let Some(stop) = self.stop_requested {
                     deadline = deadline.min(stop);
                 }
@@ -945,7 +946,7 @@ impl Coordinator {
         }
         let reconnect = self.reconnect.as_mut()?;
         let action = self.endpoint.on_disconnect(cause);
-        if since.is_some_and(|s| now >= s + self.settings.stable_after) {
+        if since.is_some_and(|s| now >= deadline::after(s, self.settings.stable_after)) {
             reconnect.reset();
             self.failures = 0;
         }
@@ -957,8 +958,8 @@ impl Coordinator {
         self.failures = self.failures.saturating_add(1);
         let delay = reconnect.next_delay(self.failures)?.max(floor);
         self.phase = Phase::Waiting {
-            until: now + delay,
-            attempt: self.failures + 1,
+            until: deadline::after(now, delay),
+            attempt: self.failures.saturating_add(1),
         };
         Some(delay)
     }

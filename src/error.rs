@@ -7,8 +7,17 @@
 
 use std::fmt;
 use std::io;
+use std::time::Duration;
 
 use crate::frame::CloseCode;
+
+/// The longest `Retry-After` syncws honours: one hour. A server asking for more (or for a
+/// number too large to represent) gets this instead; [`Error::HandshakeRejected`] then reports
+/// its raw value in `retry_after_clamped_from`. The ceiling keeps a confused or hostile server
+/// from parking a client for years (or overflowing its clock); an
+/// [`Endpoint::on_disconnect`](crate::Endpoint::on_disconnect) that wants to wait longer can
+/// return its own [`Action::ReconnectAfter`](crate::Action::ReconnectAfter).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 /// Everything that can go wrong in syncws.
 #[derive(Debug)]
@@ -46,8 +55,13 @@ pub enum Error {
         headers: String,
         /// The start of the response body (what the server had sent with the headers), truncated.
         body: String,
-        /// The `Retry-After` header in seconds, if the server sent one (429, 503).
-        retry_after: Option<std::time::Duration>,
+        /// The `Retry-After` header in seconds, if the server sent one (429, 503), at most
+        /// [`MAX_RETRY_AFTER`]. An HTTP-date value is not interpreted (`None`).
+        retry_after: Option<Duration>,
+        /// `Some(raw)` when the server's `Retry-After` exceeded [`MAX_RETRY_AFTER`] and
+        /// `retry_after` was clamped to it: the value as the server sent it (truncated to 64
+        /// bytes). `None` when `retry_after` is the server's own value (or absent).
+        retry_after_clamped_from: Option<String>,
     },
     /// The server's upgrade response was not a valid WebSocket handshake (bad accept key, missing
     /// `Upgrade` header, malformed HTTP, unrequested subprotocol). The endpoint is not speaking
@@ -113,10 +127,19 @@ impl fmt::Display for Error {
             Error::Io(e) => write!(f, "socket error: {e}"),
             Error::Tls(e) => write!(f, "TLS error: {e}"),
             Error::TlsConfig(msg) => write!(f, "invalid TLS configuration: {msg}"),
-            Error::HandshakeRejected { status, body, .. } => {
+            Error::HandshakeRejected {
+                status,
+                body,
+                retry_after_clamped_from,
+                ..
+            } => {
                 write!(f, "server refused the WebSocket upgrade with HTTP {status}")?;
                 if !body.is_empty() {
                     write!(f, ": {body}")?;
+                }
+                if let Some(raw) = retry_after_clamped_from {
+                    let ceiling = MAX_RETRY_AFTER.as_secs();
+                    write!(f, " (Retry-After {raw} clamped to {ceiling} s)")?;
                 }
                 Ok(())
             }
