@@ -40,9 +40,13 @@ pub enum Overflow {
 pub struct Config {
     /// Prefix of the thread names (`NAME-reader`, `NAME-writer`, `NAME-coord`). Default `"syncws"`.
     pub name: String,
-    /// Time allowed for the TCP connect to each resolved address. Default 5 s.
+    /// Time allowed for the TCP connect to each resolved address (and never more than what is
+    /// left of `handshake_timeout`). Default 5 s.
     pub connect_timeout: Duration,
-    /// Time allowed for the whole opening: TCP, TLS and HTTP upgrade. Default 10 s.
+    /// Time allowed for the whole opening: TCP, TLS and HTTP upgrade. Default 10 s. It is one
+    /// absolute deadline: every read and write of the opening is bounded by what is left of it,
+    /// so a server that trickles its handshake byte by byte cannot stretch it. Exceeding it is
+    /// [`Error::Timeout`]`("handshake")` (or `("connect")` while still dialling).
     pub handshake_timeout: Duration,
     /// Time allowed for the close handshake before the socket is dropped. Default 2 s.
     pub close_timeout: Duration,

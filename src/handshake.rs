@@ -56,6 +56,9 @@ pub(crate) fn request(
 
 /// Writes the request and reads the response; errors map I/O timeouts to
 /// [`Error::Timeout`]`("handshake")`.
+///
+/// Every read and write blocks for as long as `stream` lets it: the caller bounds the whole
+/// exchange (see `connect.rs`, which arms each socket call with what is left of the deadline).
 pub(crate) fn upgrade<S: Read + Write>(
     stream: &mut S,
     target: &Target,

@@ -8,13 +8,19 @@ use std::io::Write;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use support::{TestServer, next_event, raw_accept, read_client_frame, read_request};
+use rustls::ServerConnection;
+use support::{Conn, Pki, TestServer, next_event, raw_accept, read_client_frame, read_request};
 use syncws::{
     Backoff, Cause, Client, CloseCode, Config, Error, Event, Frame, Keepalive, LatencyPolicy,
     MAX_RETRY_AFTER,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
+/// The opening timeout of the trickle tests, and how much later than it they may fail.
+const OPENING: Duration = Duration::from_secs(1);
+const SLACK: Duration = Duration::from_millis(500);
+/// How often a trickling server sends its next byte.
+const DRIP: Duration = Duration::from_millis(250);
 
 fn thread_alive(name: &str) -> bool {
     support::thread_names().iter().any(|n| n == name)
@@ -146,6 +152,109 @@ fn duration_max_timeouts_connect_and_shut_down_without_panic() {
     let started = Instant::now();
     client.shutdown(Duration::from_secs(2));
     assert!(started.elapsed() < Duration::from_secs(2));
+    server.join();
+}
+
+// -- Finding 2: the connect timeout is not a deadline -------------------------------------------
+
+/// Sends `bytes` one at a time, `DRIP` apart, until they run out, a write fails or `stop`
+/// fires. A bounded number are sent so that, without the fix, the test fails in seconds.
+fn trickle(conn: &mut impl Write, bytes: &[u8], stop: &mpsc::Receiver<()>) {
+    for b in bytes.iter().take(16) {
+        if conn.write_all(&[*b]).and_then(|()| conn.flush()).is_err() {
+            return;
+        }
+        if !matches!(
+            stop.recv_timeout(DRIP),
+            Err(mpsc::RecvTimeoutError::Timeout)
+        ) {
+            return;
+        }
+    }
+    let _ = stop.recv_timeout(WAIT); // Hold the connection open, silent.
+}
+
+fn assert_opening_times_out(result: Result<Client<std::convert::Infallible>, Error>, t: Instant) {
+    let took = t.elapsed();
+    assert!(
+        matches!(result, Err(Error::Timeout("handshake"))),
+        "{:?}",
+        result.map(|_| ())
+    );
+    assert!(took < OPENING + SLACK, "took {took:?}");
+}
+
+#[test]
+fn connect_timeout_is_a_deadline_against_a_trickled_upgrade_response() {
+    let (stop_tx, stop) = mpsc::channel();
+    let server = TestServer::start(None, 1, move |_, mut conn| {
+        let req = read_request(&mut conn);
+        trickle(&mut conn, &support::response_101(&req), &stop);
+    });
+    let started = Instant::now();
+    let result = Client::builder(&server.url("/"))
+        .connect_timeout(OPENING)
+        .handshake_timeout(OPENING)
+        .connect();
+    assert_opening_times_out(result, started);
+    drop(stop_tx);
+    server.join();
+}
+
+#[test]
+fn connect_timeout_is_a_deadline_against_a_trickled_upgrade_response_over_tls() {
+    let pki = Pki::new("trickle CA");
+    let (stop_tx, stop) = mpsc::channel();
+    let server = TestServer::start(
+        Some(pki.server_config(&["localhost"])),
+        1,
+        move |_, mut conn| {
+            let req = read_request(&mut conn); // Completes the TLS handshake at full speed.
+            trickle(&mut conn, &support::response_101(&req), &stop);
+        },
+    );
+    let started = Instant::now();
+    let result = Client::builder(&server.url("/"))
+        .add_root_certificate(pki.ca_der())
+        .connect_timeout(OPENING)
+        .handshake_timeout(OPENING)
+        .connect();
+    assert_opening_times_out(result, started);
+    drop(stop_tx);
+    server.join();
+}
+
+#[test]
+fn connect_timeout_is_a_deadline_against_a_trickled_tls_handshake() {
+    let pki = Pki::new("trickle CA");
+    let config = pki.server_config(&["localhost"]);
+    let (stop_tx, stop) = mpsc::channel();
+    let server = TestServer::start(None, 1, move |_, conn| {
+        let Conn::Plain(mut sock) = conn else {
+            unreachable!()
+        };
+        // Read the ClientHello, then trickle the server's whole first flight.
+        let mut tls = ServerConnection::new(config.clone()).unwrap();
+        while !tls.wants_write() {
+            if tls.read_tls(&mut sock).unwrap_or(0) == 0 {
+                return;
+            }
+            tls.process_new_packets().unwrap();
+        }
+        let mut flight = Vec::new();
+        while tls.wants_write() {
+            tls.write_tls(&mut flight).unwrap();
+        }
+        trickle(&mut sock, &flight, &stop);
+    });
+    let started = Instant::now();
+    let result = Client::builder(&server.url("/").replace("ws://127.0.0.1", "wss://localhost"))
+        .add_root_certificate(pki.ca_der())
+        .connect_timeout(OPENING)
+        .handshake_timeout(OPENING)
+        .connect();
+    assert_opening_times_out(result, started);
+    drop(stop_tx);
     server.join();
 }
 
