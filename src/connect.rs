@@ -46,6 +46,9 @@ impl Dialer {
         extra_headers: &[(String, String)],
         on_tcp: &mut dyn FnMut(&TcpStream),
     ) -> Result<(Stream, Upgraded)> {
+        // Refused before any connection is made: nothing of a bad header reaches the wire.
+        handshake::check_request(&self.headers, &self.subprotocols)?;
+        handshake::check_request(extra_headers, &[])?;
         let deadline = deadline::after(Instant::now(), self.handshake_timeout);
         let sock = self.tcp_connect(deadline)?;
         on_tcp(&sock);

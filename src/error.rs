@@ -26,9 +26,22 @@ pub enum Error {
     /// The URL could not be used: bad syntax, a scheme other than `ws`/`wss`, no host.
     /// Fix the URL; retrying will not help.
     Url(String),
-    /// A setting or argument is unusable: a header name that is not an HTTP token, a header
-    /// value with a line break, a close code that may not be sent. Fix it; retrying will not help.
+    /// A setting or argument is unusable: a zero keepalive interval, a close code that may not
+    /// be sent. Fix it; retrying will not help.
     Config(String),
+    /// A header of the upgrade request is not valid HTTP: a name that is not a token, or a value
+    /// with a byte no HTTP field value may hold (CR, LF, NUL or another control character), or a
+    /// subprotocol that is not a token. Nothing was sent: the request is refused before any
+    /// byte is written. Returned by [`connect`](crate::ClientBuilder::connect) for the builder's
+    /// headers, and as the cause of a failed attempt for
+    /// [`Endpoint::headers`](crate::Endpoint::headers). Fix the header; retrying will not help.
+    /// The value itself is never included (it may be a secret).
+    InvalidHeader {
+        /// The header name as given (it may itself be the invalid part).
+        name: String,
+        /// What is wrong, with the offending byte and its offset.
+        reason: String,
+    },
     /// No TCP connection could be made to any resolved address of `target`. `source` is the error
     /// of the last address tried (for example `ConnectionRefused` when nothing listens there).
     /// Usually transient: retry later or check the endpoint.
@@ -109,6 +122,7 @@ impl Error {
             Error::Closed { .. } | Error::Protocol { .. } => true,
             Error::Url(_)
             | Error::Config(_)
+            | Error::InvalidHeader { .. }
             | Error::Tls(_)
             | Error::TlsConfig(_)
             | Error::InvalidHandshake(_) => false,
@@ -121,6 +135,9 @@ impl fmt::Display for Error {
         match self {
             Error::Url(msg) => write!(f, "invalid URL: {msg}"),
             Error::Config(msg) => write!(f, "invalid setting: {msg}"),
+            Error::InvalidHeader { name, reason } => {
+                write!(f, "invalid upgrade request header {name:?}: {reason}")
+            }
             Error::Connect { target, source } => {
                 write!(f, "could not connect to {target}: {source}")
             }

@@ -29,7 +29,71 @@ pub(crate) struct Upgraded {
     pub protocol: Option<String>,
 }
 
-/// Builds the upgrade request.
+/// Checks a header before it is written: the name must be an HTTP token (RFC 9110 §5.1) and the
+/// value may only hold visible ASCII, spaces, tabs and non-ASCII UTF-8 (`field-vchar`,
+/// `obs-text`; RFC 9110 §5.5). Anything else (CR and LF above all) could end the header early
+/// and smuggle a header or a request of the caller's input's choosing.
+pub(crate) fn check_header(name: &str, value: &str) -> Result<()> {
+    let invalid = |reason: String| Error::InvalidHeader {
+        name: name.to_string(),
+        reason,
+    };
+    if name.is_empty() {
+        return Err(invalid("the name is empty".into()));
+    }
+    if let Some((at, b)) = name.bytes().enumerate().find(|&(_, b)| !is_tchar(b)) {
+        return Err(invalid(format!(
+            "the name has {} at offset {at}; names are HTTP tokens (letters, digits and              !#$%&'*+-.^_`|~)",
+            describe(b)
+        )));
+    }
+    let allowed = |b: u8| b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80;
+    if let Some((at, b)) = value.bytes().enumerate().find(|&(_, b)| !allowed(b)) {
+        return Err(invalid(format!(
+            "the value has {} at offset {at}, which no HTTP field value may hold",
+            describe(b)
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a subprotocol: an HTTP token (RFC 6455 §4.1).
+pub(crate) fn check_subprotocol(protocol: &str) -> Result<()> {
+    if !protocol.is_empty() && protocol.bytes().all(is_tchar) {
+        return Ok(());
+    }
+    Err(Error::InvalidHeader {
+        name: "Sec-WebSocket-Protocol".into(),
+        reason: format!("subprotocol {protocol:?} is not an HTTP token"),
+    })
+}
+
+/// Checks everything [`request`] will write from the caller's input.
+pub(crate) fn check_request(headers: &[(String, String)], subprotocols: &[String]) -> Result<()> {
+    for (name, value) in headers {
+        check_header(name, value)?;
+    }
+    subprotocols.iter().try_for_each(|p| check_subprotocol(p))
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// A byte for an error message, naming the usual suspects.
+fn describe(b: u8) -> String {
+    match b {
+        b'\r' => "a carriage return (CR, 0x0d)".into(),
+        b'\n' => "a line feed (LF, 0x0a)".into(),
+        0 => "a NUL byte (0x00)".into(),
+        0x80.. => format!("the non-ASCII byte {b:#04x}"),
+        b if b.is_ascii_graphic() => format!("the character {:?} ({b:#04x})", b as char),
+        b => format!("the byte {b:#04x}"),
+    }
+}
+
+/// Builds the upgrade request. The headers and subprotocols must have passed
+/// [`check_request`].
 pub(crate) fn request(
     target: &Target,
     key: &str,
@@ -55,7 +119,8 @@ pub(crate) fn request(
 }
 
 /// Writes the request and reads the response; errors map I/O timeouts to
-/// [`Error::Timeout`]`("handshake")`.
+/// [`Error::Timeout`]`("handshake")`. Headers that fail [`check_request`] are refused before
+/// anything is written.
 ///
 /// Every read and write blocks for as long as `stream` lets it: the caller bounds the whole
 /// exchange (see `connect.rs`, which arms each socket call with what is left of the deadline).
@@ -65,6 +130,7 @@ pub(crate) fn upgrade<S: Read + Write>(
     headers: &[(String, String)],
     subprotocols: &[String],
 ) -> Result<Upgraded> {
+    check_request(headers, subprotocols)?;
     let key = tungstenite::handshake::client::generate_key();
     let req = request(target, &key, headers, subprotocols);
     stream
@@ -366,6 +432,61 @@ mod tests {
             Error::HandshakeRejected { body, .. } => assert_eq!(body, "short"),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn header_values_are_validated_and_refused_unwritten() {
+        // Finding 4: only CR, LF and NUL were refused, and only in the builder.
+        let bad: &[(&str, &str)] = &[
+            ("X-A", "v\r\nX-Evil: 1"),
+            ("X-A", "v\nX-Evil: 1"),
+            ("X-A", "v\rX"),
+            ("X-A", "nul\0"),
+            ("X-A", "bell\x07"),
+            ("X-A", "del\x7f"),
+            ("X-A", "esc\x1b[0m"),
+            ("", "v"),
+            ("X A", "v"),
+            ("X-A:", "v"),
+            ("X-A\r\nX-Evil", "v"),
+            ("Ünï", "v"),
+        ];
+        for (name, value) in bad {
+            assert!(
+                matches!(check_header(name, value), Err(Error::InvalidHeader { .. })),
+                "{name:?}: {value:?}"
+            );
+            let mut fake = Fake {
+                input: Cursor::new(Vec::new()),
+                written: Vec::new(),
+            };
+            let headers = [(name.to_string(), value.to_string())];
+            let result = upgrade(&mut fake, &target(), &headers, &[]);
+            assert!(
+                matches!(result, Err(Error::InvalidHeader { .. })),
+                "{result:?}"
+            );
+            assert!(fake.written.is_empty(), "{name:?}: bytes were written");
+        }
+        for (name, value) in [
+            ("Authorization", "Bearer a.b-c_d~e+f/g="),
+            ("X-Tab", "a\tb c"),
+            ("X-Utf8", "caf\u{e9}"),
+            ("X-Empty", ""),
+        ] {
+            assert!(check_header(name, value).is_ok(), "{name:?}: {value:?}");
+        }
+        assert!(check_subprotocol("v2.json").is_ok());
+        for bad in ["", "a b", "v1\r\nX-Evil: 1", "a,b"] {
+            assert!(check_subprotocol(bad).is_err(), "{bad:?}");
+        }
+        // The message names the byte, never the value (it may be a secret).
+        let err = check_header("Authorization", "Bearer s3cret\r\n").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("carriage return") && !text.contains("s3cret"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -1,18 +1,22 @@
-//! Regression tests for hardening findings, end to end over loopback sockets.
+//! Regression tests for hardening findings, end to end over loopback sockets: a server's header
+//! cannot kill the coordinator, the opening timeout is a deadline, the message limit applies to
+//! a single frame, and bad request headers are refused before any byte is written.
 //!
 //! Each test is named after its finding.
 
 mod support;
 
-use std::io::Write;
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpListener;
 use std::sync::mpsc;
+use std::thread;
 use std::time::{Duration, Instant};
 
 use rustls::ServerConnection;
 use support::{Conn, Pki, TestServer, next_event, raw_accept, read_client_frame, read_request};
 use syncws::{
-    Backoff, Cause, Client, CloseCode, Config, Error, Event, Frame, Keepalive, LatencyPolicy,
-    MAX_RETRY_AFTER,
+    Backoff, Cause, Client, CloseCode, Config, Endpoint, Error, Event, Frame, Keepalive,
+    LatencyPolicy, MAX_RETRY_AFTER,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -306,4 +310,134 @@ fn max_message_size_applies_to_a_single_frame() {
     );
     client.shutdown(Duration::from_secs(2));
     server.join();
+}
+
+// -- Finding 4: header values are not validated ---------------------------------------------------
+
+/// Every connection made to `listener` so far, with every byte each one sent (the listener is
+/// never accepted from otherwise, so a connection attempt would sit in its backlog).
+fn recorded(listener: &TcpListener) -> Vec<Vec<u8>> {
+    listener.set_nonblocking(true).unwrap();
+    let mut conns = Vec::new();
+    loop {
+        match listener.accept() {
+            Ok((mut sock, _)) => {
+                sock.set_nonblocking(false).unwrap();
+                sock.set_read_timeout(Some(Duration::from_millis(200)))
+                    .unwrap();
+                let mut bytes = Vec::new();
+                let _ = sock.read_to_end(&mut bytes);
+                conns.push(bytes);
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return conns,
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+}
+
+#[test]
+fn header_values_are_validated_in_the_builder() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    let bad: &[(&str, &str)] = &[
+        ("X-Token", "t\r\nX-Evil: 1"),
+        ("X-Token", "t\nX-Evil: 1"),
+        ("X-Token", "t\rX-Evil: 1"),
+        ("X-Token", "t\0"),
+        ("X-Token", "t\x01"),
+        ("X-Token", "t\x7f"),
+        ("X-Evil: 1\r\nX-Token", "t"),
+        ("X Token", "t"),
+        ("", "t"),
+    ];
+    for (name, value) in bad {
+        let result = Client::builder(&url)
+            .header("Authorization", "Bearer fine")
+            .header(*name, *value)
+            .handshake_timeout(Duration::from_secs(1))
+            .connect();
+        match result {
+            Err(Error::InvalidHeader { name: got, reason }) => {
+                assert_eq!(got, *name);
+                assert!(!reason.is_empty());
+            }
+            other => panic!("{name:?}: {value:?} gave {:?}", other.map(|_| ())),
+        }
+    }
+    let result = Client::builder(&url)
+        .subprotocol("v1\r\nX-Evil: 1")
+        .connect();
+    assert!(
+        matches!(result, Err(Error::InvalidHeader { .. })),
+        "{:?}",
+        result.map(|_| ())
+    );
+    assert_eq!(
+        recorded(&listener),
+        Vec::<Vec<u8>>::new(),
+        "nothing reached the server"
+    );
+}
+
+/// Good headers on the first attempt, a smuggled header on every later one.
+struct SmugglingEndpoint;
+
+impl Endpoint for SmugglingEndpoint {
+    fn headers(&mut self, attempt: u32) -> Vec<(String, String)> {
+        let value = match attempt {
+            1 => "t1".to_string(),
+            n => format!("t{n}\r\nX-Evil: 1"),
+        };
+        vec![("X-Token".into(), value)]
+    }
+    fn subscribe(&mut self, topic: &str) -> Frame {
+        Frame::text(topic)
+    }
+}
+
+#[test]
+fn header_values_are_validated_in_endpoint_headers() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    // The first connection is served (101, then dropped) and recorded; later ones are not
+    // accepted here, so `recorded` finds them in the backlog.
+    let first = listener.try_clone().unwrap();
+    let server = thread::spawn(move || {
+        let (sock, _) = first.accept().unwrap();
+        let mut conn = Conn::Plain(sock);
+        raw_accept(&mut conn, &[])
+    });
+    let client = Client::builder(&url)
+        .endpoint(SmugglingEndpoint)
+        .reconnect(Backoff::new(
+            Duration::from_millis(1),
+            Duration::from_millis(5),
+        ))
+        .handshake_timeout(Duration::from_secs(1))
+        .connect()
+        .unwrap();
+    let first_request = server.join().unwrap();
+    assert!(
+        first_request.contains("\r\nX-Token: t1\r\n"),
+        "{first_request}"
+    );
+    let (cause, reconnect) = next_event(&client, WAIT, |e| match e {
+        Event::ConnectFailed {
+            attempt: 2,
+            cause,
+            reconnect,
+        } => Some((cause, reconnect)),
+        _ => None,
+    });
+    match &*cause {
+        Cause::ConnectFailed(Error::InvalidHeader { name, .. }) => assert_eq!(name, "X-Token"),
+        other => panic!("unexpected cause {other:?}"),
+    }
+    assert_eq!(reconnect, None, "a bad header is not retried");
+    assert_eq!(
+        recorded(&listener),
+        Vec::<Vec<u8>>::new(),
+        "nothing reached the server"
+    );
+    client.shutdown(Duration::from_secs(2));
 }
