@@ -52,9 +52,10 @@
 //! With an [`Endpoint`] (the venue's dialect: authentication, subscriptions, acknowledgements)
 //! and a [`Reconnect`] strategy such as [`Backoff`], the coordinator notices a dead link within
 //! a bounded time ([`Keepalive`] pings, data staleness, acknowledgement timeouts, a
-//! [`LatencyPolicy`]), reconnects on a deterministic schedule, and restores the session:
-//! authentication first, then every desired subscription exactly once. [`Event`]s report each
-//! step with the connection epoch; [`Stats`] has the health figures.
+//! [`LatencyPolicy`]), reconnects on a jittered backoff schedule (reproducible with a fixed
+//! [`Backoff::seed`]), and restores the session: authentication first, then every desired
+//! subscription exactly once. [`Event`]s report each step with the connection epoch; [`Stats`]
+//! has the health figures.
 //!
 //! ## Guarantees
 //!
