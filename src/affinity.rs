@@ -48,7 +48,9 @@ impl WaitStrategy {
         let until = match self {
             WaitStrategy::Block => return None,
             WaitStrategy::Spin => None,
-            WaitStrategy::SpinThenBlock { budget } => Some(Instant::now() + budget),
+            WaitStrategy::SpinThenBlock { budget } => {
+                Some(crate::deadline::after(Instant::now(), budget))
+            }
         };
         loop {
             if let Some(v) = poll() {
@@ -115,6 +117,16 @@ mod sys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn duration_max_spin_budget_does_not_panic() {
+        // Finding 1 (same class): `Instant::now() + budget` overflowed for a huge budget.
+        let budget = Duration::MAX;
+        assert_eq!(
+            WaitStrategy::SpinThenBlock { budget }.spin(|| Some(7)),
+            Some(7)
+        );
+    }
 
     #[test]
     fn block_never_polls_and_spin_then_block_gives_up() {

@@ -1,5 +1,7 @@
 //! Reconnect scheduling: the [`Reconnect`] strategy trait and its default, exponential backoff
-//! with full jitter drawn from a seeded generator (same seed, same delays).
+//! with full jitter drawn from a seeded generator (same seed, same delays). Unless a seed is
+//! given, each [`Backoff`] seeds itself from the operating system's secure random source, so a
+//! fleet of clients restarted together does not reconnect in lock-step.
 //!
 //! The coordinator asks the strategy for a delay after each failed attempt or lost connection,
 //! and resets it once a connection has stayed up for `stable_after`. A server's `Retry-After`
@@ -19,7 +21,11 @@ pub trait Reconnect: Send + 'static {
 }
 
 /// Exponential backoff with full jitter: the delay before retry `n` is uniform in
-/// `[0, min(max, initial * 2^(n-1))]`, drawn from a SplitMix64 generator seeded by `seed`.
+/// `[0, min(max, initial * 2^(n-1))]`, drawn from a SplitMix64 generator.
+///
+/// The generator is seeded from the operating system's secure random source by default, so
+/// clients that lose their server at the same moment spread their reconnects out instead of
+/// arriving together. [`seed`](Self::seed) makes the schedule reproducible (tests, replays).
 ///
 /// ```
 /// use std::time::Duration;
@@ -43,17 +49,18 @@ pub struct Backoff {
 
 impl Backoff {
     /// Backoff starting at `initial`, doubling per failure, capped at `max`, retrying forever,
-    /// seeded with 0.
+    /// with jitter seeded from the operating system (a different schedule for every instance).
     pub fn new(initial: Duration, max: Duration) -> Self {
         Backoff {
             initial,
             max,
             max_attempts: None,
-            rng: SplitMix64(0),
+            rng: SplitMix64(os_seed()),
         }
     }
 
-    /// Seeds the jitter generator.
+    /// Seeds the jitter generator: the same seed gives the same schedule of delays. Without
+    /// it, the seed comes from the operating system.
     pub fn seed(mut self, seed: u64) -> Self {
         self.rng = SplitMix64(seed);
         self
@@ -73,7 +80,7 @@ impl Backoff {
 }
 
 impl Default for Backoff {
-    /// 100 ms doubling to 30 s, forever, seed 0.
+    /// 100 ms doubling to 30 s, forever, seeded from the operating system.
     fn default() -> Self {
         Backoff::new(Duration::from_millis(100), Duration::from_secs(30))
     }
@@ -84,14 +91,33 @@ impl Reconnect for Backoff {
         if self.max_attempts.is_some_and(|max| failures > max) {
             return None;
         }
-        let ceiling = self.ceiling(failures).as_nanos() as u64;
-        let jittered = if ceiling == 0 {
-            0
-        } else {
-            self.rng.next() % (ceiling + 1)
+        // Saturates at ~584 years; `max` may be anything up to `Duration::MAX`.
+        let ceiling = u64::try_from(self.ceiling(failures).as_nanos()).unwrap_or(u64::MAX);
+        let jittered = match ceiling.checked_add(1) {
+            Some(range) => self.rng.next() % range,
+            None => self.rng.next(),
         };
         Some(Duration::from_nanos(jittered))
     }
+}
+
+/// A seed from the operating system's secure random source (through the rustls crypto
+/// provider the crate already uses for masking keys). Should that source fail, std's per-process
+/// random hash keys and the clock still give each client a different seed.
+fn os_seed() -> u64 {
+    let mut bytes = [0u8; 8];
+    let rng = rustls::crypto::ring::default_provider().secure_random;
+    if rng.fill(&mut bytes).is_ok() {
+        return u64::from_ne_bytes(bytes);
+    }
+    log::warn!("secure random source failed; seeding reconnect jitter from the hash keys");
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    if let Ok(t) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        h.write_u128(t.as_nanos());
+    }
+    h.write_u32(std::process::id());
+    h.finish()
 }
 
 /// SplitMix64: tiny, fast, and good enough for jitter; fully determined by its seed.
@@ -143,6 +169,34 @@ mod tests {
             .collect();
         assert!(samples.iter().any(|&ms| ms < 100));
         assert!(samples.iter().any(|&ms| ms > 900));
+    }
+
+    fn delays(mut b: Backoff) -> Vec<Duration> {
+        (1..=20).map(|n| b.next_delay(n).unwrap()).collect()
+    }
+
+    #[test]
+    fn default_jitter_is_not_identical_across_a_fleet() {
+        // Finding 8: every default Backoff used seed 0, so a fleet restarted together
+        // reconnected in lock-step.
+        assert_ne!(delays(Backoff::default()), delays(Backoff::default()));
+        let (initial, max) = (Duration::from_millis(100), Duration::from_secs(10));
+        assert_ne!(
+            delays(Backoff::new(initial, max)),
+            delays(Backoff::new(initial, max))
+        );
+        assert_eq!(
+            delays(Backoff::default().seed(7)),
+            delays(Backoff::default().seed(7))
+        );
+    }
+
+    #[test]
+    fn huge_bounds_do_not_overflow_the_jitter() {
+        let mut b = Backoff::new(Duration::MAX, Duration::MAX).seed(1);
+        for n in [1, 2, 31, 32, u32::MAX] {
+            assert!(b.next_delay(n).is_some());
+        }
     }
 
     #[test]

@@ -20,6 +20,7 @@ use crate::codec::Limits;
 use crate::config::{ClientBuilder, Config};
 use crate::connect::Dialer;
 use crate::coordinator::{Control, Coordinator, Input, Settings, State};
+use crate::deadline;
 use crate::doorbell::{Doorbell, Lane};
 use crate::driver::Driver;
 use crate::endpoint::Endpoint;
@@ -327,7 +328,7 @@ impl<T> Client<T> {
         let id = request.id;
         let resolved = |outcome| Ticket::resolved(id, Outcome::NotDelivered(outcome));
         // Absolute from here on: the coordinator and the writer never re-anchor it.
-        let deadline = deadline_after(Instant::now(), request.timeout);
+        let deadline = deadline::after(Instant::now(), request.timeout);
         if self.counters.state() != State::Ready {
             // Between connections or closed for good; a client that is shutting down cannot be
             // called any more (`shutdown` takes it by value).
@@ -425,7 +426,7 @@ impl<T> Client<T> {
         // Drop our end of the event channel: a reader or coordinator waiting for room in it is
         // released at once (unless the application holds a clone of the receiver).
         self.events = crossbeam_channel::never();
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline::after(Instant::now(), timeout);
         let sent = self
             .inputs
             .send_deadline(Input::Shutdown { deadline }, deadline);
@@ -465,12 +466,6 @@ impl<T> Client<T> {
 
 /// Data frames travel on the data lane (`Ok(Ok)`); everything else is a coordinator command
 /// (`Ok(Err)`); a close with a code that may not be sent is refused.
-/// `now + d`, saturating at a far future instead of overflowing (a `Duration::MAX` timeout).
-fn deadline_after(now: Instant, d: Duration) -> Instant {
-    now.checked_add(d)
-        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
-}
-
 fn route(frame: Frame) -> Result<std::result::Result<Frame, Input>> {
     Ok(match frame {
         data @ (Frame::Text(_) | Frame::Binary(_)) => Ok(data),

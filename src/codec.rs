@@ -170,7 +170,34 @@ impl Decoder {
                 ),
             ));
         }
-        let total = header_len + header.len as usize;
+        // A data frame is (part of) a message: refuse it as soon as its header says the message
+        // would exceed the limit, before its payload is waited for or buffered.
+        if header.opcode < OP_CLOSE {
+            let before = match header.opcode {
+                OP_CONTINUATION => self.partial.len() as u64,
+                _ => 0,
+            };
+            let message = before.saturating_add(header.len);
+            if message > self.limits.max_message as u64 {
+                return Err(violation(
+                    CloseCode::TOO_BIG,
+                    format!(
+                        "message of at least {message} bytes exceeds the limit of {} bytes",
+                        self.limits.max_message
+                    ),
+                ));
+            }
+        }
+        // Fits: `header.len <= max_frame`, a `usize`; only the header's few bytes can overflow.
+        let Some(total) = usize::try_from(header.len)
+            .ok()
+            .and_then(|len| len.checked_add(header_len))
+        else {
+            return Err(violation(
+                CloseCode::TOO_BIG,
+                format!("frame of {} bytes is too large to buffer", header.len),
+            ));
+        };
         if buf.len() < total {
             return Ok(Step::Need(total));
         }
@@ -221,7 +248,7 @@ impl Decoder {
     }
 
     fn append_fragment(&mut self, payload: &[u8]) -> Result<(), Violation> {
-        if self.partial.len() + payload.len() > self.limits.max_message {
+        if self.partial.len().saturating_add(payload.len()) > self.limits.max_message {
             return Err(violation(
                 CloseCode::TOO_BIG,
                 format!(
@@ -474,6 +501,72 @@ mod tests {
         ));
         let b = server_frame(0x80, &[0; 100]);
         assert_eq!(d.decode(&b).unwrap_err().code, CloseCode::TOO_BIG);
+    }
+
+    #[test]
+    fn max_message_size_applies_to_a_single_frame() {
+        // Finding 3: one 5,000-byte text frame with a 1,000-byte message limit was delivered.
+        let mut d = Decoder::new(Limits {
+            max_frame: 1 << 20,
+            max_message: 1000,
+        });
+        let wire = server_frame(0x81, &[b'a'; 5000]);
+        // Only the 4-byte header is there: refused before the payload is waited for.
+        let err = d.decode(&wire[..4]).unwrap_err();
+        assert_eq!(err.code, CloseCode::TOO_BIG, "{err:?}");
+        let err = Decoder::new(Limits {
+            max_frame: 1 << 20,
+            max_message: 1000,
+        })
+        .decode(&wire)
+        .unwrap_err();
+        assert_eq!(err.code, CloseCode::TOO_BIG);
+        // A frame exactly at the limit is fine; so is a control frame under a tiny limit.
+        let mut d = Decoder::new(Limits {
+            max_frame: 1 << 20,
+            max_message: 1000,
+        });
+        let ok = server_frame(0x82, &[0; 1000]);
+        assert!(matches!(d.decode(&ok), Ok(Step::Frame(1004, _))));
+        let mut d = Decoder::new(Limits {
+            max_frame: 1 << 20,
+            max_message: 0,
+        });
+        assert!(matches!(
+            d.decode(&server_frame(0x89, b"ping")),
+            Ok(Step::Frame(_, Decoded::Ping(b"ping")))
+        ));
+    }
+
+    #[test]
+    fn max_message_size_applies_to_a_continuation_at_its_header() {
+        let mut d = Decoder::new(Limits {
+            max_frame: 1 << 20,
+            max_message: 150,
+        });
+        let a = server_frame(0x02, &[0; 100]);
+        assert!(matches!(
+            d.decode(&a).unwrap(),
+            Step::Frame(_, Decoded::Fragment)
+        ));
+        let b = server_frame(0x80, &[0; 100]);
+        assert_eq!(d.decode(&b[..4]).unwrap_err().code, CloseCode::TOO_BIG);
+    }
+
+    #[test]
+    fn largest_lengths_never_overflow() {
+        // A 2^63-1 byte frame under limits that allow everything.
+        let mut wire = vec![0x82, 127];
+        wire.extend_from_slice(&(u64::MAX >> 1).to_be_bytes());
+        let mut d = Decoder::new(Limits {
+            max_frame: usize::MAX,
+            max_message: usize::MAX,
+        });
+        match d.decode(&wire) {
+            Ok(Step::Need(n)) => assert!(n > wire.len()),
+            Err(v) => assert_eq!(v.code, CloseCode::TOO_BIG),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

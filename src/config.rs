@@ -33,14 +33,21 @@ pub enum Overflow {
 }
 
 /// Connection settings. Every field has a safe default ([`Config::default`]).
+///
+/// Every duration may be anything up to [`Duration::MAX`]: deadlines saturate (a timeout too
+/// large for the clock means "never" in practice) instead of overflowing.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct Config {
     /// Prefix of the thread names (`NAME-reader`, `NAME-writer`, `NAME-coord`). Default `"syncws"`.
     pub name: String,
-    /// Time allowed for the TCP connect to each resolved address. Default 5 s.
+    /// Time allowed for the TCP connect to each resolved address (and never more than what is
+    /// left of `handshake_timeout`). Default 5 s.
     pub connect_timeout: Duration,
-    /// Time allowed for the whole opening: TCP, TLS and HTTP upgrade. Default 10 s.
+    /// Time allowed for the whole opening: TCP, TLS and HTTP upgrade. Default 10 s. It is one
+    /// absolute deadline: every read and write of the opening is bounded by what is left of it,
+    /// so a server that trickles its handshake byte by byte cannot stretch it. Exceeding it is
+    /// [`Error::Timeout`]`("handshake")` (or `("connect")` while still dialling).
     pub handshake_timeout: Duration,
     /// Time allowed for the close handshake before the socket is dropped. Default 2 s.
     pub close_timeout: Duration,
@@ -156,7 +163,7 @@ pub struct ClientBuilder {
     reconnect: Option<Box<dyn Reconnect>>,
     topics: Vec<String>,
     /// The first invalid setting, reported by `connect`.
-    invalid: Option<String>,
+    invalid: Option<Error>,
 }
 
 impl std::fmt::Debug for ClientBuilder {
@@ -273,27 +280,34 @@ impl ClientBuilder {
     }
 
     /// Adds a header to the upgrade request (authentication tokens, API keys, `Origin`).
-    /// Names must be HTTP tokens and values must not contain line breaks; `connect` reports a
-    /// violation as [`Error::Config`].
+    /// Names must be HTTP tokens; values may hold visible ASCII, spaces, tabs and non-ASCII
+    /// text, but no CR, LF, NUL or other control character. `connect` reports the first
+    /// violation as [`Error::InvalidHeader`] without opening a connection.
+    ///
+    /// ```
+    /// use syncws::{Client, Error};
+    ///
+    /// let result = Client::builder("ws://127.0.0.1:9/").header("X-Id", "1\r\nX-Evil: 1").connect();
+    /// assert!(matches!(result, Err(Error::InvalidHeader { .. })));
+    /// ```
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         let (name, value) = (name.into(), value.into());
-        let name_ok = !name.is_empty()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-        let value_ok = !value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0);
-        if !(name_ok && value_ok) {
-            self.invalid
-                .get_or_insert(format!("invalid header {name:?}: {value:?}"));
+        if let Err(e) = crate::handshake::check_header(&name, &value) {
+            self.invalid.get_or_insert(e);
         }
         self.headers.push((name, value));
         self
     }
 
     /// Offers a subprotocol (`Sec-WebSocket-Protocol`). Call once per protocol, in preference
-    /// order; [`Client::protocol`] tells which one the server chose.
+    /// order; [`Client::protocol`] tells which one the server chose. A protocol must be an
+    /// HTTP token; `connect` reports one that is not as [`Error::InvalidHeader`].
     pub fn subprotocol(mut self, protocol: impl Into<String>) -> Self {
-        self.subprotocols.push(protocol.into());
+        let protocol = protocol.into();
+        if let Err(e) = crate::handshake::check_subprotocol(&protocol) {
+            self.invalid.get_or_insert(e);
+        }
+        self.subprotocols.push(protocol);
         self
     }
 
@@ -385,8 +399,8 @@ impl ClientBuilder {
     /// after DNS resolution. A failed first attempt is returned as the error (no background
     /// retries); once connected, the [`reconnect`](Self::reconnect) strategy keeps it alive.
     pub fn connect_with<I: Ingress>(self, ingress: I) -> Result<Client<I::Output>> {
-        if let Some(msg) = self.invalid {
-            return Err(Error::Config(msg));
+        if let Some(error) = self.invalid {
+            return Err(error);
         }
         if let Keepalive::Ping { interval, timeout }
         | Keepalive::App {

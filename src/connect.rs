@@ -2,13 +2,20 @@
 //!
 //! The whole sequence runs under one handshake deadline; each address gets at most
 //! `connect_timeout` of it. Addresses are tried in resolver order and the last failure is reported.
+//!
+//! The deadline is absolute: every socket read and write of the TLS handshake and the HTTP
+//! upgrade is armed with what is left of it ([`Deadlined`]), so a server that trickles its answer
+//! one byte at a time runs out of time like a silent one. (Re-arming a whole timeout per read
+//! would let each byte buy another full timeout.)
 
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustls::{ClientConfig, ClientConnection};
 
+use crate::deadline;
 use crate::error::{Error, Result};
 use crate::handshake::{self, Upgraded};
 use crate::target::Target;
@@ -39,7 +46,10 @@ impl Dialer {
         extra_headers: &[(String, String)],
         on_tcp: &mut dyn FnMut(&TcpStream),
     ) -> Result<(Stream, Upgraded)> {
-        let deadline = Instant::now() + self.handshake_timeout;
+        // Refused before any connection is made: nothing of a bad header reaches the wire.
+        handshake::check_request(&self.headers, &self.subprotocols)?;
+        handshake::check_request(extra_headers, &[])?;
+        let deadline = deadline::after(Instant::now(), self.handshake_timeout);
         let sock = self.tcp_connect(deadline)?;
         on_tcp(&sock);
         sock.set_nodelay(self.nodelay).map_err(Error::Io)?;
@@ -51,18 +61,22 @@ impl Dialer {
             None => None,
         };
         let mut stream = Stream { sock, tls };
-        set_timeouts(&stream.sock, deadline)?;
-        if let Some(conn) = &mut stream.tls {
+        let mut io = HandshakeIo {
+            sock: Deadlined {
+                sock: &stream.sock,
+                deadline,
+            },
+            tls: stream.tls.as_mut(),
+        };
+        if let Some(conn) = &mut io.tls {
             while conn.is_handshaking() {
-                set_timeouts(&stream.sock, deadline)?;
-                conn.complete_io(&mut stream.sock)
+                conn.complete_io(&mut io.sock)
                     .map_err(handshake::io_error)?;
             }
         }
-        set_timeouts(&stream.sock, deadline)?;
         let headers: Vec<(String, String)> =
             self.headers.iter().chain(extra_headers).cloned().collect();
-        let upgraded = handshake::upgrade(&mut stream, &self.target, &headers, &self.subprotocols)?;
+        let upgraded = handshake::upgrade(&mut io, &self.target, &headers, &self.subprotocols)?;
         log::debug!(
             "connected to {}:{} (tls: {}, protocol: {:?}, {} early bytes)",
             self.target.host,
@@ -104,12 +118,75 @@ impl Dialer {
     }
 }
 
-/// Bounds every blocking read and write by what is left of the handshake deadline.
-fn set_timeouts(sock: &TcpStream, deadline: Instant) -> Result<()> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        return Err(Error::Timeout("handshake"));
+/// The socket during the opening: every read and write first sets the socket's timeout to what
+/// is left of `deadline`, and fails with `TimedOut` once nothing is left.
+struct Deadlined<'a> {
+    sock: &'a TcpStream,
+    deadline: Instant,
+}
+
+impl Deadlined<'_> {
+    fn left(&self) -> io::Result<Duration> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "opening handshake deadline passed",
+            ));
+        }
+        Ok(left)
     }
-    sock.set_read_timeout(Some(left)).map_err(Error::Io)?;
-    sock.set_write_timeout(Some(left)).map_err(Error::Io)
+}
+
+impl Read for Deadlined<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.sock.set_read_timeout(Some(self.left()?))?;
+        let mut sock = self.sock;
+        sock.read(buf)
+    }
+}
+
+impl Write for Deadlined<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.sock.set_write_timeout(Some(self.left()?))?;
+        let mut sock = self.sock;
+        sock.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(()) // A TCP socket has no user-space buffer.
+    }
+}
+
+/// The stream the upgrade runs over: TLS (if any) on top of the deadline-bound socket. The
+/// [`Stream`] itself stays untouched, to be split for the reader and writer afterwards (which
+/// clears the socket timeouts).
+struct HandshakeIo<'a> {
+    sock: Deadlined<'a>,
+    tls: Option<&'a mut ClientConnection>,
+}
+
+impl Read for HandshakeIo<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &mut self.tls {
+            None => self.sock.read(buf),
+            Some(conn) => rustls::Stream::new(&mut **conn, &mut self.sock).read(buf),
+        }
+    }
+}
+
+impl Write for HandshakeIo<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &mut self.tls {
+            None => self.sock.write(buf),
+            Some(conn) => rustls::Stream::new(&mut **conn, &mut self.sock).write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.tls {
+            None => self.sock.flush(),
+            Some(conn) => rustls::Stream::new(&mut **conn, &mut self.sock).flush(),
+        }
+    }
 }

@@ -39,6 +39,7 @@ use crate::ticket::Answer;
 
 use crate::backoff::Reconnect;
 use crate::codec::Violation;
+use crate::deadline;
 use crate::endpoint::{Action, Cause, Endpoint, Reply};
 use crate::error::Error;
 use crate::event::{CloseInfo, Initiator};
@@ -823,7 +824,7 @@ impl Coordinator {
             return;
         };
         out.push(Output::Send(Control::Close(Some((code, reason.clone())))));
-        let mut deadline = now + self.settings.close_timeout;
+        let mut deadline = deadline::after(now, self.settings.close_timeout);
         if let Some(stop) = self.stop_requested {
             deadline = deadline.min(stop);
         }
@@ -853,7 +854,7 @@ impl Coordinator {
                 let echo = frame.as_ref().map(|(code, _)| (*code, String::new()));
                 out.push(Output::Send(Control::Close(echo)));
                 let (code, reason) = frame.unwrap_or((CloseCode::NO_STATUS, String::new()));
-                let mut deadline = now + self.settings.close_timeout;
+                let mut deadline = deadline::after(now, self.settings.close_timeout);
                 if let Some(stop) = self.stop_requested {
                     deadline = deadline.min(stop);
                 }
@@ -946,7 +947,7 @@ impl Coordinator {
         let endpoint = &mut self.endpoint;
         let action = guard::catch("Endpoint::on_disconnect", || endpoint.on_disconnect(cause))
             .unwrap_or_else(|_| cause.default_action());
-        if since.is_some_and(|s| now >= s + self.settings.stable_after) {
+        if since.is_some_and(|s| now >= deadline::after(s, self.settings.stable_after)) {
             let _ = guard::catch("Reconnect::reset", || reconnect.reset());
             self.failures = 0;
         }
@@ -962,8 +963,8 @@ impl Coordinator {
             .ok()??
             .max(floor);
         self.phase = Phase::Waiting {
-            until: now + delay,
-            attempt: self.failures + 1,
+            until: deadline::after(now, delay),
+            attempt: self.failures.saturating_add(1),
         };
         Some(delay)
     }

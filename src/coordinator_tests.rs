@@ -412,6 +412,7 @@ fn auth_failures_and_policy_closes_stop_by_default() {
         headers: String::new(),
         body: String::new(),
         retry_after: None,
+        retry_after_clamped_from: None,
     };
     assert!(stops(Input::ConnectFailed {
         epoch: 2,
@@ -449,6 +450,7 @@ fn retry_after_is_a_floor_on_the_backoff() {
         headers: String::new(),
         body: String::new(),
         retry_after: Some(Duration::from_secs(7)),
+        retry_after_clamped_from: None,
     };
     let out = h.feed(Input::ConnectFailed { epoch: 2, error });
     assert!(dial_delay(&out).unwrap() >= Duration::from_secs(7));
@@ -1195,4 +1197,76 @@ fn generated_request_interleavings_hold_the_invariants() {
             "case {case}: table empty at the end"
         );
     }
+}
+
+/// Ends every connection with `ReconnectAfter(Duration::MAX)`.
+struct ForeverLater;
+
+impl Endpoint for ForeverLater {
+    fn subscribe(&mut self, topic: &str) -> Frame {
+        Frame::text(topic)
+    }
+    fn on_disconnect(&mut self, _cause: &Cause) -> Action {
+        Action::ReconnectAfter(Duration::MAX)
+    }
+}
+
+#[test]
+fn retry_after_overflow_does_not_panic_the_coordinator() {
+    // Finding 1: a server's `Retry-After: 18446744073709551615` (or any huge delay from a
+    // setting, an endpoint or a strategy) overflowed `now + delay` and killed the coordinator.
+    let max = Duration::MAX;
+    let settings = Settings {
+        close_timeout: max,
+        stable_after: max,
+        keepalive: Keepalive::Ping {
+            interval: max,
+            timeout: max,
+        },
+        stale_after: Some(max),
+        ack_timeout: max,
+        ..settings()
+    };
+    let mut h = Harness::with(
+        settings.clone(),
+        Box::new(ForeverLater),
+        Some(Box::new(Backoff::new(max, max))),
+    );
+    assert_eq!(h.coord.state(), State::Ready);
+    assert!(h.coord.next_deadline().is_some_and(|d| d > h.now));
+    h.feed(Input::Subscribe("t".into()));
+    let out = h.link(LinkEvent::PeerClose(Some((
+        CloseCode::GOING_AWAY,
+        "".into(),
+    ))));
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Send(Control::Close(_))))
+    );
+    let out = h.link(LinkEvent::ReaderEnded(None));
+    let delay = dial_delay(&out).expect("a reconnect is planned");
+    assert!(delay >= Duration::from_secs(365 * 24 * 3600), "{delay:?}");
+    assert_eq!(h.coord.state(), State::Waiting);
+    assert!(h.coord.next_deadline().is_some_and(|d| d > h.now));
+    let out = h.feed(Input::Shutdown { deadline: h.now });
+    assert!(out.iter().any(|o| matches!(o, Output::Stop)), "{out:?}");
+
+    // The server's value as the handshake reports it: clamped, and floored into the backoff.
+    let mut h = Harness::with(
+        settings,
+        Box::new(NoSession),
+        Some(Box::new(Backoff::new(MS, MS))),
+    );
+    h.link(LinkEvent::ReaderEnded(None));
+    h.advance(Duration::from_secs(1));
+    let error = Error::HandshakeRejected {
+        status: 503,
+        headers: String::new(),
+        body: String::new(),
+        retry_after: Some(crate::error::MAX_RETRY_AFTER),
+        retry_after_clamped_from: Some(u64::MAX.to_string()),
+    };
+    let out = h.feed(Input::ConnectFailed { epoch: 2, error });
+    assert_eq!(dial_delay(&out), Some(crate::error::MAX_RETRY_AFTER));
+    assert_eq!(h.coord.state(), State::Waiting);
 }

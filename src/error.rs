@@ -7,8 +7,17 @@
 
 use std::fmt;
 use std::io;
+use std::time::Duration;
 
 use crate::frame::CloseCode;
+
+/// The longest `Retry-After` syncws honours: one hour. A server asking for more (or for a
+/// number too large to represent) gets this instead; [`Error::HandshakeRejected`] then reports
+/// its raw value in `retry_after_clamped_from`. The ceiling keeps a confused or hostile server
+/// from parking a client for years (or overflowing its clock); an
+/// [`Endpoint::on_disconnect`](crate::Endpoint::on_disconnect) that wants to wait longer can
+/// return its own [`Action::ReconnectAfter`](crate::Action::ReconnectAfter).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 /// Everything that can go wrong in syncws.
 #[derive(Debug)]
@@ -17,9 +26,22 @@ pub enum Error {
     /// The URL could not be used: bad syntax, a scheme other than `ws`/`wss`, no host.
     /// Fix the URL; retrying will not help.
     Url(String),
-    /// A setting or argument is unusable: a header name that is not an HTTP token, a header
-    /// value with a line break, a close code that may not be sent. Fix it; retrying will not help.
+    /// A setting or argument is unusable: a zero keepalive interval, a close code that may not
+    /// be sent. Fix it; retrying will not help.
     Config(String),
+    /// A header of the upgrade request is not valid HTTP: a name that is not a token, or a value
+    /// with a byte no HTTP field value may hold (CR, LF, NUL or another control character), or a
+    /// subprotocol that is not a token. Nothing was sent: the request is refused before any
+    /// byte is written. Returned by [`connect`](crate::ClientBuilder::connect) for the builder's
+    /// headers, and as the cause of a failed attempt for
+    /// [`Endpoint::headers`](crate::Endpoint::headers). Fix the header; retrying will not help.
+    /// The value itself is never included (it may be a secret).
+    InvalidHeader {
+        /// The header name as given (it may itself be the invalid part).
+        name: String,
+        /// What is wrong, with the offending byte and its offset.
+        reason: String,
+    },
     /// No TCP connection could be made to any resolved address of `target`. `source` is the error
     /// of the last address tried (for example `ConnectionRefused` when nothing listens there).
     /// Usually transient: retry later or check the endpoint.
@@ -46,8 +68,13 @@ pub enum Error {
         headers: String,
         /// The start of the response body (what the server had sent with the headers), truncated.
         body: String,
-        /// The `Retry-After` header in seconds, if the server sent one (429, 503).
-        retry_after: Option<std::time::Duration>,
+        /// The `Retry-After` header in seconds, if the server sent one (429, 503), at most
+        /// [`MAX_RETRY_AFTER`]. An HTTP-date value is not interpreted (`None`).
+        retry_after: Option<Duration>,
+        /// `Some(raw)` when the server's `Retry-After` exceeded [`MAX_RETRY_AFTER`] and
+        /// `retry_after` was clamped to it: the value as the server sent it (truncated to 64
+        /// bytes). `None` when `retry_after` is the server's own value (or absent).
+        retry_after_clamped_from: Option<String>,
     },
     /// The server's upgrade response was not a valid WebSocket handshake (bad accept key, missing
     /// `Upgrade` header, malformed HTTP, unrequested subprotocol). The endpoint is not speaking
@@ -95,6 +122,7 @@ impl Error {
             Error::Closed { .. } | Error::Protocol { .. } => true,
             Error::Url(_)
             | Error::Config(_)
+            | Error::InvalidHeader { .. }
             | Error::Tls(_)
             | Error::TlsConfig(_)
             | Error::InvalidHandshake(_) => false,
@@ -107,16 +135,28 @@ impl fmt::Display for Error {
         match self {
             Error::Url(msg) => write!(f, "invalid URL: {msg}"),
             Error::Config(msg) => write!(f, "invalid setting: {msg}"),
+            Error::InvalidHeader { name, reason } => {
+                write!(f, "invalid upgrade request header {name:?}: {reason}")
+            }
             Error::Connect { target, source } => {
                 write!(f, "could not connect to {target}: {source}")
             }
             Error::Io(e) => write!(f, "socket error: {e}"),
             Error::Tls(e) => write!(f, "TLS error: {e}"),
             Error::TlsConfig(msg) => write!(f, "invalid TLS configuration: {msg}"),
-            Error::HandshakeRejected { status, body, .. } => {
+            Error::HandshakeRejected {
+                status,
+                body,
+                retry_after_clamped_from,
+                ..
+            } => {
                 write!(f, "server refused the WebSocket upgrade with HTTP {status}")?;
                 if !body.is_empty() {
                     write!(f, ": {body}")?;
+                }
+                if let Some(raw) = retry_after_clamped_from {
+                    let ceiling = MAX_RETRY_AFTER.as_secs();
+                    write!(f, " (Retry-After {raw} clamped to {ceiling} s)")?;
                 }
                 Ok(())
             }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tungstenite::handshake::derive_accept_key;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, MAX_RETRY_AFTER, Result};
 use crate::target::Target;
 
 /// Upper bound on the size of the response head.
@@ -17,6 +17,8 @@ const MAX_RESPONSE_HEAD: usize = 16 * 1024;
 /// How much of a refusal's headers and body is kept in the error.
 const EXCERPT: usize = 1024;
 const MAX_HEADERS: usize = 64;
+/// How much of a clamped `Retry-After` value is kept in the error.
+const RAW_RETRY_AFTER: usize = 64;
 
 /// What a successful upgrade yields.
 #[derive(Debug)]
@@ -27,7 +29,71 @@ pub(crate) struct Upgraded {
     pub protocol: Option<String>,
 }
 
-/// Builds the upgrade request.
+/// Checks a header before it is written: the name must be an HTTP token (RFC 9110 §5.1) and the
+/// value may only hold visible ASCII, spaces, tabs and non-ASCII UTF-8 (`field-vchar`,
+/// `obs-text`; RFC 9110 §5.5). Anything else (CR and LF above all) could end the header early
+/// and smuggle a header or a request of the caller's input's choosing.
+pub(crate) fn check_header(name: &str, value: &str) -> Result<()> {
+    let invalid = |reason: String| Error::InvalidHeader {
+        name: name.to_string(),
+        reason,
+    };
+    if name.is_empty() {
+        return Err(invalid("the name is empty".into()));
+    }
+    if let Some((at, b)) = name.bytes().enumerate().find(|&(_, b)| !is_tchar(b)) {
+        return Err(invalid(format!(
+            "the name has {} at offset {at}; names are HTTP tokens (letters, digits and              !#$%&'*+-.^_`|~)",
+            describe(b)
+        )));
+    }
+    let allowed = |b: u8| b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80;
+    if let Some((at, b)) = value.bytes().enumerate().find(|&(_, b)| !allowed(b)) {
+        return Err(invalid(format!(
+            "the value has {} at offset {at}, which no HTTP field value may hold",
+            describe(b)
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a subprotocol: an HTTP token (RFC 6455 §4.1).
+pub(crate) fn check_subprotocol(protocol: &str) -> Result<()> {
+    if !protocol.is_empty() && protocol.bytes().all(is_tchar) {
+        return Ok(());
+    }
+    Err(Error::InvalidHeader {
+        name: "Sec-WebSocket-Protocol".into(),
+        reason: format!("subprotocol {protocol:?} is not an HTTP token"),
+    })
+}
+
+/// Checks everything [`request`] will write from the caller's input.
+pub(crate) fn check_request(headers: &[(String, String)], subprotocols: &[String]) -> Result<()> {
+    for (name, value) in headers {
+        check_header(name, value)?;
+    }
+    subprotocols.iter().try_for_each(|p| check_subprotocol(p))
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// A byte for an error message, naming the usual suspects.
+fn describe(b: u8) -> String {
+    match b {
+        b'\r' => "a carriage return (CR, 0x0d)".into(),
+        b'\n' => "a line feed (LF, 0x0a)".into(),
+        0 => "a NUL byte (0x00)".into(),
+        0x80.. => format!("the non-ASCII byte {b:#04x}"),
+        b if b.is_ascii_graphic() => format!("the character {:?} ({b:#04x})", b as char),
+        b => format!("the byte {b:#04x}"),
+    }
+}
+
+/// Builds the upgrade request. The headers and subprotocols must have passed
+/// [`check_request`].
 pub(crate) fn request(
     target: &Target,
     key: &str,
@@ -53,13 +119,18 @@ pub(crate) fn request(
 }
 
 /// Writes the request and reads the response; errors map I/O timeouts to
-/// [`Error::Timeout`]`("handshake")`.
+/// [`Error::Timeout`]`("handshake")`. Headers that fail [`check_request`] are refused before
+/// anything is written.
+///
+/// Every read and write blocks for as long as `stream` lets it: the caller bounds the whole
+/// exchange (see `connect.rs`, which arms each socket call with what is left of the deadline).
 pub(crate) fn upgrade<S: Read + Write>(
     stream: &mut S,
     target: &Target,
     headers: &[(String, String)],
     subprotocols: &[String],
 ) -> Result<Upgraded> {
+    check_request(headers, subprotocols)?;
     let key = tungstenite::handshake::client::generate_key();
     let req = request(target, &key, headers, subprotocols);
     stream
@@ -97,14 +168,18 @@ pub(crate) fn upgrade<S: Read + Write>(
         let status = response.code.unwrap_or(0);
         if status != 101 {
             let mut body = buf[head_len..].to_vec();
-            let wanted = header_u64(response.headers, "Content-Length").map_or(0, |n| n as usize);
-            let wanted = wanted.min(EXCERPT);
+            // Peer-supplied: only ever an upper bound on a small excerpt.
+            let wanted = header_u64(response.headers, "Content-Length")
+                .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX))
+                .min(EXCERPT);
             read_body_excerpt(stream, &mut body, wanted);
+            let (retry_after, retry_after_clamped_from) = retry_after(response.headers);
             return Err(Error::HandshakeRejected {
                 status,
                 headers: excerpt(&headers_text(response.headers)),
                 body: excerpt(&String::from_utf8_lossy(&body)),
-                retry_after: header_u64(response.headers, "Retry-After").map(Duration::from_secs),
+                retry_after,
+                retry_after_clamped_from,
             });
         }
         let protocol = check_101(response.headers, &key, subprotocols)?;
@@ -165,10 +240,37 @@ fn check_101(
     Ok(protocol)
 }
 
-/// A numeric header value (`Content-Length`, `Retry-After` in seconds).
+/// A numeric header value (`Content-Length`).
 fn header_u64(headers: &[httparse::Header<'_>], name: &str) -> Option<u64> {
     let h = headers.iter().find(|h| h.name.eq_ignore_ascii_case(name))?;
     std::str::from_utf8(h.value).ok()?.trim().parse().ok()
+}
+
+/// The `Retry-After` delay in seconds (RFC 9110 §10.2.3), clamped to [`MAX_RETRY_AFTER`]; the
+/// second value is the raw header when it was clamped. Any run of digits is a number of seconds,
+/// however long (one too large for a `u64` is clamped too). An HTTP-date is not interpreted.
+fn retry_after(headers: &[httparse::Header<'_>]) -> (Option<Duration>, Option<String>) {
+    let Some(h) = headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("Retry-After"))
+    else {
+        return (None, None);
+    };
+    let Ok(text) = std::str::from_utf8(h.value) else {
+        return (None, None);
+    };
+    let text = text.trim();
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return (None, None);
+    }
+    // Only digits: parsing fails on overflow alone.
+    let secs = text.parse::<u64>().unwrap_or(u64::MAX);
+    if secs > MAX_RETRY_AFTER.as_secs() {
+        let raw = crate::codec::truncate_utf8(text, RAW_RETRY_AFTER).to_string();
+        log::debug!("server asked to retry after {raw} s; clamped to {MAX_RETRY_AFTER:?}");
+        return (Some(MAX_RETRY_AFTER), Some(raw));
+    }
+    (Some(Duration::from_secs(secs)), None)
 }
 
 /// Best effort: read up to `wanted` body bytes for the error message; failures are ignored
@@ -263,14 +365,128 @@ mod tests {
                 headers,
                 body,
                 retry_after,
+                retry_after_clamped_from,
             }) => {
                 assert_eq!(retry_after, Some(Duration::from_secs(30)));
+                assert_eq!(retry_after_clamped_from, None);
                 assert_eq!(status, 401);
                 assert!(headers.contains("X-Why: token"));
                 assert_eq!(body, "bad token!!\n");
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    fn refusal(head: &str) -> Error {
+        let mut fake = Fake {
+            input: Cursor::new(head.as_bytes().to_vec()),
+            written: Vec::new(),
+        };
+        upgrade(&mut fake, &target(), &[], &[]).unwrap_err()
+    }
+
+    #[test]
+    fn retry_after_overflow_is_clamped_and_reported_as_clamped() {
+        // Finding 1: `Retry-After: 18446744073709551615` became a `Duration` that overflowed
+        // the coordinator's clock.
+        for raw in ["18446744073709551615", "99999999999999999999999999", "3601"] {
+            let head = format!("HTTP/1.1 503 Busy\r\nRetry-After: {raw}\r\n\r\n");
+            match refusal(&head) {
+                Error::HandshakeRejected {
+                    retry_after,
+                    retry_after_clamped_from,
+                    ..
+                } => {
+                    assert_eq!(retry_after, Some(MAX_RETRY_AFTER));
+                    assert_eq!(retry_after_clamped_from.as_deref(), Some(raw));
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let at_ceiling = format!(
+            "HTTP/1.1 503 Busy\r\nRetry-After: {}\r\n\r\n",
+            MAX_RETRY_AFTER.as_secs()
+        );
+        assert!(matches!(
+            refusal(&at_ceiling),
+            Error::HandshakeRejected { retry_after: Some(d), retry_after_clamped_from: None, .. }
+                if d == MAX_RETRY_AFTER
+        ));
+        for odd in ["-5", "+5", "Wed, 21 Oct 2015 07:28:00 GMT", ""] {
+            let head = format!("HTTP/1.1 503 Busy\r\nRetry-After: {odd}\r\n\r\n");
+            assert!(matches!(
+                refusal(&head),
+                Error::HandshakeRejected {
+                    retry_after: None,
+                    retry_after_clamped_from: None,
+                    ..
+                }
+            ));
+        }
+    }
+
+    #[test]
+    fn huge_content_length_reads_only_a_bounded_excerpt() {
+        let head = "HTTP/1.1 500 Oops\r\nContent-Length: 18446744073709551615\r\n\r\nshort";
+        match refusal(head) {
+            Error::HandshakeRejected { body, .. } => assert_eq!(body, "short"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn header_values_are_validated_and_refused_unwritten() {
+        // Finding 4: only CR, LF and NUL were refused, and only in the builder.
+        let bad: &[(&str, &str)] = &[
+            ("X-A", "v\r\nX-Evil: 1"),
+            ("X-A", "v\nX-Evil: 1"),
+            ("X-A", "v\rX"),
+            ("X-A", "nul\0"),
+            ("X-A", "bell\x07"),
+            ("X-A", "del\x7f"),
+            ("X-A", "esc\x1b[0m"),
+            ("", "v"),
+            ("X A", "v"),
+            ("X-A:", "v"),
+            ("X-A\r\nX-Evil", "v"),
+            ("Ünï", "v"),
+        ];
+        for (name, value) in bad {
+            assert!(
+                matches!(check_header(name, value), Err(Error::InvalidHeader { .. })),
+                "{name:?}: {value:?}"
+            );
+            let mut fake = Fake {
+                input: Cursor::new(Vec::new()),
+                written: Vec::new(),
+            };
+            let headers = [(name.to_string(), value.to_string())];
+            let result = upgrade(&mut fake, &target(), &headers, &[]);
+            assert!(
+                matches!(result, Err(Error::InvalidHeader { .. })),
+                "{result:?}"
+            );
+            assert!(fake.written.is_empty(), "{name:?}: bytes were written");
+        }
+        for (name, value) in [
+            ("Authorization", "Bearer a.b-c_d~e+f/g="),
+            ("X-Tab", "a\tb c"),
+            ("X-Utf8", "caf\u{e9}"),
+            ("X-Empty", ""),
+        ] {
+            assert!(check_header(name, value).is_ok(), "{name:?}: {value:?}");
+        }
+        assert!(check_subprotocol("v2.json").is_ok());
+        for bad in ["", "a b", "v1\r\nX-Evil: 1", "a,b"] {
+            assert!(check_subprotocol(bad).is_err(), "{bad:?}");
+        }
+        // The message names the byte, never the value (it may be a secret).
+        let err = check_header("Authorization", "Bearer s3cret\r\n").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("carriage return") && !text.contains("s3cret"),
+            "{text}"
+        );
     }
 
     #[test]

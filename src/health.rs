@@ -134,7 +134,7 @@ impl LatencyWatch {
             .clamp(1, sorted.len())
             - 1;
         if sorted[idx] > self.policy.threshold {
-            self.breaches += 1;
+            self.breaches = self.breaches.saturating_add(1);
         } else {
             self.breaches = 0;
         }

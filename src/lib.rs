@@ -60,9 +60,10 @@
 //! With an [`Endpoint`] (the venue's dialect: authentication, subscriptions, acknowledgements)
 //! and a [`Reconnect`] strategy such as [`Backoff`], the coordinator notices a dead link within
 //! a bounded time ([`Keepalive`] pings, data staleness, acknowledgement timeouts, a
-//! [`LatencyPolicy`]), reconnects on a deterministic schedule, and restores the session:
-//! authentication first, then every desired subscription exactly once. [`Event`]s report each
-//! step with the connection epoch; [`Stats`] has the health figures.
+//! [`LatencyPolicy`]), reconnects on a jittered backoff schedule (reproducible with a fixed
+//! [`Backoff::seed`]), and restores the session: authentication first, then every desired
+//! subscription exactly once. [`Event`]s report each step with the connection epoch; [`Stats`]
+//! has the health figures.
 //!
 //! ## Guarantees
 //!
@@ -85,6 +86,7 @@ mod codec;
 mod config;
 mod connect;
 mod coordinator;
+mod deadline;
 mod doorbell;
 mod driver;
 mod endpoint;
@@ -114,7 +116,7 @@ pub use backoff::{Backoff, Reconnect};
 pub use client::Client;
 pub use config::{ClientBuilder, Config, Overflow};
 pub use endpoint::{Action, Cause, Endpoint, NoSession, Precheck, Reply};
-pub use error::{Error, Result};
+pub use error::{Error, MAX_RETRY_AFTER, Result};
 pub use event::{CloseInfo, Event, Initiator};
 pub use frame::{CloseCode, CloseFrame, Data, Frame, PreparedFrame};
 pub use health::LatencyPolicy;

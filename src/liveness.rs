@@ -12,6 +12,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use crate::deadline;
 use crate::endpoint::Cause;
 
 /// How the client keeps checking that the server is alive.
@@ -110,7 +111,7 @@ impl Liveness {
         self.next_ping = match self.keepalive {
             Keepalive::ServerDriven => None,
             Keepalive::Ping { interval, .. } | Keepalive::App { interval, .. } => {
-                Some(now + interval)
+                Some(deadline::after(now, interval))
             }
         };
     }
@@ -139,10 +140,10 @@ impl Liveness {
     /// When `poll` must be called next.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         let pong_deadline = match (self.outstanding.front(), self.limits()) {
-            (Some(&(_, sent)), Some((timeout, _))) => Some(sent + timeout),
+            (Some(&(_, sent)), Some((timeout, _))) => Some(deadline::after(sent, timeout)),
             _ => None,
         };
-        let stale_deadline = self.stale_after.map(|w| self.last_data + w);
+        let stale_deadline = self.stale_after.map(|w| deadline::after(self.last_data, w));
         [self.next_ping, pong_deadline, stale_deadline]
             .into_iter()
             .flatten()
@@ -152,7 +153,7 @@ impl Liveness {
     /// Everything due at `now`, failures first.
     pub(crate) fn poll(&mut self, now: Instant) -> Option<Due> {
         if let Some(window) = self.stale_after {
-            if now >= self.last_data + window {
+            if now >= deadline::after(self.last_data, window) {
                 return Some(Due::Fail(LivenessFailure::Stale));
             }
         }
@@ -162,7 +163,7 @@ impl Liveness {
             _ => LivenessFailure::PongTimeout,
         };
         if let Some(&(_, sent)) = self.outstanding.front() {
-            if now >= sent + timeout {
+            if now >= deadline::after(sent, timeout) {
                 return Some(Due::Fail(failure));
             }
         }
@@ -177,7 +178,7 @@ impl Liveness {
             Keepalive::Ping { interval, .. } | Keepalive::App { interval, .. } => interval,
             Keepalive::ServerDriven => return None,
         };
-        self.next_ping = Some(now + interval);
+        self.next_ping = Some(deadline::after(now, interval));
         self.seq += 1;
         self.outstanding.push_back((self.seq, now));
         Some(match self.keepalive {

@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use crate::deadline;
 use crate::endpoint::{Cause, Endpoint, Reply};
 use crate::frame::Frame;
 
@@ -77,7 +78,7 @@ impl Session {
         }
         let gated = endpoint.auth_gated() && self.acks;
         let auth = if gated {
-            Auth::Waiting(now + self.ack_timeout)
+            Auth::Waiting(deadline::after(now, self.ack_timeout))
         } else {
             Auth::Done
         };
@@ -123,7 +124,8 @@ impl Session {
         }
         out.push(SessionOut::Send(endpoint.subscribe(&topic)));
         if self.acks {
-            conn.pending.insert(topic.clone(), now + self.ack_timeout);
+            conn.pending
+                .insert(topic.clone(), deadline::after(now, self.ack_timeout));
         }
         conn.sent.insert(topic);
     }

@@ -162,7 +162,7 @@ impl Counters {
     fn read_stamp(&self, slot: &AtomicU64) -> Option<Instant> {
         match slot.load(Relaxed) {
             0 => None,
-            ns => Some(self.base + Duration::from_nanos(ns)),
+            ns => Some(crate::deadline::after(self.base, Duration::from_nanos(ns))),
         }
     }
 

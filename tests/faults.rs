@@ -232,9 +232,11 @@ fn refuse(status: u16) {
             headers,
             body,
             retry_after,
+            retry_after_clamped_from,
         }) => {
             assert_eq!(s, status);
             assert_eq!(retry_after, Some(Duration::from_secs(3)));
+            assert_eq!(retry_after_clamped_from, None);
             assert!(headers.contains("Retry-After: 3"), "{headers}");
             assert_eq!(body, "no entry\n");
         }

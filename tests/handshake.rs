@@ -77,7 +77,10 @@ fn header_injection_is_refused_before_connecting() {
     let result = Client::builder("ws://127.0.0.1:1/")
         .header("X-A", "v\r\nX-Evil: 1")
         .connect();
-    assert!(matches!(result, Err(Error::Config(_))), "{result:?}");
+    assert!(
+        matches!(result, Err(Error::InvalidHeader { .. })),
+        "{result:?}"
+    );
 }
 
 #[test]

@@ -605,25 +605,22 @@ fn rejected(transport: Transport, status: u16) {
     }
     let (_server, builder) = setup(transport, &["reject", &status.to_string()], "/");
     match builder.connect() {
-        Err(Error::HandshakeRejected {
-            status: got,
-            headers,
-            body,
-            retry_after,
-        }) => {
-            assert_eq!(got, status, "headers: {headers}");
+        Err(e @ Error::HandshakeRejected { .. }) => {
+            let Error::HandshakeRejected {
+                status: got,
+                headers,
+                body,
+                ..
+            } = &e
+            else {
+                unreachable!()
+            };
+            assert_eq!(*got, status, "headers: {headers}");
             assert!(
                 body.contains(REJECT_BODY),
                 "body excerpt {body:?} lacks {REJECT_BODY:?}"
             );
-            let transient = Error::HandshakeRejected {
-                status: got,
-                headers,
-                body,
-                retry_after,
-            }
-            .is_transient();
-            assert_eq!(transient, status == 503);
+            assert_eq!(e.is_transient(), status == 503);
         }
         Err(e) => panic!("expected HandshakeRejected({status}), got {e:?}"),
         Ok(client) => {
