@@ -122,6 +122,7 @@ fn serve(stream: TcpStream, case_count: u32) -> String {
     stream.set_read_timeout(Some(WAIT)).unwrap();
     stream.set_write_timeout(Some(WAIT)).unwrap();
     let mut target = String::new();
+    #[allow(clippy::result_large_err)] // the callback's signature is tungstenite's
     let callback = |req: &Request, resp: Response| {
         target = req.uri().to_string();
         Ok(resp)
