@@ -503,3 +503,7 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "codec_props.rs"]
+mod props;
