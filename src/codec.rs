@@ -596,3 +596,7 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "codec_props.rs"]
+mod props;
