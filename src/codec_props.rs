@@ -52,11 +52,11 @@
 //!   violation" from `read` instead of an error; the harness reads that as a 1002 rejection.
 //!   (A server sending exactly that close frame would be misread; the generators never do.)
 //!
-//! A syncws bug found here, pinned by an ignored regression test
-//! ([`single_frame_message_over_max_message_is_too_big`]): the message limit is enforced only on
-//! reassembled fragments, so with `max_frame > max_message` an unfragmented message larger than
-//! `max_message` is accepted. The comparison properties keep `max_frame <= max_message` (the
-//! default configuration), where the bug cannot show.
+//! A syncws bug found here (also found by hand as issue 9's finding 3, and fixed): the message
+//! limit was enforced only on reassembled fragments, so with `max_frame > max_message` an
+//! unfragmented message larger than `max_message` was accepted. Pinned by
+//! [`single_frame_message_over_max_message_is_too_big`]; the generated limits now include
+//! `max_frame > max_message`.
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -371,6 +371,13 @@ fn known_difference(
         }
         (End::Rejected(1002), End::Open, _)
             if head.is_none_or(|(_, _, len, hl)| hl as u64 + len > frame.len() as u64) =>
+        {
+            Some(Known::HeaderChecksFirst)
+        }
+        // A frame whose header already says the message is too big: syncws refuses it before
+        // its payload arrives (issue 9, finding 3), tungstenite waits for the payload.
+        (End::Rejected(1009), End::Open, Some((_, _, len, hl)))
+            if hl as u64 + len > frame.len() as u64 =>
         {
             Some(Known::HeaderChecksFirst)
         }
@@ -1096,11 +1103,15 @@ fn mutate(bytes: &mut Vec<u8>, mutation: &Mutation) {
     }
 }
 
-/// Limits for streams with no expected outcome, always with `max_frame <= max_message` (the
-/// configuration in which syncws' message limit works; see the module docs).
+/// Limits for streams with no expected outcome, including a frame limit above the message limit
+/// (see the module docs).
 fn some_limits() -> impl Strategy<Value = Limits> {
     prop::sample::select(vec![
         ROOMY,
+        Limits {
+            max_frame: 300,
+            max_message: 130,
+        },
         Limits {
             max_frame: 70_000,
             max_message: 140_000,
@@ -1260,11 +1271,9 @@ fn difference_close_code_1014() {
 }
 
 /// An unfragmented message over `max_message` must fail with 1009 like a reassembled one (and
-/// like tungstenite), also when `max_frame` is larger. syncws checks `max_message` only when
-/// appending fragments, so `82 09 000102030405060708` under `max_frame: 16, max_message: 8` is
-/// delivered as a 9-byte binary message.
+/// like tungstenite), also when `max_frame` is larger: `82 09 000102030405060708` under
+/// `max_frame: 16, max_message: 8` (it used to be delivered as a 9-byte binary message).
 #[test]
-#[ignore = "syncws bug: an unfragmented message over max_message passes when max_frame is larger"]
 fn single_frame_message_over_max_message_is_too_big() {
     let limits = Limits {
         max_frame: 16,
