@@ -11,12 +11,11 @@
 //! more; a producer sends, then looks whether the writer sleeps. With a sequentially consistent
 //! fence on both sides, at least one of them sees the other's write (Dekker's pattern).
 
-use std::sync::atomic::{AtomicBool, Ordering, fence};
-use std::thread::{self, Thread};
 use std::time::Duration;
 
 use crossbeam_channel::{SendTimeoutError, Sender, TrySendError};
-use parking_lot::Mutex;
+
+use crate::sync::{AtomicBool, Mutex, Ordering, Thread, fence, thread};
 
 /// Wakes the writer of the current connection.
 #[derive(Debug, Default)]

@@ -91,6 +91,7 @@ mod session;
 mod sink;
 mod stats;
 mod stepper;
+mod sync;
 mod target;
 mod ticket;
 mod tls;

@@ -1,13 +1,11 @@
 //! [`Ticket`]: a request in flight, returned by [`Client::submit`](crate::Client::submit).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-
-use parking_lot::{Condvar, Mutex};
 
 use crate::affinity::WaitStrategy;
 use crate::requests::{Outcome, Unknown};
+use crate::sync::{AtomicBool, Condvar, Mutex, Ordering, now, spin_wait};
 
 /// How long past its deadline a ticket waits for the coordinator before answering by itself.
 /// The coordinator acts at the deadline; this only guards against a coordinator that is stuck
@@ -87,7 +85,7 @@ impl Ticket {
         Ticket {
             id,
             slot: Arc::default(),
-            deadline: Instant::now(),
+            deadline: now(),
             outcome: Some(outcome),
             wait: WaitStrategy::Block,
         }
@@ -106,7 +104,11 @@ impl Ticket {
             // Busy-poll first if the strategy says so; the wait below then returns at once.
             let slot = &self.slot;
             let _ = self.wait.spin(|| {
-                (slot.filled.load(Ordering::Acquire) || Instant::now() >= until).then_some(())
+                let ready = slot.filled.load(Ordering::Acquire) || now() >= until;
+                if !ready {
+                    spin_wait();
+                }
+                ready.then_some(())
             });
         }
         self.wait_until(until);
@@ -117,14 +119,14 @@ impl Ticket {
 
     /// Waits at most `timeout`; `None` if the outcome is not known yet (the ticket stays valid).
     pub fn wait_timeout(&mut self, timeout: Duration) -> Option<Outcome> {
-        let until = (Instant::now() + timeout).min(self.deadline + DEADLINE_GRACE);
+        let until = (now() + timeout).min(self.deadline + DEADLINE_GRACE);
         self.wait_until(until);
         self.outcome.clone()
     }
 
     /// The outcome if it is known now, without waiting.
     pub fn try_outcome(&mut self) -> Option<Outcome> {
-        self.wait_until(Instant::now());
+        self.wait_until(now());
         self.outcome.clone()
     }
 
@@ -135,14 +137,14 @@ impl Ticket {
             return;
         }
         let mut guard = self.slot.outcome.lock();
-        while guard.is_none() && Instant::now() < until {
+        while guard.is_none() && now() < until {
             if self.slot.ready.wait_until(&mut guard, until).timed_out() {
                 break;
             }
         }
         self.outcome = guard.take();
         drop(guard);
-        if self.outcome.is_none() && Instant::now() >= self.deadline + DEADLINE_GRACE {
+        if self.outcome.is_none() && now() >= self.deadline + DEADLINE_GRACE {
             self.outcome = Some(Outcome::Unconfirmed(Unknown::Deadline));
         }
     }
