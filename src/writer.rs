@@ -242,7 +242,7 @@ impl Writer {
         }
         st.encode_close_if_due()?;
         if !st.batch.is_empty() {
-            if let Err(e) = half.write_all(&st.batch) {
+            if let Err(e) = st.write_batch(half) {
                 if !half.bytes_reached_socket() {
                     // Not one byte of this batch reached the socket: its requests were never
                     // delivered, so they may be reported as such.
