@@ -11,12 +11,11 @@
 //! more; a producer sends, then looks whether the writer sleeps. With a sequentially consistent
 //! fence on both sides, at least one of them sees the other's write (Dekker's pattern).
 
-use std::sync::atomic::{AtomicBool, Ordering, fence};
-use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{SendTimeoutError, Sender, TrySendError};
-use parking_lot::Mutex;
+
+use crate::sync::{AtomicBool, Mutex, Ordering, Thread, fence, park_until, thread};
 
 /// Wakes the thread registered with it (the writer of the current connection; a second bell
 /// wakes the coordinator thread).
@@ -65,7 +64,7 @@ impl Doorbell {
         fence(Ordering::SeqCst);
         if !has_work() {
             match deadline {
-                Some(d) => thread::park_timeout(d.saturating_duration_since(Instant::now())),
+                Some(d) => park_until(d),
                 None => thread::park(),
             }
         }
@@ -178,5 +177,96 @@ mod tests {
             );
         }
         consumer.join().unwrap();
+    }
+}
+
+/// Loom models of the doorbell (`RUSTFLAGS="--cfg loom" cargo test --lib loom`): every
+/// interleaving of the real `ring`, `wait`, `register` and `unregister`, with loom's atomics,
+/// fences, mutex and park/unpark, up to the preemption bound. A lost wake-up leaves the writer
+/// parked for ever while every producer has finished: loom reports that as a deadlock.
+#[cfg(all(loom, test))]
+mod loom_models {
+    use super::*;
+    use crate::sync::thread;
+    use loom::sync::Arc;
+    use loom::sync::atomic::AtomicUsize;
+
+    /// Loom's default search bounded to three preemptions per execution: enough for the
+    /// two-sided Dekker race (each side preempted between its store, fence and load), and
+    /// quick.
+    fn model(f: impl Fn() + Sync + Send + 'static) {
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(3);
+        builder.check(f);
+    }
+
+    /// The writer's loop, as `Writer::wait_for_work` runs it: registers, takes what the lane
+    /// holds, waits on the doorbell when it is empty, until it has taken `items`. The lane is
+    /// a counter of items sent, read with `Relaxed` loads: the doorbell's fences alone must
+    /// make a send visible to the writer's last look before it parks.
+    fn writer(bell: &Doorbell, sent: &AtomicUsize, items: usize) {
+        bell.register();
+        let mut taken = 0;
+        while taken < items {
+            let available = sent.load(Ordering::Relaxed);
+            if available > taken {
+                taken = available;
+            } else {
+                bell.wait(|| sent.load(Ordering::Relaxed) > taken);
+            }
+        }
+        bell.unregister();
+    }
+
+    /// One producer sends two items, ringing after each, while the writer registers, polls and
+    /// parks. Explores the producer's "send, fence, look at `sleeping`" against the writer's
+    /// "announce sleep, fence, look at the lane, park", both ways round and twice over (so a
+    /// ring that finds the writer awake, one that finds it about to park, one that unparks it,
+    /// one that leaves a stale unpark token behind, and one that runs before the writer has
+    /// registered or after it has unregistered). Asserts that the writer takes both items and
+    /// ends: a lost wake-up is a deadlock.
+    #[test]
+    fn loom_doorbell_ring_after_send_is_never_lost() {
+        model(|| {
+            let bell = Arc::new(Doorbell::default());
+            let sent = Arc::new(AtomicUsize::new(0));
+            let producer = {
+                let (bell, sent) = (bell.clone(), sent.clone());
+                thread::spawn(move || {
+                    for item in 1..=2 {
+                        sent.store(item, Ordering::Relaxed);
+                        bell.ring();
+                    }
+                })
+            };
+            writer(&bell, &sent, 2);
+            producer.join().unwrap();
+        });
+    }
+
+    /// Two producers send one item each and ring, concurrently, while the writer waits for
+    /// both (three threads). Explores rings racing each other and the writer's park: one
+    /// producer's unpark consumed by a wait that finds only the other's item, both unparks
+    /// landing before one park, a ring running between the writer's wake-up and its clearing of
+    /// `sleeping`. Asserts that the writer takes both items and ends.
+    #[test]
+    fn loom_doorbell_concurrent_rings_wake_the_writer() {
+        model(|| {
+            let bell = Arc::new(Doorbell::default());
+            let sent = Arc::new(AtomicUsize::new(0));
+            let producers: Vec<_> = (0..2)
+                .map(|_| {
+                    let (bell, sent) = (bell.clone(), sent.clone());
+                    thread::spawn(move || {
+                        sent.fetch_add(1, Ordering::Relaxed);
+                        bell.ring();
+                    })
+                })
+                .collect();
+            writer(&bell, &sent, 2);
+            for p in producers {
+                p.join().unwrap();
+            }
+        });
     }
 }

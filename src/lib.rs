@@ -105,6 +105,7 @@ mod session;
 mod sink;
 mod stats;
 mod stepper;
+mod sync;
 mod target;
 mod ticket;
 mod tls;

@@ -52,6 +52,7 @@ impl Sink {
                 batch: Vec::new(),
                 pending_close: None,
                 close_sent: false,
+                close_notify_due: false,
                 data_open: false,
             },
             spill: Vec::new(),
@@ -168,6 +169,9 @@ pub(crate) struct State {
     pub batch: Vec<u8>,
     pub pending_close: Option<PendingClose>,
     pub close_sent: bool,
+    /// The batch carries our close frame: [`write_batch`](Self::write_batch) ends the TLS
+    /// stream after it.
+    close_notify_due: bool,
     /// The session is ready: user data may be written.
     pub data_open: bool,
 }
@@ -222,9 +226,23 @@ impl State {
                     .map(|(code, reason)| (*code, reason.as_str()));
                 codec::encode_close(close, mask, &mut self.batch);
                 self.close_sent = true;
+                self.close_notify_due = true;
             }
         }
         Ok(())
+    }
+
+    /// Writes the batch to the socket. The batch that carries our close frame (ours or the
+    /// echo of the server's) is followed by a TLS `close_notify`, in the same write: the
+    /// orderly end of our side of the stream, sent once since the close frame is encoded once.
+    /// A connection dropped without writing a close frame (an abort, a failed write) sends no
+    /// `close_notify`, and the peer sees a truncated stream.
+    pub(crate) fn write_batch(&mut self, half: &mut WriteHalf) -> std::io::Result<()> {
+        if std::mem::take(&mut self.close_notify_due) {
+            half.write_all_then_close_notify(&self.batch)
+        } else {
+            half.write_all(&self.batch)
+        }
     }
 
     /// Encodes a data frame into the batch; returns its payload length, or `None` if discarded

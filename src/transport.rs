@@ -200,6 +200,17 @@ impl WriteHalf {
     /// On failure, `bytes_reached_socket` tells whether any byte of this call was accepted by
     /// the kernel: if not, nothing of `plain` can have reached the peer.
     pub(crate) fn write_all(&mut self, plain: &[u8]) -> io::Result<()> {
+        self.write_plain(plain, false)
+    }
+
+    /// Writes all of `plain` like [`write_all`](Self::write_all), then ends our side of the
+    /// TLS stream with a `close_notify` alert, in the same write: for the batch that carries
+    /// our WebSocket close frame. Nothing may be written after it. Plain TCP: `write_all`.
+    pub(crate) fn write_all_then_close_notify(&mut self, plain: &[u8]) -> io::Result<()> {
+        self.write_plain(plain, true)
+    }
+
+    fn write_plain(&mut self, plain: &[u8], close_notify: bool) -> io::Result<()> {
         self.bytes_reached_socket = false;
         let Some(tls) = self.tls.clone() else {
             return write_counted(&mut self.sock, plain, &mut self.bytes_reached_socket);
@@ -211,6 +222,10 @@ impl WriteHalf {
                 if !rest.is_empty() {
                     let n = conn.writer().write(rest)?;
                     rest = &rest[n..];
+                }
+                if rest.is_empty() && close_notify {
+                    // The last pass: the alert follows the last record of `plain`.
+                    conn.send_close_notify();
                 }
                 while conn.wants_write() {
                     conn.write_tls(&mut self.cipher_out)?;
@@ -302,16 +317,6 @@ impl WriteHalf {
     /// Sends whatever TLS records rustls has queued (for example after a key update).
     pub(crate) fn flush_tls(&mut self) -> io::Result<()> {
         self.write_all(&[])
-    }
-
-    /// Queues a TLS close_notify and sends it.
-    #[allow(dead_code)]
-    pub(crate) fn close_tls(&mut self) -> io::Result<()> {
-        if let Some(tls) = &self.tls {
-            tls.lock().send_close_notify();
-            self.flush_tls()?;
-        }
-        Ok(())
     }
 }
 

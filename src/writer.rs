@@ -289,7 +289,7 @@ impl Writer {
         let Sink { half, st, .. } = sink;
         st.encode_close_if_due().map_err(unsent)?;
         if !st.batch.is_empty() {
-            if let Err(e) = half.write_all(&st.batch) {
+            if let Err(e) = st.write_batch(half) {
                 let reached = half.bytes_reached_socket();
                 return Err((crate::error::from_io(e), reached));
             }

@@ -16,7 +16,7 @@ use rustls::ServerConnection;
 use support::{Conn, Pki, TestServer, next_event, raw_accept, read_client_frame, read_request};
 use syncws::{
     Backoff, Cause, Client, CloseCode, Config, Endpoint, Error, Event, Frame, Keepalive,
-    LatencyPolicy, MAX_RETRY_AFTER,
+    LatencyPolicy, MAX_RETRY_AFTER, Outcome, Request,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -142,6 +142,8 @@ fn duration_max_timeouts_connect_and_shut_down_without_panic() {
         _ => None,
     });
     assert_eq!(echoed, Frame::text("hello"));
+    // A request that waits "forever": its deadline saturates instead of panicking.
+    let pending = client.submit(Request::new(1, 1, Frame::text("order")).timeout(max));
     // The server goes away; the next attempt is (practically) never.
     let (code, reconnect) = next_event(&client, WAIT, |e| match e {
         Event::Closed {
@@ -153,8 +155,12 @@ fn duration_max_timeouts_connect_and_shut_down_without_panic() {
     assert!(reconnect.is_some());
     assert!(thread_alive("hard-max-coord"));
     let _ = client.stats();
+    assert!(matches!(
+        pending.wait(),
+        Outcome::Unconfirmed(_) | Outcome::NotDelivered(_)
+    ));
     let started = Instant::now();
-    client.shutdown(Duration::from_secs(2));
+    client.shutdown(max);
     assert!(started.elapsed() < Duration::from_secs(2));
     server.join();
 }
