@@ -597,6 +597,7 @@ mod tests {
     }
 }
 
-#[cfg(test)]
+// Not under loom: proptest is not a dependency of the loom build (see Cargo.toml).
+#[cfg(all(test, not(loom)))]
 #[path = "codec_props.rs"]
 mod props;

@@ -39,9 +39,9 @@
 //! the inbox channel, exactly the actor path: the fast path changes which thread runs a step,
 //! not the order of steps nor their outputs.
 
+use crate::sync::{AtomicUsize, Ordering};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, SendTimeoutError, Sender, TrySendError, select};
@@ -230,24 +230,50 @@ pub(crate) fn deliver(answers: Vec<(Answer, Outcome)>) {
     }
 }
 
+/// The count of inputs sent on the inbox channel and not yet handled: what keeps an inline step
+/// from overtaking a queued input. A sender counts an input *before* sending it; the
+/// coordinator thread uncounts it *under the lock*, once handled; an inline step runs only if
+/// the count is zero, read under the lock (and before taking it, to spare a useless lock). So if
+/// an input was sent before an inline step began, the step sees it counted and queues instead.
+/// Model-checked with loom (`loom_models` below).
+#[derive(Debug, Default)]
+pub(crate) struct Queued(AtomicUsize);
+
+impl Queued {
+    /// An input is about to be sent on the channel.
+    pub(crate) fn sent(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// An input counted by [`Queued::sent`] was not sent after all, or has been handled.
+    pub(crate) fn done(&self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// No input is waiting on the channel or being handled from it.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.0.load(Ordering::SeqCst) == 0
+    }
+}
+
 /// The coordinator's lock and the count of inputs sent on the inbox channel and not yet handled.
 pub(crate) struct Shared {
     pub core: Mutex<Core>,
-    queued: AtomicUsize,
+    queued: Queued,
 }
 
 impl Shared {
     pub(crate) fn new(core: Core) -> Arc<Self> {
         Arc::new(Shared {
             core: Mutex::new(core),
-            queued: AtomicUsize::new(0),
+            queued: Queued::default(),
         })
     }
 
     /// The coordinator thread has handled an input it received from the channel. Called with
     /// the lock held.
     pub(crate) fn handled(&self, core: &MutexGuard<'_, Core>) {
-        self.queued.fetch_sub(1, Ordering::SeqCst);
+        self.queued.done();
         Counters::bump(&core.counters.queued_steps, 1);
     }
 }
@@ -327,13 +353,11 @@ impl Inbox {
     /// Counts an input as queued while `send` puts it on the channel (uncounted if it fails),
     /// and wakes the coordinator thread.
     fn count(&self, send: impl FnOnce(&Sender<Input>) -> Result<(), Input>) -> Result<(), Input> {
-        self.shared.queued.fetch_add(1, Ordering::SeqCst);
+        self.shared.queued.sent();
         let sent = send(&self.tx);
         match sent {
             Ok(()) => self.bell.ring(),
-            Err(_) => {
-                self.shared.queued.fetch_sub(1, Ordering::SeqCst);
-            }
+            Err(_) => self.shared.queued.done(),
         }
         sent
     }
@@ -342,13 +366,13 @@ impl Inbox {
     /// could reorder inputs or block.
     fn step_inline(&self, input: Input) -> Result<(), Input> {
         // Checked before the lock too: an input queued ahead means the lock is no use.
-        if !self.inline || self.shared.queued.load(Ordering::SeqCst) > 0 {
+        if !self.inline || !self.shared.queued.is_idle() {
             return Err(input);
         }
         let Some(mut core) = self.shared.core.try_lock_for(LOCK_WAIT) else {
             return Err(input);
         };
-        if self.shared.queued.load(Ordering::SeqCst) > 0 || core.busy || !core.deferred.is_empty() {
+        if !self.shared.queued.is_idle() || core.busy || !core.deferred.is_empty() {
             return Err(input);
         }
         Counters::bump(&core.counters.inline_steps, 1);
@@ -844,5 +868,136 @@ mod tests {
             *b ^= mask[i % 4];
         }
         String::from_utf8(payload).unwrap()
+    }
+}
+
+#[cfg(all(loom, test))]
+mod loom_models {
+    use super::Queued;
+    use crate::sync::{Mutex, thread};
+    use loom::sync::Arc;
+    use loom::sync::mpsc::{Receiver, Sender, channel};
+
+    /// Sent (uncounted) by a thread that has finished, so the coordinator knows when to stop.
+    const END: u32 = 0;
+
+    /// The real count and the coordinator's lock guarding the log of handled inputs; the inbox
+    /// is loom's channel, standing in for crossbeam's (whose own ordering is not in question).
+    #[derive(Default)]
+    struct Stepper {
+        queued: Queued,
+        core: Mutex<Vec<u32>>,
+    }
+
+    impl Stepper {
+        /// `Inbox::count` around a send.
+        fn send(&self, inbox: &Sender<u32>, input: u32) {
+            self.queued.sent();
+            inbox.send(input).unwrap();
+        }
+
+        /// `Inbox::step_inline`'s checks: the count before the lock and again under it.
+        fn step_inline(&self, input: u32) -> bool {
+            if !self.queued.is_idle() {
+                return false;
+            }
+            let mut core = self.core.lock();
+            if !self.queued.is_idle() {
+                return false;
+            }
+            core.push(input);
+            true
+        }
+
+        /// Steps `input` inline, or sends it when that could reorder inputs.
+        fn step_or_send(&self, inbox: &Sender<u32>, input: u32) {
+            if !self.step_inline(input) {
+                self.send(inbox, input);
+            }
+        }
+
+        /// The coordinator thread: handles what the inbox brings, uncounting each input under
+        /// the lock (`Shared::handled`), until `threads` have sent `END`.
+        fn coordinator(&self, inbox: Receiver<u32>, threads: usize) {
+            let mut ended = 0;
+            while ended < threads {
+                match inbox.recv().unwrap() {
+                    END => ended += 1,
+                    input => {
+                        let mut core = self.core.lock();
+                        core.push(input);
+                        self.queued.done();
+                    }
+                }
+            }
+        }
+    }
+
+    fn model(f: impl Fn() + Sync + Send + 'static) {
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(3);
+        builder.check(f);
+    }
+
+    /// A caller sends its registration (1) on the inbox; its frame goes out and the response
+    /// comes back, so the response (2) is stepped inline — or sent — only after that send
+    /// returned (the same thread stands for both, which is the causal order). The coordinator
+    /// thread handles the inbox meanwhile, possibly still holding the registration uncounted
+    /// when the response tries the lock. In every interleaving the response is handled after
+    /// the registration: an inline step never overtakes an input sent before it began.
+    #[test]
+    fn loom_inline_step_never_overtakes_a_queued_input() {
+        model(|| {
+            let s = Arc::new(Stepper::default());
+            let (tx, rx) = channel();
+            let peer = {
+                let s = s.clone();
+                thread::spawn(move || {
+                    s.send(&tx, 1);
+                    s.step_or_send(&tx, 2);
+                    tx.send(END).unwrap();
+                })
+            };
+            s.coordinator(rx, 1);
+            peer.join().unwrap();
+            assert_eq!(*s.core.lock(), [1, 2]);
+            assert!(s.queued.is_idle());
+        });
+    }
+
+    /// Two threads with no order between them each step an input inline or send it, while a
+    /// third input waits in the inbox. Every input is handled exactly once, the queued one
+    /// before any inline step that began after it was sent, and the count returns to zero.
+    #[test]
+    fn loom_every_input_is_handled_once() {
+        model(|| {
+            let s = Arc::new(Stepper::default());
+            let (tx, rx) = channel();
+            s.send(&tx, 3);
+            let threads: Vec<_> = [1, 2]
+                .into_iter()
+                .map(|input| {
+                    let (s, tx) = (s.clone(), tx.clone());
+                    thread::spawn(move || {
+                        s.step_or_send(&tx, input);
+                        tx.send(END).unwrap();
+                    })
+                })
+                .collect();
+            s.coordinator(rx, 2);
+            for t in threads {
+                t.join().unwrap();
+            }
+            let handled = s.core.lock().clone();
+            assert_eq!(
+                handled.first(),
+                Some(&3),
+                "the queued input first: {handled:?}"
+            );
+            let mut sorted = handled.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, [1, 2, 3]);
+            assert!(s.queued.is_idle());
+        });
     }
 }

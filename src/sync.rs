@@ -1,5 +1,5 @@
-//! The synchronisation primitives of the lock-free hand-offs ([doorbell](crate::doorbell) and
-//! [ticket](crate::ticket)), switchable to [loom](https://docs.rs/loom)'s so that their models
+//! The synchronisation primitives of the lock-free hand-offs ([doorbell](crate::doorbell),
+//! [ticket](crate::ticket) and the stepper's count of queued inputs), switchable to [loom](https://docs.rs/loom)'s so that their models
 //! can be checked.
 //!
 //! A normal build re-exports `parking_lot`'s mutex and condition variable, `std`'s atomics and
@@ -17,7 +17,7 @@
 #[cfg(not(all(loom, test)))]
 mod imp {
     pub(crate) use parking_lot::{Condvar, Mutex};
-    pub(crate) use std::sync::atomic::{AtomicBool, Ordering, fence};
+    pub(crate) use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
     pub(crate) use std::thread::{self, Thread};
 
     /// The current time.
@@ -39,7 +39,7 @@ mod imp {
 
 #[cfg(all(loom, test))]
 mod imp {
-    pub(crate) use loom::sync::atomic::{AtomicBool, Ordering, fence};
+    pub(crate) use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
     pub(crate) use loom::thread::{self, Thread};
 
     use std::ops::{Deref, DerefMut};
