@@ -107,20 +107,23 @@ impl Lanes {
     /// The direct path (inline dispatch): right after the coordinator accepted the request
     /// submitted by `origin`, writes its frame on the calling thread if it is the only frame
     /// queued and the writer thread is not writing (see [`crate::sink`]; called under the
-    /// coordinator's lock). Returns `origin` if the frame was written whole and its write must
-    /// be reported (mode `Sent`). Otherwise the frame stays for the writer thread, which is
-    /// woken.
-    pub(crate) fn write_direct(&self, origin: WaiterId, counters: &Counters) -> Option<WaiterId> {
+    /// coordinator's lock). Returns what became of the frame; when it is left for the writer
+    /// thread, the caller wakes it.
+    pub(crate) fn write_direct(&self, origin: WaiterId, counters: &Counters) -> Directly {
         if !(self.control.is_empty() && self.session.is_empty() && self.data.len() == 1) {
-            return None;
+            return Directly::Left;
         }
-        let mut sink = self.sink.try_lock()?;
+        let Some(mut sink) = self.sink.try_lock() else {
+            return Directly::Left;
+        };
         if !sink.accepts_direct() {
-            return None;
+            return Directly::Left;
         }
         // The writer takes from the lane only under the sink's lock, and nothing was held: the
         // one frame queued is the oldest, and the caller's was queued before it was accepted.
-        let item = self.data.try_recv().ok()?;
+        let Ok(item) = self.data.try_recv() else {
+            return Directly::Left;
+        };
         let request = match item {
             Outbound::Request(r)
                 if r.origin == origin
@@ -134,35 +137,47 @@ impl Lanes {
                 sink.held = Some(other);
                 drop(sink);
                 self.kick();
-                return None;
+                return Directly::Handled;
             }
         };
         match request.take(Instant::now()) {
             Take::Write => {}
-            Take::Skip => return None, // Past its deadline: withdrawn, never written.
+            // Past its deadline: withdrawn, never written.
+            Take::Skip => return Directly::Handled,
             Take::Wait => {
                 sink.held = Some(Outbound::Request(request));
                 drop(sink);
                 self.kick();
-                return None;
+                return Directly::Handled;
             }
         }
         let report = request.report_written.then_some(origin);
         match sink.write_direct(&request.frame, report, counters) {
-            Direct::Done => report,
+            Direct::Done => Directly::Written(report),
             Direct::Spilled => {
                 drop(sink);
                 // The writer thread writes the rest (and reports it) before anything else.
                 self.kick();
-                None
+                Directly::Handled
             }
             Direct::Declined => {
                 // No mask could be drawn: the writer meets the same error and ends the link.
                 request.claim.untake();
-                None
+                Directly::Handled
             }
         }
     }
+}
+
+/// What [`Lanes::write_direct`] did with a request frame.
+pub(crate) enum Directly {
+    /// Written whole; `Some(origin)`: its write must be reported (mode `Sent`).
+    Written(Option<WaiterId>),
+    /// Not written, but the writer thread has been told what to do with it (or it was dropped
+    /// past its deadline).
+    Handled,
+    /// Left on the data lane: the writer thread must be woken to take it.
+    Left,
 }
 
 /// What opening a link gives: the link and the negotiated subprotocol, or the error and (when

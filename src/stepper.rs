@@ -49,7 +49,7 @@ use parking_lot::{Mutex, MutexGuard};
 
 use crate::coordinator::{Coordinator, Input, LinkEvent, Output, State};
 use crate::doorbell::Doorbell;
-use crate::link::Lanes;
+use crate::link::{Directly, Lanes};
 use crate::requests::{Outcome, WaiterId};
 use crate::stats::Counters;
 use crate::ticket::Answer;
@@ -179,15 +179,21 @@ impl Core {
                 let Some(lanes) = &self.lanes else {
                     return Carried::Done;
                 };
-                if self.inline {
-                    if let Some(origin) = lanes.write_direct(origin, &self.counters) {
+                let directly = if self.inline {
+                    lanes.write_direct(origin, &self.counters)
+                } else {
+                    Directly::Left
+                };
+                match directly {
+                    Directly::Written(Some(origin)) => {
                         let event = LinkEvent::Written(origin);
                         let epoch = lanes.epoch;
                         return Carried::Followup(Input::Link { epoch, event });
                     }
+                    Directly::Written(None) | Directly::Handled => {}
+                    // The writer may be waiting at this frame.
+                    Directly::Left => lanes.bell.ring(),
                 }
-                // The writer may be waiting at this frame.
-                lanes.bell.ring();
             }
             Output::Resolve(waiter, outcome) => {
                 if let Some(answer) = self.waiters.remove(&waiter) {
