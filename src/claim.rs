@@ -29,9 +29,18 @@ const ACCEPTED: u8 = 1;
 const TAKEN: u8 = 2;
 const WITHDRAWN: u8 = 3;
 
-/// The shared state of one request frame. See the module docs.
+/// The shared state of one request frame. See the module docs. Two claims are equal only if
+/// they are the same claim.
 #[derive(Debug, Default)]
 pub(crate) struct Claim(AtomicU8);
+
+impl PartialEq for Claim {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self, other)
+    }
+}
+
+impl Eq for Claim {}
 
 /// What the writer may do with a request frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,6 +92,20 @@ impl Claim {
             Err(SUBMITTED) => Take::Wait,
             Err(_) => Take::Skip,
         }
+    }
+
+    /// The direct path took the frame but the kernel took none of it: the writer thread takes it
+    /// again.
+    pub(crate) fn release(&self) {
+        let _ = self
+            .0
+            .compare_exchange(TAKEN, ACCEPTED, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    /// True while the coordinator has accepted the frame and nobody has taken it: it is still
+    /// on the data lane (or held).
+    pub(crate) fn is_waiting_to_be_taken(&self) -> bool {
+        self.0.load(Ordering::SeqCst) == ACCEPTED
     }
 
     /// The writer's write failed before any byte reached the socket: the frame was not

@@ -353,6 +353,7 @@ impl<T> Client<T> {
             Err(TrySendError::Disconnected(_)) => return resolved(Undelivered::ShutDown),
         }
         let (ticket, answer) = Ticket::new(id, deadline, self.wait);
+        let ticket = ticket.with_claim(claim.clone());
         let sub = Submission {
             id,
             fingerprint: request.fingerprint,

@@ -12,7 +12,8 @@
 //! ```
 //!
 //! Because nothing inside depends on real time or scheduling, the same inputs and clock always
-//! give the same outputs (reconnect jitter comes from a seeded generator), and the tests below
+//! give the same outputs (reconnect jitter comes from the strategy's generator, which a test
+//! seeds with `Backoff::seed`), and the tests below
 //! drive it with a manual clock and thousands of generated fault schedules.
 //!
 //! ## Lifecycle
@@ -33,11 +34,13 @@
 //! `close_timeout`. Liveness and acknowledgement failures abort at once: a silent link would
 //! only time the handshake out.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::ticket::Answer;
 
 use crate::backoff::Reconnect;
+use crate::claim::Claim;
 use crate::codec::Violation;
 use crate::deadline;
 use crate::endpoint::{Action, Cause, Endpoint, Reply};
@@ -180,7 +183,9 @@ pub(crate) enum Output {
     SendSession(Frame),
     /// The request submitted by this waiter is registered: its frame on the data lane may be
     /// written (wake the writer; inline dispatch may write it directly).
-    Accepted(WaiterId),
+    Accepted(WaiterId, Arc<Claim>),
+    /// A submitted frame was withdrawn unregistered: wake the writer, which may wait at it.
+    Withdrawn,
     /// Deliver a request outcome to a waiter.
     Resolve(WaiterId, Outcome),
     /// The session is ready: open the user data lane.
@@ -743,7 +748,8 @@ impl Coordinator {
     fn apply_requests(&mut self, outs: Vec<RequestOut>, out: &mut Vec<Output>) {
         for o in outs {
             out.push(match o {
-                RequestOut::Accepted(origin) => Output::Accepted(origin),
+                RequestOut::Accepted(origin, claim) => Output::Accepted(origin, claim),
+                RequestOut::Withdrawn => Output::Withdrawn,
                 RequestOut::Resolve(waiter, outcome) => Output::Resolve(waiter, outcome),
                 RequestOut::Orphan { id, response } => Output::Notify(Notice::Orphan {
                     epoch: self.epoch,

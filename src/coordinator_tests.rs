@@ -855,7 +855,7 @@ fn outcomes(out: &[Output]) -> Vec<(u64, Outcome)> {
 }
 
 fn accepted(out: &[Output]) -> bool {
-    out.iter().any(|o| matches!(o, Output::Accepted(_)))
+    out.iter().any(|o| matches!(o, Output::Accepted(..)))
 }
 
 #[test]

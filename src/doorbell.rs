@@ -1,7 +1,7 @@
-//! How the writer thread waits for work: a doorbell, not a channel's `select!`.
+//! How the writer and coordinator threads wait for work: a doorbell, not a channel's `select!`.
 //!
-//! The writer takes frames from four lanes (control, session, requests, user data). Waiting on
-//! them with `select!` would cost the round trip dearly on a busy core: a blocking crossbeam
+//! The writer takes frames from three lanes (control, session, user data); the coordinator
+//! thread takes inputs from its inbox. Waiting on them with `select!` would cost the round trip dearly on a busy core: a blocking crossbeam
 //! operation yields the CPU several times before it parks, and each yield hands the core to
 //! whichever thread is runnable (the peer, the reader) and back. The writer instead polls its
 //! lanes and, when they are all empty, parks its thread; every [`Lane`] send rings the
@@ -53,6 +53,7 @@ impl Doorbell {
 
     /// Parks the calling writer thread unless `has_work` says there is work. It may return
     /// without work (a stale wake-up): the caller polls again.
+    #[cfg(test)]
     pub(crate) fn wait(&self, has_work: impl Fn() -> bool) {
         self.wait_until(has_work, None);
     }

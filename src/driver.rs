@@ -15,6 +15,7 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, TrySendError, select};
 
 use crate::coordinator::{Control, Input, Notice, Output, State};
+use crate::doorbell::Doorbell;
 use crate::error::Error;
 use crate::event::Event;
 use crate::ingress::Ingress;
@@ -294,11 +295,12 @@ impl<I: Ingress> Driver<I> {
         let (done_tx, done) = crossbeam_channel::bounded(1);
         let name = format!("{}-dial", self.factory.name);
         log::debug!("dialing connection {epoch} (attempt {attempt})");
+        let bell = self.factory.inputs.bell.clone();
         let spawned = spawn(name, move || {
-            let result = factory.open(epoch, &headers, ingress, &slot);
-            let _ = done_tx.send(());
-            factory.inputs.bell.ring();
-            result
+            // Tells the coordinator thread the dial is over, also if it panics (a custom TLS
+            // verifier, say): the join then reports it.
+            let _over = DialOver(done_tx, bell);
+            factory.open(epoch, &headers, ingress, &slot)
         });
         match spawned {
             Ok(handle) => {
@@ -412,6 +414,16 @@ impl<I: Ingress> Driver<I> {
                 recv(self.abort) -> _ => {}
             }
         }
+    }
+}
+
+/// Signals the end of a dial when dropped: on return and on unwinding alike.
+struct DialOver(crossbeam_channel::Sender<()>, Arc<Doorbell>);
+
+impl Drop for DialOver {
+    fn drop(&mut self) {
+        let _ = self.0.try_send(());
+        self.1.ring();
     }
 }
 

@@ -72,7 +72,8 @@ pub enum Cause {
     /// An application callback panicked (an [`Endpoint`] method, the
     /// [`Ingress`](crate::Ingress), the precheck or the [`Reconnect`](crate::Reconnect)
     /// strategy); the connection was torn down. Fix the callback: syncws reconnects per the
-    /// policy, and the same input may make it panic again.
+    /// policy, and the same input may make it panic again. The endpoint and the ingress are
+    /// kept as the panic left them.
     CallbackPanicked {
         /// Which callback: for example `"Endpoint::parse_reply"` or `"Ingress::on_message"`.
         callback: &'static str,

@@ -19,7 +19,10 @@ pub(crate) struct Panicked {
 /// Runs `f`, turning a panic into [`Panicked`] naming `callback`.
 ///
 /// The state `f` touches may be left half-updated by the panic; callers treat the panic as the
-/// end of the connection and rebuild that state (the session restarts on the next connection).
+/// end of the connection. The session is restarted on the next connection; the endpoint and
+/// the ingress themselves are kept as the panic left them (they are the application's
+/// objects: a callback that panics on every session restore makes every connection end the same
+/// way, each after the reconnect backoff).
 pub(crate) fn catch<R>(callback: &'static str, f: impl FnOnce() -> R) -> Result<R, Panicked> {
     catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
         let message = if let Some(s) = payload.downcast_ref::<&str>() {

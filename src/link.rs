@@ -16,7 +16,7 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 use parking_lot::Mutex;
 
 use crate::affinity::{Affinity, WaitStrategy, pin_current_thread};
-use crate::claim::Take;
+use crate::claim::{Claim, Take};
 use crate::codec::{Decoder, Limits};
 use crate::config::Overflow;
 use crate::connect::Dialer;
@@ -105,45 +105,54 @@ impl Lanes {
     }
 
     /// The direct path (inline dispatch): right after the coordinator accepted the request
-    /// submitted by `origin`, writes its frame on the calling thread if it is the only frame
-    /// queued and the writer thread is not writing (see [`crate::sink`]; called under the
-    /// coordinator's lock). Returns what became of the frame; when it is left for the writer
+    /// submitted by `origin` (with `claim`), writes its frame on the calling thread if it is the
+    /// only frame queued and the writer thread is not writing (see [`crate::sink`]; called under
+    /// the coordinator's lock). Returns what became of the frame; when it is left for the writer
     /// thread, the caller wakes it.
-    pub(crate) fn write_direct(&self, origin: WaiterId, counters: &Counters) -> Directly {
-        if !(self.control.is_empty() && self.session.is_empty() && self.data.len() == 1) {
+    pub(crate) fn write_direct(
+        &self,
+        origin: WaiterId,
+        claim: &Claim,
+        counters: &Counters,
+    ) -> Directly {
+        if !(self.control.is_empty() && self.session.is_empty()) {
             return Directly::Left;
         }
         let Some(mut sink) = self.sink.try_lock() else {
             return Directly::Left;
         };
-        if !sink.accepts_direct() {
+        // The writer takes frames off the lane only under the sink's lock, which this thread
+        // holds. A frame still accepted and untaken, with nothing held, is still on the lane;
+        // as the only frame queued, it is the one at its head.
+        if !sink.accepts_direct() || !claim.is_waiting_to_be_taken() || self.data.len() != 1 {
             return Directly::Left;
         }
-        // The writer takes from the lane only under the sink's lock, and nothing was held: the
-        // one frame queued is the oldest, and the caller's was queued before it was accepted.
-        let Ok(item) = self.data.try_recv() else {
-            return Directly::Left;
-        };
-        let request = match item {
-            Outbound::Request(r)
-                if r.origin == origin
-                    && r.frame
-                        .data_payload()
-                        .is_some_and(|(_, p)| p.len() <= DIRECT_MAX) =>
-            {
-                r
-            }
-            other => {
+        let request = match self.data.try_recv() {
+            Ok(Outbound::Request(r)) if r.origin == origin => r,
+            Ok(other) => {
+                // Not reached (see above); the frame goes to the writer thread, first in line.
+                log::error!("direct write found another frame at the head of the data lane");
                 sink.held = Some(other);
                 drop(sink);
                 self.kick();
                 return Directly::Handled;
             }
+            Err(_) => return Directly::Left,
         };
-        match request.take(Instant::now()) {
+        let small = request
+            .frame
+            .data_payload()
+            .is_some_and(|(_, p)| p.len() <= DIRECT_MAX);
+        let take = if small {
+            request.take(Instant::now())
+        } else {
+            Take::Wait
+        };
+        match take {
             Take::Write => {}
             // Past its deadline: withdrawn, never written.
             Take::Skip => return Directly::Handled,
+            // Too large to write without blocking: the writer thread writes it, first.
             Take::Wait => {
                 sink.held = Some(Outbound::Request(request));
                 drop(sink);
@@ -161,8 +170,12 @@ impl Lanes {
                 Directly::Handled
             }
             Direct::Declined => {
-                // No mask could be drawn: the writer meets the same error and ends the link.
-                request.claim.untake();
+                // Not a byte went out (the socket buffer is full): the writer thread writes it,
+                // first in line.
+                request.claim.release();
+                sink.held = Some(Outbound::Request(request));
+                drop(sink);
+                self.kick();
                 Directly::Handled
             }
         }

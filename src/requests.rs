@@ -177,7 +177,10 @@ pub(crate) struct Submission {
 pub(crate) enum RequestOut {
     /// The request submitted by this waiter is registered: its frame, already on the data
     /// lane, may be written (wake the writer, which may be waiting at it).
-    Accepted(WaiterId),
+    Accepted(WaiterId, Arc<Claim>),
+    /// A submitted frame was withdrawn before it was registered (refused, or joined to a
+    /// request in flight): wake the writer, which may be waiting at it.
+    Withdrawn,
     /// Deliver an outcome to a waiter.
     Resolve(WaiterId, Outcome),
     /// A response matched no pending request (it came after its request was resolved).
@@ -234,6 +237,7 @@ impl Requests {
     ) {
         let refuse = |out: &mut Vec<RequestOut>, outcome| {
             sub.claim.withdraw();
+            out.push(RequestOut::Withdrawn);
             out.push(RequestOut::Resolve(waiter, outcome));
         };
         if now >= sub.deadline {
@@ -247,6 +251,7 @@ impl Requests {
             // Join: same outcome, sending nothing, but never later than the joiner's own
             // deadline, and never later than the original's (the writer drops the frame then).
             sub.claim.withdraw();
+            out.push(RequestOut::Withdrawn);
             let first_deadline = entry.waiters.first().map_or(sub.deadline, |(_, d)| *d);
             let deadline = sub.deadline.min(first_deadline);
             entry.waiters.push((waiter, deadline));
@@ -273,6 +278,7 @@ impl Requests {
             return;
         }
         self.deadlines.insert((sub.deadline, waiter, sub.id));
+        out.push(RequestOut::Accepted(waiter, sub.claim.clone()));
         self.table.insert(
             sub.id,
             Entry {
@@ -284,7 +290,6 @@ impl Requests {
                 waiters: vec![(waiter, sub.deadline)],
             },
         );
-        out.push(RequestOut::Accepted(waiter));
     }
 
     /// The writer wrote the frame submitted by `origin` (reported for mode `Sent` only).
@@ -424,7 +429,7 @@ mod tests {
         let mut out = Vec::new();
         let (s, claim) = sub(t0, 7, 1);
         r.submit(t0, WaiterId(1), s, Some(1), &mut out);
-        assert_eq!(out, [RequestOut::Accepted(WaiterId(1))]);
+        assert!(matches!(&out[..], [RequestOut::Accepted(WaiterId(1), c)] if **c == *claim));
         assert_eq!(
             claim.take(),
             Take::Write,
@@ -503,6 +508,11 @@ mod tests {
         r.submit(t0, WaiterId(3), c, Some(1), &mut out);
         assert_eq!(joiner.take(), Take::Skip, "a joiner sends nothing");
         assert_eq!(mismatch.take(), Take::Skip);
+        let woken = out
+            .iter()
+            .filter(|o| matches!(o, RequestOut::Withdrawn))
+            .count();
+        assert_eq!(woken, 2, "the writer may be waiting at either frame: woken");
         assert_eq!(resolved(&out), [(3, Outcome::PayloadMismatch)]);
         out.clear();
         let response = Response::Err {
@@ -518,9 +528,8 @@ mod tests {
         out.clear();
         let (d, _) = sub(t0, 7, 9);
         r.submit(t0, WaiterId(4), d, Some(1), &mut out);
-        assert_eq!(
-            out,
-            [RequestOut::Accepted(WaiterId(4))],
+        assert!(
+            matches!(&out[..], [RequestOut::Accepted(WaiterId(4), _)]),
             "completed ids can be reused"
         );
     }

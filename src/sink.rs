@@ -62,10 +62,10 @@ impl Sink {
         }
     }
 
-    /// The claim of the held request frame, if any.
-    pub(crate) fn held_claim(&self) -> Option<Arc<Claim>> {
+    /// The claim and deadline of the held request frame, if any.
+    pub(crate) fn held_request(&self) -> Option<(Arc<Claim>, Instant)> {
         match &self.held {
-            Some(Outbound::Request(r)) => Some(r.claim.clone()),
+            Some(Outbound::Request(r)) => Some((r.claim.clone(), r.deadline)),
             _ => None,
         }
     }

@@ -175,12 +175,17 @@ impl Core {
             Output::SendSession(frame) => {
                 self.to_lanes(|l| l.session.try_send(frame).map_err(drop))
             }
-            Output::Accepted(origin) => {
+            Output::Withdrawn => {
+                if let Some(lanes) = &self.lanes {
+                    lanes.bell.ring();
+                }
+            }
+            Output::Accepted(origin, claim) => {
                 let Some(lanes) = &self.lanes else {
                     return Carried::Done;
                 };
                 let directly = if self.inline {
-                    lanes.write_direct(origin, &self.counters)
+                    lanes.write_direct(origin, &claim, &self.counters)
                 } else {
                     Directly::Left
                 };
@@ -439,6 +444,7 @@ mod tests {
     use crate::requests::{ConfirmMode, Request, Response, Submission};
     use crate::sink::Sink;
     use crate::ticket::Ticket;
+    use crate::transport::Direct;
     use crate::{Data, Endpoint, Keepalive, Reply};
     use std::sync::atomic::AtomicBool;
 
@@ -832,6 +838,45 @@ mod tests {
         }
         writer.join().unwrap().unwrap();
         assert!(rig.wire_is_quiet());
+    }
+
+    /// The socket's send buffer is full: the kernel takes not a byte of a direct write. The
+    /// request is not dropped: it goes to the writer thread, first in line, still untaken
+    /// (regression: it used to be withdrawn and answered `NotDelivered` only at its deadline).
+    #[test]
+    fn a_direct_write_the_kernel_refuses_goes_to_the_writer_thread() {
+        let mut rig = rig(Dispatch::Inline);
+        let _ = rig.submit(1);
+        assert_eq!(rig.on_wire(), "order 1");
+        rig.drain_inbox_after_nudge();
+        // Fill the send buffer (the server does not read), then drop what did not fit.
+        let sink = rig.lanes(|l| l.sink.clone());
+        {
+            let mut sink = sink.lock();
+            let junk = vec![0u8; 64 * 1024];
+            let mut full = false;
+            for _ in 0..4096 {
+                let mut rest = Vec::new();
+                if sink.half.write_direct(&junk, &mut rest) == Direct::Declined {
+                    full = true;
+                    break;
+                }
+            }
+            assert!(full, "the send buffer never filled");
+        }
+        let mut ticket = rig.submit(2);
+        assert!(rig.kick.load(Ordering::SeqCst), "the writer thread is told");
+        let held = sink.lock().held.take();
+        let Some(Outbound::Request(request)) = held else {
+            panic!("the request was not handed to the writer thread: {held:?}");
+        };
+        assert_eq!(request.origin, WaiterId(2));
+        assert_eq!(
+            request.take(Instant::now()),
+            crate::claim::Take::Write,
+            "still the writer's to write"
+        );
+        assert_eq!(ticket.try_outcome(), None, "not answered NotDelivered");
     }
 
     #[test]

@@ -4,8 +4,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::affinity::WaitStrategy;
+use crate::claim::Claim;
 use crate::deadline;
-use crate::requests::{Outcome, Unknown};
+use crate::requests::{Outcome, Undelivered, Unknown};
 use crate::sync::{AtomicBool, Condvar, Mutex, Ordering, now, spin_wait};
 
 /// How long past its deadline a ticket waits for the coordinator before answering by itself.
@@ -64,6 +65,8 @@ pub struct Ticket {
     deadline: Instant,
     outcome: Option<Outcome>,
     wait: WaitStrategy,
+    /// The request frame's claim, for a truthful answer if the ticket has to give up alone.
+    claim: Option<Arc<Claim>>,
 }
 
 impl Ticket {
@@ -82,8 +85,15 @@ impl Ticket {
             deadline,
             outcome: None,
             wait,
+            claim: None,
         };
         (ticket, answer)
+    }
+
+    /// Ties the ticket to its request frame's claim.
+    pub(crate) fn with_claim(mut self, claim: Arc<Claim>) -> Self {
+        self.claim = Some(claim);
+        self
     }
 
     /// A ticket that is already answered.
@@ -93,6 +103,7 @@ impl Ticket {
             slot: Arc::default(),
             deadline: now(),
             outcome: Some(outcome),
+            claim: None,
             wait: WaitStrategy::Block,
         }
     }
@@ -151,7 +162,14 @@ impl Ticket {
         self.outcome = guard.take();
         drop(guard);
         if self.outcome.is_none() && now() >= self.give_up_at() {
-            self.outcome = Some(Outcome::Unconfirmed(Unknown::Deadline));
+            // Nobody answered (the coordinator is stuck): the request's claim says whether its
+            // bytes may have gone out, and withdrawing it makes sure they never will.
+            let never_sent = self.claim.as_ref().is_some_and(|c| c.withdraw());
+            self.outcome = Some(if never_sent {
+                Outcome::NotDelivered(Undelivered::Deadline)
+            } else {
+                Outcome::Unconfirmed(Unknown::Deadline)
+            });
         }
     }
 }

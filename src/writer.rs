@@ -44,8 +44,9 @@ pub(crate) struct Writer {
     /// Set (and the doorbell rung) by a direct write that left work in the sink: a spill, or a
     /// frame it took off the data lane but could not write.
     pub kick: Arc<AtomicBool>,
-    /// The claim of the request frame the writer is waiting at (registration not seen yet).
-    pub waiting: Option<Arc<Claim>>,
+    /// The claim and deadline of the request frame the writer is waiting at (registration not
+    /// seen yet): it waits until the claim is decided or the deadline passes, whichever first.
+    pub waiting: Option<(Arc<Claim>, Instant)>,
     pub epoch: u64,
     pub control: Receiver<Control>,
     /// Session frames (auth, subscriptions, application pings): ahead of user data.
@@ -94,7 +95,7 @@ impl Writer {
                 None => Ok(()),
             };
             self.data_open = sink.st.data_open;
-            self.waiting = sink.held_claim();
+            self.waiting = sink.held_request();
             if written.is_err() {
                 sink.failed = true; // No direct write may follow a broken stream.
             }
@@ -126,7 +127,7 @@ impl Writer {
     fn wait_for_work(&self) -> bool {
         let has_work = || {
             let data = match &self.waiting {
-                Some(claim) => claim.is_decided(),
+                Some((claim, deadline)) => claim.is_decided() || Instant::now() >= *deadline,
                 None => !self.data.is_empty(),
             };
             !self.control.is_empty()
@@ -136,8 +137,11 @@ impl Writer {
                 || crate::driver::released(&self.stop)
         };
         if self.wait.spin(|| has_work().then_some(())).is_none() {
+            // Held at a request the coordinator has not registered: not past its deadline,
+            // when the frame is dropped (the coordinator may be stuck delivering an event).
+            let until = self.waiting.as_ref().map(|(_, deadline)| *deadline);
             while !has_work() {
-                self.doorbell.wait(has_work);
+                self.doorbell.wait_until(has_work, until);
             }
         }
         !crate::driver::released(&self.stop)

@@ -133,3 +133,103 @@ fn a_panicking_ingress_closes_with_a_typed_cause_and_reconnects() {
     client.shutdown(Duration::from_secs(2));
     server.join();
 }
+
+/// A custom certificate verifier that accepts the first server and panics on the second
+/// handshake, as a buggy user callback on the dial thread would.
+#[derive(Debug)]
+struct PanicsOnSecondDial {
+    dials: std::sync::atomic::AtomicUsize,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PanicsOnSecondDial {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if self.dials.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            panic!("verifier cannot handle this certificate");
+        }
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A dial thread whose user callback panics (here a custom TLS verifier on a reconnect) is
+/// collected: the attempt fails with a typed cause instead of leaving the client connecting
+/// for ever, and shutdown still joins every thread.
+#[test]
+fn a_panicking_dial_is_reported_not_left_connecting() {
+    let pki = support::Pki::new("syncws-test-ca");
+    let server = TestServer::start(Some(pki.server_config(&["localhost"])), 2, |i, conn| {
+        if let Ok(mut ws) = tungstenite::accept(conn) {
+            if i == 0 {
+                let _ = ws.close(None); // Connection 1 ends: the client reconnects.
+                while ws.read().is_ok() {}
+            }
+        }
+    });
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(PanicsOnSecondDial {
+        dials: Default::default(),
+        provider: provider.clone(),
+    });
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    tls.resumption = rustls::client::Resumption::disabled(); // Verify on every dial.
+    let client = Client::builder(&server.url("/"))
+        .name("dialpanic")
+        .dispatch(dispatch_under_test())
+        .tls_config(Arc::new(tls))
+        .keepalive(Keepalive::ServerDriven)
+        .reconnect(Backoff::new(Duration::from_millis(10), Duration::from_millis(50)).seed(1))
+        .connect()
+        .unwrap();
+    let attempt = next_event(&client, WAIT, |e| match e {
+        Event::ConnectFailed { attempt, cause, .. } => Some((attempt, cause.to_string())),
+        _ => None,
+    });
+    assert_eq!(attempt.0, 2, "{attempt:?}");
+    assert!(attempt.1.contains("panicked"), "{attempt:?}");
+    client.shutdown(Duration::from_secs(2));
+    assert!(
+        !support::thread_names()
+            .iter()
+            .any(|n| n.starts_with("dialpanic")),
+        "every client thread joined"
+    );
+    server.join();
+}

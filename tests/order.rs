@@ -153,3 +153,56 @@ fn requests_never_overtake_earlier_sends_under_load() {
         server.join();
     }
 }
+
+/// A request frame holds the frames sent after it until the coordinator has registered it, but
+/// never past its deadline: here the coordinator thread is stuck delivering an event (the
+/// application reads none and the channel is full), so the request is never registered. At its
+/// deadline the writer drops it and sends what follows; the caller is answered
+/// `NotDelivered(Deadline)`, which is true: not a byte of it left.
+#[test]
+fn a_stuck_coordinator_holds_later_sends_only_until_the_request_deadline() {
+    let (seen_tx, seen) = crossbeam_channel::unbounded::<String>();
+    let server = TestServer::start(None, 1, move |_, conn| {
+        let mut ws = accept_ws(conn);
+        // An answer nobody waits for: the coordinator must deliver it as an orphan event and
+        // blocks on the full channel.
+        ws.send(Message::text("tick")).unwrap();
+        ws.send(Message::text("order 9 9")).unwrap();
+        while let Ok(m) = ws.read() {
+            if let Message::Text(t) = m {
+                let _ = seen_tx.send(t.to_string());
+            }
+        }
+    });
+    let client = Client::builder(&server.url("/"))
+        .dispatch(support::dispatch_under_test())
+        .endpoint(Echoes)
+        .event_queue(1)
+        .overflow(syncws::Overflow::DropNewest)
+        .connect()
+        .unwrap();
+    // Nobody reads the events: the channel holds the first one, the rest wait or are dropped.
+    support::wait_until("the orphan answer", Duration::from_secs(10), || {
+        (client.stats().messages_in >= 2).then_some(())
+    });
+    let t0 = Instant::now();
+    let ticket = client.submit(
+        Request::new(1_000_001, 1, Frame::text("order 1 1")).timeout(Duration::from_millis(300)),
+    );
+    client.send(Frame::text("after")).unwrap();
+    let first = seen
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the frame sent after the request arrives");
+    assert_eq!(first, "after", "the unregistered request never went out");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(300),
+        "held until the request's deadline: {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(
+        ticket.wait(),
+        Outcome::NotDelivered(syncws::Undelivered::Deadline)
+    );
+    drop(client);
+    server.join();
+}
