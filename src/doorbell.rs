@@ -188,18 +188,10 @@ mod tests {
 #[cfg(all(loom, test))]
 mod loom_models {
     use super::*;
+    use crate::sync::model;
     use crate::sync::thread;
     use loom::sync::Arc;
     use loom::sync::atomic::AtomicUsize;
-
-    /// Loom's default search bounded to three preemptions per execution: enough for the
-    /// two-sided Dekker race (each side preempted between its store, fence and load), and
-    /// quick.
-    fn model(f: impl Fn() + Sync + Send + 'static) {
-        let mut builder = loom::model::Builder::new();
-        builder.preemption_bound = Some(3);
-        builder.check(f);
-    }
 
     /// The writer's loop, as `Writer::wait_for_work` runs it: registers, takes what the lane
     /// holds, waits on the doorbell when it is empty, until it has taken `items`. The lane is

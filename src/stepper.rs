@@ -925,6 +925,7 @@ mod tests {
 #[cfg(all(loom, test))]
 mod loom_models {
     use super::Queued;
+    use crate::sync::model;
     use crate::sync::{Mutex, thread};
     use loom::sync::Arc;
     use loom::sync::mpsc::{Receiver, Sender, channel};
@@ -982,12 +983,6 @@ mod loom_models {
                 }
             }
         }
-    }
-
-    fn model(f: impl Fn() + Sync + Send + 'static) {
-        let mut builder = loom::model::Builder::new();
-        builder.preemption_bound = Some(3);
-        builder.check(f);
     }
 
     /// A caller sends its registration (1) on the inbox; its frame goes out and the response

@@ -157,3 +157,14 @@ mod imp {
 }
 
 pub(crate) use imp::*;
+
+/// Runs a loom model with the search bounded to three preemptions per execution: enough for
+/// the races the models look for (a Dekker pair preempted between its store, fence and load; a
+/// count read between a send and its handling), and quick. An unbounded search of the doorbell
+/// models had not finished in 5 minutes.
+#[cfg(all(loom, test))]
+pub(crate) fn model(f: impl Fn() + Sync + Send + 'static) {
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(3);
+    builder.check(f);
+}

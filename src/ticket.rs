@@ -186,14 +186,8 @@ impl Ticket {
 #[cfg(all(loom, test))]
 mod loom_models {
     use super::*;
+    use crate::sync::model;
     use crate::sync::{clock, thread};
-
-    /// Three preemptions per execution bound the search (see the doorbell's models).
-    fn model(f: impl Fn() + Sync + Send + 'static) {
-        let mut builder = loom::model::Builder::new();
-        builder.preemption_bound = Some(3);
-        builder.check(f);
-    }
 
     /// The three ways a caller waits: parked at once, polling `filled` without the lock until
     /// the outcome or the deadline, and polling once then parking (`SpinThenBlock` with a zero

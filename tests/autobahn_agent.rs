@@ -3,6 +3,8 @@
 //! `/updateReports`) with two tiny cases, each sending a text and a binary message and checking
 //! that both come back with the same opcode and payload. Every wait is bounded.
 
+mod support;
+
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -14,30 +16,8 @@ use tungstenite::{Message, WebSocket};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// The example binary `cargo test` builds next to the test binaries (as in `wscat_cli.rs`).
 fn agent_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe
-        .parent() // deps
-        .and_then(|deps| deps.parent())
-        .expect("test binary lives in <target>/<profile>/deps");
-    let bin = profile_dir
-        .join("examples")
-        .join(format!("autobahn_client{}", std::env::consts::EXE_SUFFIX));
-    if !bin.is_file() {
-        // `cargo test --test autobahn_agent` does not build examples; build it once.
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        static BUILT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        let ok = *BUILT.get_or_init(|| {
-            Command::new(cargo)
-                .args(["build", "--example", "autobahn_client"])
-                .status()
-                .is_ok_and(|s| s.success())
-        });
-        assert!(ok, "could not build the autobahn_client example");
-    }
-    assert!(bin.is_file(), "agent binary not found at {}", bin.display());
-    bin
+    support::example_bin("autobahn_client")
 }
 
 /// Runs the agent with `args` to completion (killed after `WAIT`).

@@ -18,35 +18,8 @@ use tungstenite::Message;
 
 const WAIT: Duration = Duration::from_secs(15);
 
-/// The wscat binary `cargo test` builds next to the test binaries (`target/<profile>/examples`).
 fn wscat_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe
-        .parent() // deps
-        .and_then(|deps| deps.parent())
-        .expect("test binary lives in <target>/<profile>/deps");
-    let bin = profile_dir
-        .join("examples")
-        .join(format!("wscat{}", std::env::consts::EXE_SUFFIX));
-    if !bin.is_file() {
-        // `cargo test --test wscat_cli` does not build examples; build it once (examples share
-        // the target directory's `debug` folder with the test profile).
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        static BUILT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        let ok = *BUILT.get_or_init(|| {
-            Command::new(cargo)
-                .args(["build", "--example", "wscat"])
-                .status()
-                .is_ok_and(|s| s.success())
-        });
-        assert!(ok, "could not build the wscat example");
-    }
-    assert!(
-        bin.is_file(),
-        "wscat example binary not found at {}; run `cargo build --example wscat`",
-        bin.display()
-    );
-    bin
+    support::example_bin("wscat")
 }
 
 /// A running wscat child with its stdout split into lines on a channel, and its stderr both

@@ -403,3 +403,33 @@ pub fn dispatch_under_test() -> Dispatch {
         Ok(other) => panic!("SYNCWS_TEST_DISPATCH={other}: expected actor or inline"),
     }
 }
+
+/// The binary of example `name`, which `cargo test` builds next to the test binaries
+/// (`target/<profile>/examples`); built once here when a single test target is run.
+#[allow(dead_code)]
+pub fn example_bin(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe
+        .parent() // deps
+        .and_then(|deps| deps.parent())
+        .expect("test binary lives in <target>/<profile>/deps");
+    let bin = profile_dir
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    if !bin.is_file() {
+        // `cargo test --test X` does not build examples (they share the target directory's
+        // `debug` folder with the test profile).
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let ok = std::process::Command::new(cargo)
+            .args(["build", "--example", name])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "could not build the {name} example");
+    }
+    assert!(
+        bin.is_file(),
+        "example binary not found at {}; run `cargo build --example {name}`",
+        bin.display()
+    );
+    bin
+}
