@@ -11,8 +11,9 @@
 //! unknown CA). The server reports what it observed on its stdout (`CLOSED <code> <reason>`,
 //! `PONG <result>`), which the tests read back.
 //!
-//! The tests need `python3` with `websockets >= 17`. Without it they are skipped, unless
-//! `SYNCWS_REQUIRE_PEERS=1` (CI), where they fail. `SYNCWS_PYTHON` names another interpreter.
+//! The tests need `python3` with `websockets >= 17`. Without it they are reported as ignored
+//! (this file has its own harness: `python_peer::run`), unless `SYNCWS_REQUIRE_PEERS=1` (CI),
+//! where they fail. `SYNCWS_PYTHON` names another interpreter.
 
 mod python_peer;
 mod support;
@@ -109,12 +110,10 @@ fn echo_all_sizes(transport: Transport) {
     client.shutdown(SHUTDOWN);
 }
 
-#[test]
 fn echo_text_and_binary_plain() {
     echo_all_sizes(Transport::Plain);
 }
 
-#[test]
 fn echo_text_and_binary_tls() {
     echo_all_sizes(Transport::Tls);
 }
@@ -141,12 +140,10 @@ fn fragments_reassemble(transport: Transport) {
     client.shutdown(SHUTDOWN);
 }
 
-#[test]
 fn server_fragmented_messages_reassemble_plain() {
     fragments_reassemble(Transport::Plain);
 }
 
-#[test]
 fn server_fragmented_messages_reassemble_tls() {
     fragments_reassemble(Transport::Tls);
 }
@@ -173,12 +170,10 @@ fn server_ping_answered(transport: Transport) {
     client.shutdown(SHUTDOWN);
 }
 
-#[test]
 fn server_ping_answered_with_same_payload_plain() {
     server_ping_answered(Transport::Plain);
 }
 
-#[test]
 fn server_ping_answered_with_same_payload_tls() {
     server_ping_answered(Transport::Tls);
 }
@@ -201,12 +196,10 @@ fn client_ping_answered(transport: Transport) {
     client.shutdown(SHUTDOWN);
 }
 
-#[test]
 fn client_ping_answered_by_server_plain() {
     client_ping_answered(Transport::Plain);
 }
 
-#[test]
 fn client_ping_answered_by_server_tls() {
     client_ping_answered(Transport::Tls);
 }
@@ -246,12 +239,10 @@ fn server_close_codes(transport: Transport) {
     }
 }
 
-#[test]
 fn server_close_codes_reach_client_plain() {
     server_close_codes(Transport::Plain);
 }
 
-#[test]
 fn server_close_codes_reach_client_tls() {
     server_close_codes(Transport::Tls);
 }
@@ -280,18 +271,15 @@ fn client_close_codes(transport: Transport) {
     }
 }
 
-#[test]
 fn client_close_codes_reach_server_plain() {
     client_close_codes(Transport::Plain);
 }
 
-#[test]
 fn client_close_codes_reach_server_tls() {
     client_close_codes(Transport::Tls);
 }
 
 /// `shutdown` on an open connection performs a clean close with 1000.
-#[test]
 fn shutdown_closes_with_normal_code() {
     if !python_ready() {
         return;
@@ -311,7 +299,6 @@ fn shutdown_closes_with_normal_code() {
 }
 
 /// A close frame without a status code is reported as 1005 and answered with an empty close.
-#[test]
 fn server_close_without_status_code() {
     if !python_ready() {
         return;
@@ -333,7 +320,6 @@ fn server_close_without_status_code() {
 
 /// Everything the server sent before its close frame reaches the application, in order, and
 /// before the `Closed` event.
-#[test]
 fn messages_before_server_close_are_delivered() {
     if !python_ready() {
         return;
@@ -360,7 +346,6 @@ fn messages_before_server_close_are_delivered() {
 
 /// The server drops the TCP connection without a close frame: the client reports a transport
 /// close with 1006, not clean, with an error.
-#[test]
 fn server_drops_connection_without_close_frame() {
     if !python_ready() {
         return;
@@ -389,7 +374,6 @@ fn server_drops_connection_without_close_frame() {
 
 /// The client closes while the server is sending as fast as it can: the client keeps reading
 /// until the server's close frame, and the handshake completes cleanly.
-#[test]
 fn client_close_while_server_streams() {
     if !python_ready() {
         return;
@@ -418,7 +402,6 @@ fn client_close_while_server_streams() {
 
 /// Invalid UTF-8 in a text message makes the client close with 1007 and report
 /// `Error::Protocol`.
-#[test]
 fn invalid_utf8_from_server_closes_with_1007() {
     if !python_ready() {
         return;
@@ -453,7 +436,6 @@ fn invalid_utf8_from_server_closes_with_1007() {
 }
 
 /// A message over the server's limit: the server closes with 1009 and the client reports it.
-#[test]
 fn message_over_server_limit_closed_with_1009() {
     if !python_ready() {
         return;
@@ -477,7 +459,6 @@ fn message_over_server_limit_closed_with_1009() {
 
 /// A ping between the fragments of a message is answered at once and does not disturb the
 /// reassembly.
-#[test]
 fn ping_between_fragments_answered() {
     if !python_ready() {
         return;
@@ -495,7 +476,6 @@ fn ping_between_fragments_answered() {
 
 /// Over-long close reasons are cut on a character boundary to fit 123 bytes; over-long ping
 /// payloads to 125 bytes. The peer accepts both.
-#[test]
 fn long_close_reason_and_ping_payload_are_truncated() {
     if !python_ready() {
         return;
@@ -526,7 +506,6 @@ fn long_close_reason_and_ping_payload_are_truncated() {
 /// Codes that must never appear on the wire (RFC 6455 §7.4.1-2: 0-999, 1004-1006, 1015,
 /// 1016-2999): a peer treats them as a protocol error. `Client::close` must not put them on the
 /// wire (it may refuse the call, or send a valid code such as 1000 instead).
-#[test]
 fn close_with_reserved_code_does_not_send_it() {
     if !python_ready() {
         return;
@@ -569,7 +548,6 @@ fn close_with_reserved_code_does_not_send_it() {
 /// permessage-deflate is not supported: a server with compression enabled (the websockets
 /// default) negotiates none when the client offers none, and a server accepting an extension
 /// the user forced into the request is refused.
-#[test]
 fn compression_is_never_negotiated() {
     if !python_ready() {
         return;
@@ -630,22 +608,18 @@ fn rejected(transport: Transport, status: u16) {
     }
 }
 
-#[test]
 fn handshake_rejected_401_plain() {
     rejected(Transport::Plain, 401);
 }
 
-#[test]
 fn handshake_rejected_503_plain() {
     rejected(Transport::Plain, 503);
 }
 
-#[test]
 fn handshake_rejected_401_tls() {
     rejected(Transport::Tls, 401);
 }
 
-#[test]
 fn handshake_rejected_503_tls() {
     rejected(Transport::Tls, 503);
 }
@@ -677,18 +651,15 @@ fn request_seen_by_server(transport: Transport) {
     client.shutdown(SHUTDOWN);
 }
 
-#[test]
 fn request_path_headers_and_subprotocol_plain() {
     request_seen_by_server(Transport::Plain);
 }
 
-#[test]
 fn request_path_headers_and_subprotocol_tls() {
     request_seen_by_server(Transport::Tls);
 }
 
 /// The server selects no subprotocol when none of the offered ones is known.
-#[test]
 fn no_common_subprotocol() {
     if !python_ready() {
         return;
@@ -707,7 +678,6 @@ fn no_common_subprotocol() {
 // TLS failures
 // ---------------------------------------------------------------------------------------------
 
-#[test]
 fn tls_certificate_for_wrong_host_is_refused() {
     if !python_ready() {
         return;
@@ -739,7 +709,6 @@ fn tls_certificate_for_wrong_host_is_refused() {
     client.shutdown(SHUTDOWN);
 }
 
-#[test]
 fn tls_certificate_from_unknown_ca_is_refused() {
     if !python_ready() {
         return;
@@ -777,4 +746,116 @@ fn tls_certificate_from_unknown_ca_is_refused() {
     client.send(Frame::text("trusted now")).unwrap();
     assert_eq!(next_frame(&client), Frame::text("trusted now"));
     client.shutdown(SHUTDOWN);
+}
+
+fn main() {
+    python_peer::run(&[
+        ("echo_text_and_binary_plain", echo_text_and_binary_plain),
+        ("echo_text_and_binary_tls", echo_text_and_binary_tls),
+        (
+            "server_fragmented_messages_reassemble_plain",
+            server_fragmented_messages_reassemble_plain,
+        ),
+        (
+            "server_fragmented_messages_reassemble_tls",
+            server_fragmented_messages_reassemble_tls,
+        ),
+        (
+            "server_ping_answered_with_same_payload_plain",
+            server_ping_answered_with_same_payload_plain,
+        ),
+        (
+            "server_ping_answered_with_same_payload_tls",
+            server_ping_answered_with_same_payload_tls,
+        ),
+        (
+            "client_ping_answered_by_server_plain",
+            client_ping_answered_by_server_plain,
+        ),
+        (
+            "client_ping_answered_by_server_tls",
+            client_ping_answered_by_server_tls,
+        ),
+        (
+            "server_close_codes_reach_client_plain",
+            server_close_codes_reach_client_plain,
+        ),
+        (
+            "server_close_codes_reach_client_tls",
+            server_close_codes_reach_client_tls,
+        ),
+        (
+            "client_close_codes_reach_server_plain",
+            client_close_codes_reach_server_plain,
+        ),
+        (
+            "client_close_codes_reach_server_tls",
+            client_close_codes_reach_server_tls,
+        ),
+        (
+            "shutdown_closes_with_normal_code",
+            shutdown_closes_with_normal_code,
+        ),
+        (
+            "server_close_without_status_code",
+            server_close_without_status_code,
+        ),
+        (
+            "messages_before_server_close_are_delivered",
+            messages_before_server_close_are_delivered,
+        ),
+        (
+            "server_drops_connection_without_close_frame",
+            server_drops_connection_without_close_frame,
+        ),
+        (
+            "client_close_while_server_streams",
+            client_close_while_server_streams,
+        ),
+        (
+            "invalid_utf8_from_server_closes_with_1007",
+            invalid_utf8_from_server_closes_with_1007,
+        ),
+        (
+            "message_over_server_limit_closed_with_1009",
+            message_over_server_limit_closed_with_1009,
+        ),
+        (
+            "ping_between_fragments_answered",
+            ping_between_fragments_answered,
+        ),
+        (
+            "long_close_reason_and_ping_payload_are_truncated",
+            long_close_reason_and_ping_payload_are_truncated,
+        ),
+        (
+            "close_with_reserved_code_does_not_send_it",
+            close_with_reserved_code_does_not_send_it,
+        ),
+        (
+            "compression_is_never_negotiated",
+            compression_is_never_negotiated,
+        ),
+        ("handshake_rejected_401_plain", handshake_rejected_401_plain),
+        ("handshake_rejected_503_plain", handshake_rejected_503_plain),
+        ("handshake_rejected_401_tls", handshake_rejected_401_tls),
+        ("handshake_rejected_503_tls", handshake_rejected_503_tls),
+        (
+            "request_path_headers_and_subprotocol_plain",
+            request_path_headers_and_subprotocol_plain,
+        ),
+        (
+            "request_path_headers_and_subprotocol_tls",
+            request_path_headers_and_subprotocol_tls,
+        ),
+        ("no_common_subprotocol", no_common_subprotocol),
+        (
+            "tls_certificate_for_wrong_host_is_refused",
+            tls_certificate_for_wrong_host_is_refused,
+        ),
+        (
+            "tls_certificate_from_unknown_ca_is_refused",
+            tls_certificate_from_unknown_ca_is_refused,
+        ),
+    ]);
 }

@@ -10,8 +10,8 @@
 //!   subscriptions exactly once per connection, twenty times in a row, over plain TCP and TLS.
 //!
 //! Like `tests/interop_python.rs`, the tests need `python3` with `websockets >= 17`. Without it
-//! they are skipped, unless `SYNCWS_REQUIRE_PEERS=1` (CI), where they fail. `SYNCWS_PYTHON`
-//! names another interpreter.
+//! they are reported as ignored (own harness: `python_peer::run`), unless
+//! `SYNCWS_REQUIRE_PEERS=1` (CI), where they fail. `SYNCWS_PYTHON` names another interpreter.
 
 mod python_peer;
 mod support;
@@ -138,19 +138,16 @@ fn server_driven_keepalive(transport: Transport) {
 
 /// The server pings (websockets' keepalive); a `ServerDriven` client answers every ping and
 /// sends none of its own.
-#[test]
 fn server_driven_keepalive_answers_and_never_pings_plain() {
     server_driven_keepalive(Transport::Plain);
 }
 
-#[test]
 fn server_driven_keepalive_answers_and_never_pings_tls() {
     server_driven_keepalive(Transport::Tls);
 }
 
 /// Control for the test above: the counting server does see a client's keepalive pings, and
 /// both sides' keepalives run side by side without disturbing each other.
-#[test]
 fn client_keepalive_pings_are_seen_by_the_server() {
     if !python_ready() {
         return;
@@ -402,12 +399,10 @@ fn assert_server_saw_each_connection_subscribe_once(
 /// The server closes every connection with 1001 shortly after its session is restored; across
 /// twenty reconnects the client replays `sub a` and `sub b` exactly once per connection and
 /// reports each restart as Closed(1001) → Connecting → Connected(epoch + 1) → SessionReady.
-#[test]
 fn subscriptions_survive_20_server_restarts_plain() {
     subscriptions_survive_restarts(Transport::Plain);
 }
 
-#[test]
 fn subscriptions_survive_20_server_restarts_tls() {
     subscriptions_survive_restarts(Transport::Tls);
 }
@@ -416,7 +411,6 @@ fn subscriptions_survive_20_server_restarts_tls() {
 /// `ClientBuilder::subscribe` subscribes "from the first connection on". So with a server that
 /// never acknowledges, the first connection must never become ready: it is dropped at the ack
 /// timeout instead.
-#[test]
 fn first_session_waits_for_acks_of_builder_subscriptions() {
     if !python_ready() {
         return;
@@ -447,4 +441,33 @@ fn first_session_waits_for_acks_of_builder_subscriptions() {
     );
     assert_eq!(server.expect_line("CONN 1 SUBS "), "a");
     client.shutdown(SHUTDOWN);
+}
+
+fn main() {
+    python_peer::run(&[
+        (
+            "server_driven_keepalive_answers_and_never_pings_plain",
+            server_driven_keepalive_answers_and_never_pings_plain,
+        ),
+        (
+            "server_driven_keepalive_answers_and_never_pings_tls",
+            server_driven_keepalive_answers_and_never_pings_tls,
+        ),
+        (
+            "client_keepalive_pings_are_seen_by_the_server",
+            client_keepalive_pings_are_seen_by_the_server,
+        ),
+        (
+            "subscriptions_survive_20_server_restarts_plain",
+            subscriptions_survive_20_server_restarts_plain,
+        ),
+        (
+            "subscriptions_survive_20_server_restarts_tls",
+            subscriptions_survive_20_server_restarts_tls,
+        ),
+        (
+            "first_session_waits_for_acks_of_builder_subscriptions",
+            first_session_waits_for_acks_of_builder_subscriptions,
+        ),
+    ]);
 }

@@ -58,6 +58,30 @@ pub fn websockets_status() -> &'static Result<(), String> {
     })
 }
 
+/// Runs `tests` (name, function) as this test binary's harness (`harness = false`), with the
+/// usual `cargo test` arguments (filters, `--ignored`, `--include-ignored`, `--list`). Without
+/// Python `websockets` every test is reported as *ignored*, with the reason printed once,
+/// unless `SYNCWS_REQUIRE_PEERS=1` (CI): then they run and fail on the missing peer.
+pub fn run(tests: &[(&'static str, fn())]) -> ! {
+    let args = libtest_mimic::Arguments::from_args();
+    let missing = websockets_status().as_ref().err();
+    let ignore = missing.is_some() && !support::peers_required();
+    if let (true, Some(why)) = (ignore, missing) {
+        eprintln!("ignored: python websockets >= 17 not installed ({why}); see .ci/run");
+    }
+    let trials = tests
+        .iter()
+        .map(|&(name, test)| {
+            libtest_mimic::Trial::test(name, move || {
+                test();
+                Ok(())
+            })
+            .with_ignored_flag(ignore)
+        })
+        .collect();
+    libtest_mimic::run(&args, trials).exit()
+}
+
 /// True when the tests can run; otherwise skips (or fails under `SYNCWS_REQUIRE_PEERS=1`).
 pub fn python_ready() -> bool {
     match websockets_status() {
