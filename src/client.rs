@@ -75,6 +75,8 @@ pub struct Client<T> {
     close_timeout: Duration,
     protocol: Option<String>,
     next_waiter: AtomicU64,
+    /// The endpoint can recognise responses (it has a precheck).
+    can_confirm: bool,
     wait: WaitStrategy,
 }
 
@@ -124,6 +126,7 @@ impl<T: Send + 'static> Client<T> {
             max_pending: config.max_pending.max(1),
         };
         let precheck = endpoint.precheck();
+        let can_confirm = precheck.is_some();
         let mut coordinator = Coordinator::new(settings, endpoint, reconnect, Instant::now());
         let headers = coordinator
             .first_dial_headers()
@@ -190,6 +193,7 @@ impl<T: Send + 'static> Client<T> {
             close_timeout: config.close_timeout,
             protocol,
             next_waiter: AtomicU64::new(1),
+            can_confirm,
             wait: config.wait,
         })
     }
@@ -333,6 +337,13 @@ impl<T> Client<T> {
             // Between connections or closed for good; a client that is shutting down cannot be
             // called any more (`shutdown` takes it by value).
             return resolved(Undelivered::NotConnected);
+        }
+        if request.mode == ConfirmMode::Confirmed && !self.can_confirm {
+            log::warn!(
+                "request {id} refused: the endpoint has no precheck, so no response can be \
+                 matched (implement Endpoint::precheck and parse_reply, or use ConfirmMode::Sent)"
+            );
+            return resolved(Undelivered::CannotConfirm);
         }
         let epoch = self.counters.ready_epoch();
         let waiter = WaiterId(self.next_waiter.fetch_add(1, Ordering::Relaxed));

@@ -123,6 +123,12 @@ pub enum Undelivered {
     /// The data lane was full (the writer is blocked behind a slow peer, or behind frames sent
     /// earlier): the request was refused at once.
     QueueFull,
+    /// A [`ConfirmMode::Confirmed`] request on a client whose endpoint cannot recognise
+    /// responses (no [`Endpoint::precheck`](crate::Endpoint::precheck)): it could only time out,
+    /// so it was refused at once. Implement `precheck` and
+    /// [`parse_reply`](crate::Endpoint::parse_reply) returning
+    /// [`Reply::Response`](crate::Reply::Response), or send with [`ConfirmMode::Sent`].
+    CannotConfirm,
 }
 
 /// Why a request's outcome is unknown.

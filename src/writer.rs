@@ -89,10 +89,13 @@ impl Writer {
                 Ok(c) => Some(Item::Control(c)),
                 Err(_) => self.next_data(&mut sink, &mut done).map(Item::Data),
             };
-            let written = match first {
-                Some(first) => self.write_batch(&mut sink, first, &mut done),
-                None if !sink.spill.is_empty() => self.write_spill(&mut sink, &mut done),
-                None => Ok(()),
+            // A batch with nothing new still runs for a spill, and for a close waiting on frames
+            // that were then skipped (withdrawn or expired): it may be due now.
+            let due = first.is_some() || !sink.spill.is_empty() || sink.st.pending_close.is_some();
+            let written = if due {
+                self.write_batch(&mut sink, first, &mut done)
+            } else {
+                Ok(())
             };
             self.data_open = sink.st.data_open;
             self.waiting = sink.held_request();
@@ -217,7 +220,12 @@ impl Writer {
     /// Encodes one batch (control first, then data up to [`BATCH_BYTES`]) and writes it; `done`
     /// says what to report (also when it fails part way). If no byte of the batch reached the
     /// socket, its request frames were not delivered: their claims are given back.
-    fn write_batch(&mut self, sink: &mut Sink, first: Item, done: &mut Done) -> Result<(), Error> {
+    fn write_batch(
+        &mut self,
+        sink: &mut Sink,
+        first: Option<Item>,
+        done: &mut Done,
+    ) -> Result<(), Error> {
         let result = self.build_and_write(sink, first, done);
         if let Err((_, reached)) = &result {
             if !reached {
@@ -236,7 +244,7 @@ impl Writer {
     fn build_and_write(
         &mut self,
         sink: &mut Sink,
-        first: Item,
+        first: Option<Item>,
         done: &mut Done,
     ) -> Result<(), (Error, bool)> {
         let unsent = |e| (e, false);
@@ -246,13 +254,14 @@ impl Writer {
         let (mut messages, mut bytes) = (0u64, 0u64);
         let mut held = None;
         match first {
-            Item::Control(c) => {
+            Some(Item::Control(c)) => {
                 let queued = self.queued(sink);
                 sink.st
                     .encode_control(c, queued, &mut flush_tls)
                     .map_err(unsent)?;
             }
-            Item::Data(d) => held = Some(d),
+            Some(Item::Data(d)) => held = Some(d),
+            None => {}
         }
         let close_was_sent = sink.st.close_sent;
         loop {

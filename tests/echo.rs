@@ -92,3 +92,30 @@ fn fragmented_messages_reassemble() {
     client.shutdown(Duration::from_secs(2));
     server.join();
 }
+
+/// Issue 11: the default client (no endpoint) has no way to match a response, so a `Confirmed`
+/// request is refused at once with a typed reason instead of timing out silently; a `Sent`
+/// request needs no matching and goes out.
+#[test]
+fn a_client_that_cannot_match_responses_refuses_confirmed_requests_at_once() {
+    use syncws::{ConfirmMode, Outcome, Request, Undelivered};
+    let server = echo_server(None);
+    let client = Client::builder(&server.url("/")).connect().unwrap();
+    let started = std::time::Instant::now();
+    let outcome = client.send_and_confirm(Request::new(1, 1, Frame::text("order")));
+    assert_eq!(outcome, Outcome::NotDelivered(Undelivered::CannotConfirm));
+    assert!(started.elapsed() < Duration::from_secs(1), "at once");
+    let sent = Request::new(2, 2, Frame::text("order 2")).mode(ConfirmMode::Sent);
+    assert_eq!(client.send_and_confirm(sent), Outcome::Sent);
+    let echoed = next_event(&client, WAIT, |e| match e {
+        Event::Frame { frame, .. } => Some(frame),
+        _ => None,
+    });
+    assert_eq!(
+        echoed,
+        Frame::text("order 2"),
+        "only the Sent request went out"
+    );
+    client.shutdown(Duration::from_secs(1));
+    server.join();
+}

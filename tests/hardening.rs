@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use rustls::ServerConnection;
 use support::{Conn, Pki, TestServer, next_event, raw_accept, read_client_frame, read_request};
 use syncws::{
-    Backoff, Cause, Client, CloseCode, Config, Endpoint, Error, Event, Frame, Keepalive,
-    LatencyPolicy, MAX_RETRY_AFTER, Outcome, Request,
+    Backoff, Cause, Client, CloseCode, Config, ConfirmMode, Endpoint, Error, Event, Frame,
+    Keepalive, LatencyPolicy, MAX_RETRY_AFTER, Outcome, Request,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -143,7 +143,8 @@ fn duration_max_timeouts_connect_and_shut_down_without_panic() {
     });
     assert_eq!(echoed, Frame::text("hello"));
     // A request that waits "forever": its deadline saturates instead of panicking.
-    let pending = client.submit(Request::new(1, 1, Frame::text("order")).timeout(max));
+    let order = Request::new(1, 1, Frame::text("order")).timeout(max);
+    let pending = client.submit(order.mode(ConfirmMode::Sent));
     // The server goes away; the next attempt is (practically) never.
     let (code, reconnect) = next_event(&client, WAIT, |e| match e {
         Event::Closed {
@@ -155,10 +156,14 @@ fn duration_max_timeouts_connect_and_shut_down_without_panic() {
     assert!(reconnect.is_some());
     assert!(thread_alive("hard-max-coord"));
     let _ = client.stats();
-    assert!(matches!(
-        pending.wait(),
-        Outcome::Unconfirmed(_) | Outcome::NotDelivered(_)
-    ));
+    let outcome = pending.wait();
+    assert!(
+        matches!(
+            outcome,
+            Outcome::Sent | Outcome::Unconfirmed(_) | Outcome::NotDelivered(_)
+        ),
+        "{outcome:?}"
+    );
     let started = Instant::now();
     client.shutdown(max);
     assert!(started.elapsed() < Duration::from_secs(2));
