@@ -321,7 +321,13 @@ impl<T> Client<T> {
     ///
     /// Responses are recognised by the endpoint's
     /// [`precheck`](crate::Endpoint::precheck) and [`parse_reply`](crate::Endpoint::parse_reply)
-    /// returning [`Reply::Response`](crate::Reply::Response).
+    /// returning [`Reply::Response`](crate::Reply::Response). A client whose endpoint has no
+    /// precheck cannot recognise any: a [`ConfirmMode::Confirmed`] request is then refused at
+    /// once with [`Undelivered::CannotConfirm`] (nothing is sent).
+    ///
+    /// The frame keeps its place among this thread's other frames (`send`, `send_prepared`):
+    /// it leaves after the ones sent before it and before the ones sent after it. Frames sent
+    /// after a request wait, at most until its deadline, for the coordinator to register it.
     pub fn send_and_confirm(&self, request: Request) -> Outcome {
         self.submit(request).wait()
     }

@@ -36,8 +36,8 @@ impl Endpoint for Venue {
     fn auth_gated(&self) -> bool {
         self.gated
     }
-    fn subscribe(&mut self, topic: &str) -> Frame {
-        Frame::text(format!("sub {topic}"))
+    fn subscribe(&mut self, topic: &str) -> Option<Frame> {
+        Some(Frame::text(format!("sub {topic}")))
     }
     fn app_ping(&mut self, seq: u64) -> Option<Frame> {
         Some(Frame::text(format!("ping {seq}")))
@@ -1203,8 +1203,8 @@ fn generated_request_interleavings_hold_the_invariants() {
 struct ForeverLater;
 
 impl Endpoint for ForeverLater {
-    fn subscribe(&mut self, topic: &str) -> Frame {
-        Frame::text(topic)
+    fn subscribe(&mut self, topic: &str) -> Option<Frame> {
+        Some(Frame::text(topic))
     }
     fn on_disconnect(&mut self, _cause: &Cause) -> Action {
         Action::ReconnectAfter(Duration::MAX)

@@ -144,9 +144,9 @@ impl std::fmt::Display for Cause {
 /// How syncws talks to one venue: session restore, acknowledgements, reconnect decisions.
 ///
 /// The endpoint lives in the coordinator for the client's whole life, so it may keep state (a
-/// nonce, a request counter). Every method has a default except [`subscribe`](Self::subscribe);
-/// a public feed with no authentication implements only that and
-/// [`parse_reply`](Self::parse_reply).
+/// nonce, a request counter). Every method has a default: a request/response endpoint
+/// implements [`precheck`](Self::precheck) and [`parse_reply`](Self::parse_reply); a feed adds
+/// [`subscribe`](Self::subscribe) (and `precheck`/`parse_reply` to see acknowledgements).
 ///
 /// Its methods run one at a time on the coordinator thread ([`precheck`](Self::precheck)'s
 /// filter runs on the reader thread). With [`Dispatch::Inline`](crate::Dispatch::Inline) they
@@ -161,8 +161,8 @@ impl std::fmt::Display for Cause {
 /// struct Venue;
 ///
 /// impl Endpoint for Venue {
-///     fn subscribe(&mut self, topic: &str) -> Frame {
-///         Frame::text(format!(r#"{{"op":"subscribe","args":["{topic}"]}}"#))
+///     fn subscribe(&mut self, topic: &str) -> Option<Frame> {
+///         Some(Frame::text(format!(r#"{{"op":"subscribe","args":["{topic}"]}}"#)))
 ///     }
 ///     fn precheck(&self) -> Option<syncws::Precheck> {
 ///         Some(std::sync::Arc::new(|d: Data<'_>| d.as_bytes().starts_with(br#"{"event""#)))
@@ -198,8 +198,14 @@ pub trait Endpoint: Send + 'static {
         false
     }
 
-    /// The frame that subscribes to `topic`.
-    fn subscribe(&mut self, topic: &str) -> Frame;
+    /// The frame that subscribes to `topic`. `None` (the default): this endpoint does not
+    /// subscribe; a topic asked for ([`Client::subscribe`](crate::Client::subscribe), the
+    /// builder's `subscribe`) is then rejected with
+    /// [`Event::SubscriptionRejected`](crate::Event::SubscriptionRejected), never sent.
+    fn subscribe(&mut self, topic: &str) -> Option<Frame> {
+        let _ = topic;
+        None
+    }
 
     /// The frame that unsubscribes from `topic`, if the venue has one.
     fn unsubscribe(&mut self, topic: &str) -> Option<Frame> {
@@ -238,8 +244,4 @@ pub trait Endpoint: Send + 'static {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NoSession;
 
-impl Endpoint for NoSession {
-    fn subscribe(&mut self, topic: &str) -> Frame {
-        Frame::text(topic)
-    }
-}
+impl Endpoint for NoSession {}

@@ -122,7 +122,14 @@ impl Session {
         if conn.sent.contains(&topic) {
             return;
         }
-        out.push(SessionOut::Send(endpoint.subscribe(&topic)));
+        let Some(frame) = endpoint.subscribe(&topic) else {
+            // An endpoint that does not subscribe: nothing to send, now or on any connection.
+            self.desired.remove(&topic);
+            let reason = "the endpoint does not subscribe (Endpoint::subscribe)".to_string();
+            out.push(SessionOut::Rejected { topic, reason });
+            return;
+        };
+        out.push(SessionOut::Send(frame));
         if self.acks {
             conn.pending
                 .insert(topic.clone(), deadline::after(now, self.ack_timeout));
@@ -271,14 +278,22 @@ mod tests {
         fn auth_gated(&self) -> bool {
             true
         }
-        fn subscribe(&mut self, topic: &str) -> Frame {
-            Frame::text(format!("sub {topic}"))
+        fn subscribe(&mut self, topic: &str) -> Option<Frame> {
+            Some(Frame::text(format!("sub {topic}")))
         }
         fn unsubscribe(&mut self, topic: &str) -> Option<Frame> {
             Some(Frame::text(format!("unsub {topic}")))
         }
         fn parse_reply(&mut self, _: Data<'_>) -> Option<Reply> {
             None
+        }
+    }
+
+    /// Subscribes with `sub <topic>`; no authentication.
+    struct Open;
+    impl Endpoint for Open {
+        fn subscribe(&mut self, topic: &str) -> Option<Frame> {
+            Some(Frame::text(format!("sub {topic}")))
         }
     }
 
@@ -319,7 +334,7 @@ mod tests {
     fn rejection_is_reported_and_dropped_from_the_desired_set() {
         let t0 = Instant::now();
         let mut s = Session::new(Duration::from_secs(5), 10, true);
-        let mut e = crate::endpoint::NoSession;
+        let mut e = Open;
         let mut out = Vec::new();
         s.on_open(t0, 1, &mut e, &mut out);
         s.subscribe(t0, "x".into(), &mut e, &mut out);
@@ -337,11 +352,30 @@ mod tests {
         assert!(sent(&out).is_empty(), "rejected topics are not retried");
     }
 
+    /// Issue 11: an endpoint that does not subscribe (the default) rejects a topic at once;
+    /// nothing is sent, now or on a later connection.
+    #[test]
+    fn a_topic_for_an_endpoint_that_does_not_subscribe_is_rejected_unsent() {
+        let t0 = Instant::now();
+        let mut s = Session::new(Duration::from_secs(5), 10, true);
+        let mut e = crate::endpoint::NoSession;
+        let mut out = Vec::new();
+        s.on_open(t0, 1, &mut e, &mut out);
+        out.clear();
+        s.subscribe(t0, "x".into(), &mut e, &mut out);
+        assert!(matches!(&out[..], [SessionOut::Rejected { topic, .. }] if topic == "x"));
+        assert_eq!(s.desired().count(), 0);
+        s.on_close();
+        out.clear();
+        s.on_open(t0, 2, &mut e, &mut out);
+        assert!(sent(&out).is_empty());
+    }
+
     #[test]
     fn missing_ack_fails_at_the_deadline() {
         let t0 = Instant::now();
         let mut s = Session::new(Duration::from_secs(5), 10, true);
-        let mut e = crate::endpoint::NoSession;
+        let mut e = Open;
         let mut out = Vec::new();
         s.subscribe(t0, "x".into(), &mut e, &mut out);
         s.on_open(t0, 1, &mut e, &mut out);

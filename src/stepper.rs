@@ -452,8 +452,8 @@ mod tests {
     struct Venue;
 
     impl Endpoint for Venue {
-        fn subscribe(&mut self, topic: &str) -> Frame {
-            Frame::text(topic)
+        fn subscribe(&mut self, topic: &str) -> Option<Frame> {
+            Some(Frame::text(topic))
         }
         fn parse_reply(&mut self, msg: Data<'_>) -> Option<Reply> {
             let Data::Text(t) = msg else { return None };

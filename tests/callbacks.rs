@@ -34,8 +34,8 @@ fn echo(connections: usize) -> TestServer {
 struct Fragile;
 
 impl Endpoint for Fragile {
-    fn subscribe(&mut self, topic: &str) -> Frame {
-        Frame::text(topic)
+    fn subscribe(&mut self, topic: &str) -> Option<Frame> {
+        Some(Frame::text(topic))
     }
     fn precheck(&self) -> Option<Precheck> {
         Some(Arc::new(|d: Data<'_>| d.as_bytes() == b"boom"))

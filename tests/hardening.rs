@@ -401,8 +401,8 @@ impl Endpoint for SmugglingEndpoint {
         };
         vec![("X-Token".into(), value)]
     }
-    fn subscribe(&mut self, topic: &str) -> Frame {
-        Frame::text(topic)
+    fn subscribe(&mut self, topic: &str) -> Option<Frame> {
+        Some(Frame::text(topic))
     }
 }
 

@@ -193,8 +193,8 @@ fn client_keepalive_pings_are_seen_by_the_server() {
 struct Venue;
 
 impl Endpoint for Venue {
-    fn subscribe(&mut self, topic: &str) -> Frame {
-        Frame::text(format!("sub {topic}"))
+    fn subscribe(&mut self, topic: &str) -> Option<Frame> {
+        Some(Frame::text(format!("sub {topic}")))
     }
 
     fn precheck(&self) -> Option<Precheck> {

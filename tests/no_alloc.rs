@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use support::{read_request, response_101, wait_until};
-use syncws::{Client, Data, Keepalive, PreparedFrame, Verdict};
+use syncws::{Client, Data, Endpoint, Frame, Keepalive, PreparedFrame, Verdict};
 
 struct Counting;
 
@@ -53,15 +53,24 @@ fn allocations() -> u64 {
 
 /// A thread allocates while it starts (its name, its signal stack), and a started thread can
 /// still be waiting to run its start routine. So before measuring, make every client thread do
-/// observable work: a subscription goes user → coordinator → writer → socket (the default
-/// endpoint sends the topic as a 1-byte text frame), and the reader has already delivered the
-/// warm-up frames.
+/// observable work: a subscription goes user → coordinator → writer → socket (the endpoint
+/// sends the topic as a 1-byte text frame), and the reader has already delivered the warm-up
+/// frames.
 fn exercise_every_thread<T>(client: &Client<T>) {
     let before = client.stats().messages_out;
     client.subscribe("w").unwrap();
     wait_until("the subscription written", WAIT, || {
         (client.stats().messages_out > before).then_some(())
     });
+}
+
+/// Subscribes by sending the topic as a text frame.
+struct TopicAsText;
+
+impl Endpoint for TopicAsText {
+    fn subscribe(&mut self, topic: &str) -> Option<Frame> {
+        Some(Frame::text(topic))
+    }
 }
 
 /// Wire size of the warm-up subscription frame: 2 header bytes, 4 mask bytes, 1 payload byte.
@@ -98,6 +107,7 @@ fn inbound() -> u64 {
     let counter = seen.clone();
     let client = Client::builder(&url)
         .name("na-in")
+        .endpoint(TopicAsText)
         .keepalive(Keepalive::ServerDriven)
         .connect_with(move |msg: Data<'_>| {
             counter.fetch_add(msg.as_bytes().len() as u64 / 64, Ordering::Relaxed);
@@ -140,6 +150,7 @@ fn outbound() -> u64 {
     });
     let client = Client::builder(&url)
         .name("na-out")
+        .endpoint(TopicAsText)
         .keepalive(Keepalive::ServerDriven)
         .connect()
         .unwrap();

@@ -23,8 +23,8 @@ const ROUNDS: u64 = 300;
 struct Echoes;
 
 impl Endpoint for Echoes {
-    fn subscribe(&mut self, topic: &str) -> Frame {
-        Frame::text(topic)
+    fn subscribe(&mut self, topic: &str) -> Option<Frame> {
+        Some(Frame::text(topic))
     }
     fn precheck(&self) -> Option<Precheck> {
         Some(Arc::new(|d: Data<'_>| d.as_bytes().starts_with(b"order ")))

@@ -153,8 +153,8 @@ impl Endpoint for Venue {
         self.gated
     }
 
-    fn subscribe(&mut self, topic: &str) -> Frame {
-        Frame::text(format!("sub {topic}"))
+    fn subscribe(&mut self, topic: &str) -> Option<Frame> {
+        Some(Frame::text(format!("sub {topic}")))
     }
 
     fn precheck(&self) -> Option<Precheck> {

@@ -149,8 +149,8 @@ fn sequential_round_trips_take_the_fast_path() {
 struct EchoIds;
 
 impl Endpoint for EchoIds {
-    fn subscribe(&mut self, topic: &str) -> Frame {
-        Frame::text(topic)
+    fn subscribe(&mut self, topic: &str) -> Option<Frame> {
+        Some(Frame::text(topic))
     }
     fn precheck(&self) -> Option<Precheck> {
         Some(Arc::new(|_| true))

@@ -207,8 +207,8 @@ fn syncws_outbound(t: &Target, size: usize, stop: &AtomicBool) {
 struct Echo;
 
 impl Endpoint for Echo {
-    fn subscribe(&mut self, topic: &str) -> Frame {
-        Frame::text(topic)
+    fn subscribe(&mut self, topic: &str) -> Option<Frame> {
+        Some(Frame::text(topic))
     }
 
     fn precheck(&self) -> Option<Precheck> {

@@ -194,11 +194,11 @@ impl Endpoint for JsonRpc {
         self.credentials.is_some()
     }
 
-    fn subscribe(&mut self, topic: &str) -> Frame {
+    fn subscribe(&mut self, topic: &str) -> Option<Frame> {
         let id = self.session_id();
         self.subscribe.insert(id, topic.to_string());
         let params = json!({"channels": [topic]});
-        Frame::text(request_text(id, "public/subscribe", &params))
+        Some(Frame::text(request_text(id, "public/subscribe", &params)))
     }
 
     fn unsubscribe(&mut self, topic: &str) -> Option<Frame> {
