@@ -2,8 +2,9 @@
 //!
 //! Each stdin line (without its line ending) is sent as a text frame. Each incoming frame is
 //! printed on its own stdout line: text as is, binary as lowercase hex, pongs as `pong PAYLOAD`,
-//! and the end of the connection as `close CODE REASON`. At end of input (Ctrl+D) it closes with
-//! 1000 and waits, bounded, for the close handshake. So stdout holds only frames and that final
+//! and the end of the connection as `close CODE REASON`. At end of input (Ctrl+D) it keeps
+//! printing what arrives for `--wait` seconds (1 by default, so piped input gets its answers),
+//! then closes with 1000 and waits, bounded, for the close handshake. So stdout holds only frames and that final
 //! close line; everything else goes to stderr: errors as `wscat: ...`, and the connection's
 //! lifecycle as `# ...` lines:
 //!
@@ -49,7 +50,8 @@ const USAGE: &str = "\
 usage: wscat [options] URL
 
 Sends each stdin line as a text frame; prints each incoming frame on a stdout line
-(text as is, binary as hex), then `close CODE REASON`. EOF on stdin closes with 1000.
+(text as is, binary as hex), then `close CODE REASON`. EOF on stdin closes with 1000
+after --wait seconds.
 Errors and lifecycle events (`# connected (epoch N)`, ...) go to stderr.
 
 options:
@@ -66,7 +68,13 @@ options:
       --ping-interval SECS    ping every SECS seconds; no pong within SECS seconds drops the
                               connection (0: never ping, only answer the server; default 15)
       --stale-after SECS      drop the connection when no message arrives for SECS seconds
+  -w, --wait SECS             at end of input, keep printing what arrives for SECS seconds
+                              before closing (default 1; 0 closes at once), so that piped
+                              input gets its answers
   -h, --help                  print this help and exit";
+
+/// How long `--wait` keeps reading after end of input by default.
+const DEFAULT_WAIT: Duration = Duration::from_secs(1);
 
 /// How long to wait for `Closed` beyond the library's own close timeout (2 s by default).
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -85,11 +93,16 @@ struct Options {
     reconnect: bool,
     keepalive: Option<Keepalive>,
     stale_after: Option<Duration>,
+    /// How long to keep reading after end of input before closing.
+    wait: Duration,
 }
 
 /// Parses the arguments; `Ok(None)` means `--help`.
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>, String> {
-    let mut o = Options::default();
+    let mut o = Options {
+        wait: DEFAULT_WAIT,
+        ..Options::default()
+    };
     let mut url = None;
     while let Some(arg) = args.next() {
         // `--name=value` is accepted as well as `--name value`.
@@ -131,6 +144,10 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
                         timeout: every,
                     }
                 });
+            }
+            "-w" | "--wait" => {
+                let v = value()?;
+                o.wait = seconds(&name, &v)?;
             }
             "--stale-after" => {
                 let v = value()?;
@@ -241,7 +258,7 @@ fn main() -> ExitCode {
         Ok(lines) => lines,
         Err(e) => return fail(1, format!("cannot start the stdin thread: {e}")),
     };
-    let code = run(&client, lines);
+    let code = run(&client, lines, opts.wait);
     client.shutdown(Duration::from_secs(1));
     code
 }
@@ -282,10 +299,14 @@ fn next_attempt(verb: &str, delay: Option<Duration>) -> String {
 
 /// Pumps stdin lines to the server and events to stdout until the connection ends for good
 /// (without `--reconnect`: the first time it ends).
-fn run(client: &Client<std::convert::Infallible>, lines: Receiver<String>) -> ExitCode {
+fn run(
+    client: &Client<std::convert::Infallible>,
+    lines: Receiver<String>,
+    wait: Duration,
+) -> ExitCode {
     let mut stdout = io::stdout().lock();
     let mut lines = Some(lines);
-    let (no_input, mut give_up) = (never(), never());
+    let (no_input, mut give_up, mut close_at) = (never(), never(), never());
     // True while a connection's `Closed` event is still to come (`connect` opened the first).
     let mut open = true;
     loop {
@@ -353,6 +374,14 @@ fn run(client: &Client<std::convert::Infallible>, lines: Receiver<String>) -> Ex
                 }
                 continue;
             },
+            recv(close_at) -> _ => {
+                // The --wait after end of input is over: close normally and wait (bounded) for
+                // the handshake to finish.
+                close_at = never();
+                let _ = client.close(CloseCode::NORMAL, "");
+                give_up = after(CLOSE_GRACE);
+                continue;
+            },
             recv(give_up) -> _ => return fail(1, "timed out waiting for the close handshake"),
         };
         match line {
@@ -371,9 +400,9 @@ fn run(client: &Client<std::convert::Infallible>, lines: Receiver<String>) -> Ex
                     status("end of input while disconnected; not reconnecting");
                     return ExitCode::SUCCESS;
                 }
-                // EOF on stdin: close normally and wait (bounded) for the handshake to finish.
-                let _ = client.close(CloseCode::NORMAL, "");
-                give_up = after(CLOSE_GRACE);
+                // EOF on stdin: answers to the last lines may still be on their way; close
+                // once --wait has passed.
+                close_at = after(wait);
             }
         }
     }

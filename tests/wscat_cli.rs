@@ -555,3 +555,68 @@ fn stale_after_drops_a_silent_connection() {
     assert!(stderr.contains("staleness"), "stderr: {stderr}");
     server.join();
 }
+
+/// A server like Python `websockets`: a close that arrives before it has answered is answered
+/// at once and the pending answers are dropped. It answers the two lines 300 ms after reading
+/// them, unless a close came first.
+fn slow_echo_that_drops_answers_at_close() -> TestServer {
+    TestServer::start(None, 1, |_, conn| {
+        let mut ws = support::accept_ws(conn);
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            match ws.read() {
+                Ok(tungstenite::Message::Text(t)) => got.push(t),
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+        ws.get_ref()
+            .tcp()
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        match ws.read() {
+            // A close before the answers: answered, nothing else.
+            Ok(tungstenite::Message::Close(_)) => {
+                let _ = ws.flush();
+                return;
+            }
+            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            other => panic!("unexpected {other:?}"),
+        }
+        ws.get_ref().tcp().set_read_timeout(None).unwrap();
+        for t in got {
+            ws.send(tungstenite::Message::Text(t)).unwrap();
+        }
+        while ws.read().is_ok() {}
+    })
+}
+
+/// Issue 11: `printf 'a\nb\n' | wscat URL` against a server that answers after a moment: the
+/// end of input waits `--wait` (1 s by default) before closing, so the answers are printed.
+#[test]
+fn end_of_input_waits_for_answers_before_closing() {
+    let server = slow_echo_that_drops_answers_at_close();
+    let mut wscat = Wscat::spawn(&[&server.url("/")]);
+    wscat.send_line("a");
+    wscat.send_line("b");
+    wscat.close_stdin();
+    let (status, lines, stderr) = wscat.finish();
+    assert_eq!(lines, ["a", "b", "close 1000"], "stderr: {stderr}");
+    assert!(status.success(), "{status:?}; stderr: {stderr}");
+    server.join();
+}
+
+/// `--wait 0` closes at end of input at once (the answers of a slow server are lost).
+#[test]
+fn wait_zero_closes_at_end_of_input_at_once() {
+    let server = slow_echo_that_drops_answers_at_close();
+    let mut wscat = Wscat::spawn(&["--wait", "0", &server.url("/")]);
+    wscat.send_line("a");
+    wscat.send_line("b");
+    wscat.close_stdin();
+    let (status, lines, stderr) = wscat.finish();
+    assert_eq!(lines, ["close 1000"], "stderr: {stderr}");
+    assert!(status.success(), "{status:?}; stderr: {stderr}");
+    server.join();
+}
