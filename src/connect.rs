@@ -71,7 +71,7 @@ impl Dialer {
         if let Some(conn) = &mut io.tls {
             while conn.is_handshaking() {
                 conn.complete_io(&mut io.sock)
-                    .map_err(handshake::io_error)?;
+                    .map_err(tls_handshake_error)?;
             }
         }
         let headers: Vec<(String, String)> =
@@ -92,8 +92,8 @@ impl Dialer {
         let target = format!("{}:{}", self.target.host, self.target.port);
         let addrs: Vec<SocketAddr> = (self.target.host.as_str(), self.target.port)
             .to_socket_addrs()
-            .map_err(|source| Error::Connect {
-                target: target.clone(),
+            .map_err(|source| Error::Resolve {
+                host: self.target.host.clone(),
                 source,
             })?
             .collect();
@@ -115,6 +115,23 @@ impl Dialer {
             target,
             source: last,
         })
+    }
+}
+
+/// An error of the TLS handshake, said as one: a peer that closes or answers with something
+/// other than TLS is most likely a plain server.
+fn tls_handshake_error(e: std::io::Error) -> Error {
+    match handshake::io_error(e) {
+        Error::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Error::NotTls("the server closed the connection".into())
+        }
+        Error::Io(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+            Error::NotTls("the server reset the connection".into())
+        }
+        Error::Tls(rustls::Error::InvalidMessage(m)) => {
+            Error::NotTls(format!("the server's answer is not TLS ({m:?})"))
+        }
+        other => other,
     }
 }
 

@@ -42,6 +42,19 @@ pub enum Error {
         /// What is wrong, with the offending byte and its offset.
         reason: String,
     },
+    /// The host name of the URL could not be resolved to an address (no such name, or no
+    /// resolver reachable). Check the host name; retrying helps only when DNS itself was down.
+    Resolve {
+        /// The host name as given in the URL.
+        host: String,
+        /// The resolver's error.
+        source: io::Error,
+    },
+    /// The TLS handshake of a `wss://` URL ended before it completed: the server closed the
+    /// connection or answered with something that is not TLS. The usual cause is a plain
+    /// server on that port: use `ws://` (or the server's TLS port). Counted as transient (a TLS
+    /// server that drops a connection mid-handshake looks the same), so reconnecting retries.
+    NotTls(String),
     /// No TCP connection could be made to any resolved address of `target`. `source` is the error
     /// of the last address tried (for example `ConnectionRefused` when nothing listens there).
     /// Usually transient: retry later or check the endpoint.
@@ -114,6 +127,8 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Connect { .. }
+            | Error::Resolve { .. }
+            | Error::NotTls(_)
             | Error::Io(_)
             | Error::QueueFull
             | Error::NotConnected
@@ -141,6 +156,17 @@ impl fmt::Display for Error {
             Error::Connect { target, source } => {
                 write!(f, "could not connect to {target}: {source}")
             }
+            Error::Resolve { host, source } => {
+                write!(
+                    f,
+                    "could not resolve host {host:?}: {source}; check the host name"
+                )
+            }
+            Error::NotTls(what) => write!(
+                f,
+                "TLS handshake failed: {what}; is the server speaking TLS on this port? \
+                 (for a plain server use ws:// instead of wss://)"
+            ),
             Error::Io(e) => write!(f, "socket error: {e}"),
             Error::Tls(e) => write!(f, "TLS error: {e}"),
             Error::TlsConfig(msg) => write!(f, "invalid TLS configuration: {msg}"),
@@ -152,7 +178,8 @@ impl fmt::Display for Error {
             } => {
                 write!(f, "server refused the WebSocket upgrade with HTTP {status}")?;
                 if !body.is_empty() {
-                    write!(f, ": {body}")?;
+                    // A short excerpt: the body (an HTML page, say) stays in the `body` field.
+                    write!(f, ": {}", excerpt(body))?;
                 }
                 if let Some(raw) = retry_after_clamped_from {
                     let ceiling = MAX_RETRY_AFTER.as_secs();
@@ -179,7 +206,7 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Connect { source, .. } => Some(source),
+            Error::Connect { source, .. } | Error::Resolve { source, .. } => Some(source),
             Error::Io(e) => Some(e),
             Error::Tls(e) => Some(e),
             _ => None,
@@ -208,6 +235,22 @@ pub(crate) fn from_io(e: io::Error) -> Error {
         };
     }
     Error::Io(e)
+}
+
+/// The first line of `text`, at most 80 characters, marked when cut.
+fn excerpt(text: &str) -> String {
+    const MAX: usize = 80;
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
+    let cut: String = line.chars().take(MAX).collect();
+    if cut.len() < text.trim().len() {
+        format!("{cut}…")
+    } else {
+        cut
+    }
 }
 
 /// Shorthand used throughout the crate.

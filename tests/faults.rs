@@ -481,3 +481,55 @@ fn close_never_overtakes_frames_sent_before_it() {
     }
     server.join();
 }
+
+/// Issue 11: errors that say what happened. `wss://` to a plain server is a TLS error that
+/// suggests `ws://`; an unresolvable name has its own variant with the host; a refused
+/// upgrade's HTML page stays in `body` while the message shows a short excerpt.
+#[test]
+fn wss_to_a_plain_server_says_tls() {
+    let server = TestServer::start(None, 1, |_, mut conn| {
+        let mut buf = [0u8; 512];
+        let _ = conn.read(&mut buf); // The ClientHello, then the connection is dropped.
+    });
+    let url = server.url("/").replacen("ws://", "wss://", 1);
+    match Client::builder(&url).connect() {
+        Err(e @ Error::NotTls(_)) => assert!(e.to_string().contains("ws://"), "{e}"),
+        other => panic!("expected NotTls, got {other:?}"),
+    }
+    server.join();
+}
+
+#[test]
+fn an_unresolvable_host_is_a_resolve_error_naming_it() {
+    match Client::builder("ws://no-such-host.invalid/").connect() {
+        Err(Error::Resolve { host, .. }) => assert_eq!(host, "no-such-host.invalid"),
+        other => panic!("expected Resolve, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_refused_upgrade_shows_a_short_excerpt_of_its_body() {
+    let page = format!("<html>\n<body>{}</body></html>\n", "not found ".repeat(60));
+    let body = page.clone();
+    let server = TestServer::start(None, 1, move |_, mut conn| {
+        let _ = support::read_request(&mut conn);
+        let response = format!(
+            "HTTP/1.1 404 Not Found\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = conn.write_all(response.as_bytes());
+    });
+    match Client::builder(&server.url("/")).connect() {
+        Err(e @ Error::HandshakeRejected { .. }) => {
+            let message = e.to_string();
+            assert!(message.len() < 200, "short: {message}");
+            let Error::HandshakeRejected { body, status, .. } = e else {
+                unreachable!()
+            };
+            assert_eq!(status, 404);
+            assert!(body.len() > 300, "the body is kept: {} bytes", body.len());
+        }
+        other => panic!("expected HandshakeRejected, got {other:?}"),
+    }
+    server.join();
+}
