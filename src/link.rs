@@ -29,7 +29,6 @@ use crate::frame::{Frame, Outbound};
 use crate::ingress::Ingress;
 use crate::reader::{CONTROL_HEADROOM, Reader};
 use crate::requests::WaiterId;
-use crate::sink::DIRECT_MAX;
 use crate::sink::Sink;
 use crate::stats::Counters;
 use crate::stepper::Inbox;
@@ -139,20 +138,11 @@ impl Lanes {
             }
             Err(_) => return Directly::Left,
         };
-        let small = request
-            .frame
-            .data_payload()
-            .is_some_and(|(_, p)| p.len() <= DIRECT_MAX);
-        let take = if small {
-            request.take(Instant::now())
-        } else {
-            Take::Wait
-        };
-        match take {
+        match request.take(Instant::now()) {
             Take::Write => {}
             // Past its deadline: withdrawn, never written.
             Take::Skip => return Directly::Handled,
-            // Too large to write without blocking: the writer thread writes it, first.
+            // Not reached: the claim was just accepted. The writer thread waits for it.
             Take::Wait => {
                 sink.held = Some(Outbound::Request(request));
                 drop(sink);
@@ -170,8 +160,8 @@ impl Lanes {
                 Directly::Handled
             }
             Direct::Declined => {
-                // Not a byte went out (the socket buffer is full): the writer thread writes it,
-                // first in line.
+                // Not a byte went out (too large to write without blocking, or the socket
+                // buffer is full): the writer thread writes it, first in line.
                 request.claim.release();
                 sink.held = Some(Outbound::Request(request));
                 drop(sink);
