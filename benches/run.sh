@@ -21,8 +21,8 @@ command -v taskset >/dev/null || { echo "taskset (util-linux) is needed for the 
 
 t0=$SECONDS
 # The bench binary's path, from cargo's own report of what it built.
-bin=$(cargo bench --bench bench --no-run --message-format=json \
-    | grep -o '"executable":"[^"]*bench-[0-9a-f]*"' | tail -n 1 | cut -d'"' -f4)
+bin=$(cargo bench -p syncws-compare --bench compare --no-run --message-format=json \
+    | grep -o '"executable":"[^"]*compare-[0-9a-f]*"' | tail -n 1 | cut -d'"' -f4)
 [ -x "$bin" ] || { echo "could not find the bench executable" >&2; exit 1; }
 build=$((SECONDS - t0))
 

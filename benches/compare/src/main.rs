@@ -20,7 +20,7 @@
 //!
 //! ```text
 //! benches/run.sh [--quick]                          # pinned and unpinned, combined table
-//! cargo bench --bench bench -- [--quick] [--mode M] [--only SUBSTRING] [--clients A,B]
+//! cargo bench -p syncws-compare --bench compare -- [--quick] [--mode M] [--only SUBSTRING] [--clients A,B]
 //! bench --combine FILE...                           # merge RESULT lines into one table
 //! ```
 
