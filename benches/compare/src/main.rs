@@ -15,8 +15,11 @@
 //! 3. round trip of a 128 B request: p50 / p99 / p99.9 in microseconds.
 //!
 //! Throughput runs in rounds: each round measures every client once (fresh connection, warm-up,
-//! then one timed window), so slow drift of this machine hits all clients alike; the figure is
-//! the median over the rounds. Round trips are pooled over rounds the same way.
+//! then one timed window), in alternating order (forward, then backward), so slow drift of this
+//! machine hits all clients alike. A client's figure is the median over the rounds; a ratio is
+//! the median of the per-round ratios (each pairs two clients measured seconds apart), printed
+//! with its spread (lowest and highest per-round ratio). Round trips are pooled over rounds the
+//! same way; their ratios are of the pooled percentiles, the spread is of per-round percentiles.
 //!
 //! ```text
 //! benches/run.sh [--quick]                          # pinned and unpinned, combined table
@@ -54,21 +57,21 @@ struct Plan {
 impl Plan {
     fn quick() -> Plan {
         Plan {
-            rounds: 3,
-            warmup: Duration::from_millis(100),
-            window: Duration::from_millis(200),
-            rtt_rounds: 4,
+            rounds: 9,
+            warmup: Duration::from_millis(60),
+            window: Duration::from_millis(160),
+            rtt_rounds: 8,
             rtt_warmup: 500,
-            rtt_samples: 5_000,
+            rtt_samples: 8_000,
         }
     }
 
     fn full() -> Plan {
         Plan {
-            rounds: 5,
+            rounds: 7,
             warmup: Duration::from_millis(200),
             window: Duration::from_millis(600),
-            rtt_rounds: 5,
+            rtt_rounds: 7,
             rtt_warmup: 1_000,
             rtt_samples: 5_000,
         }
@@ -97,12 +100,14 @@ impl Bench {
         self.only.as_ref().is_none_or(|o| what.contains(o.as_str()))
     }
 
-    fn record(&mut self, metric: &str, client: &str, value: f64) {
+    /// Records one figure with the per-round values it was made from.
+    fn record(&mut self, metric: &str, client: &str, value: f64, rounds: &[f64]) {
         let r = Record {
             mode: self.mode.clone(),
             metric: metric.to_string(),
             client: client.to_string(),
             value,
+            rounds: rounds.to_vec(),
         };
         println!("{}", r.line());
         self.records.push(r);
@@ -169,25 +174,35 @@ impl Bench {
             .collect()
     }
 
-    /// Runs every selected client once per round; returns each one's median rate.
-    fn rounds(&self, all: &[Who], mut once: impl FnMut(Who) -> f64) -> HashMap<Who, f64> {
+    /// Runs every selected client once per round, forward in even rounds and backward in odd
+    /// ones (no client always runs first or last); returns each one's rate per round.
+    fn rounds(&self, all: &[Who], mut once: impl FnMut(Who) -> f64) -> HashMap<Who, Vec<f64>> {
         let who = self.selected(all);
-        let mut rates = vec![Vec::new(); who.len()];
-        for _ in 0..self.plan.rounds {
-            for (i, w) in who.iter().enumerate() {
-                rates[i].push(once(*w));
+        let mut rates: HashMap<Who, Vec<f64>> = HashMap::new();
+        for round in 0..self.plan.rounds {
+            let order: Vec<Who> = if round % 2 == 0 {
+                who.clone()
+            } else {
+                who.iter().rev().copied().collect()
+            };
+            for w in order {
+                rates.entry(w).or_default().push(once(w));
             }
         }
-        who.into_iter()
-            .zip(rates.iter().map(|r| stats::median(r)))
-            .collect()
+        rates
     }
 
-    /// Records `metric` for each of (column, client) whose rate was measured.
-    fn record_rates(&mut self, metric: &str, rates: &HashMap<Who, f64>, columns: &[(&str, Who)]) {
+    /// Records `metric` for each of (column, client) whose rates were measured: the median
+    /// rate, with the per-round rates for paired ratios.
+    fn record_rates(
+        &mut self,
+        metric: &str,
+        rates: &HashMap<Who, Vec<f64>>,
+        columns: &[(&str, Who)],
+    ) {
         for (column, who) in columns {
-            if let Some(rate) = rates.get(who) {
-                self.record(metric, column, *rate);
+            if let Some(rounds) = rates.get(who) {
+                self.record(metric, column, stats::median(rounds), rounds);
             }
         }
     }
@@ -259,19 +274,32 @@ impl Bench {
             size: RTT_REQUEST,
         };
         let mut samples = vec![Vec::new(); who.len()];
-        for _ in 0..self.plan.rtt_rounds {
-            for (i, w) in who.iter().enumerate() {
+        // Per client, per round: that round's samples, sorted (for per-round percentiles).
+        let mut per_round = vec![Vec::new(); who.len()];
+        for round in 0..self.plan.rtt_rounds {
+            let mut order: Vec<usize> = (0..who.len()).collect();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for i in order {
                 let (server, target) = self.server(Kind::Echo, tls, Arc::new(Shared::default()));
-                samples[i].extend(clients::rtt(*w, &target, &plan));
+                let mut round_samples = clients::rtt(who[i], &target, &plan);
+                samples[i].extend_from_slice(&round_samples);
+                round_samples.sort_unstable();
+                per_round[i].push(round_samples);
                 server.join();
             }
         }
         // One metric per dispatch mode, each with the same raw and tokio figures beside it:
         // `rtt_p50_us_plain_actor` (the default) and `rtt_p50_us_plain_inline`.
-        for (w, s) in who.iter().zip(&mut samples) {
+        for ((w, s), rounds) in who.iter().zip(&mut samples).zip(&per_round) {
             s.sort_unstable();
             for (name, p) in [("p50", 50.0), ("p99", 99.0), ("p999", 99.9)] {
                 let us = stats::percentile(s, p) as f64 / 1000.0;
+                let per_round_us: Vec<f64> = rounds
+                    .iter()
+                    .map(|r| stats::percentile(r, p) as f64 / 1000.0)
+                    .collect();
                 for dispatch in ["actor", "inline"] {
                     let client = match (w, dispatch) {
                         (Who::Syncws, "actor") | (Who::SyncwsInline, "inline") => "syncws",
@@ -279,7 +307,7 @@ impl Bench {
                         _ => w.name(),
                     };
                     let metric = format!("rtt_{name}_us_{transport}_{dispatch}");
-                    self.record(&metric, client, us);
+                    self.record(&metric, client, us, &per_round_us);
                 }
             }
         }

@@ -1,6 +1,7 @@
 //! Results, the table and the machine-readable lines.
 //!
-//! A run prints one `RESULT <mode> <metric> <client> <value>` line per measured figure. The
+//! A run prints one `RESULT <mode> <metric> <client> <value> <round,round,...>` line per
+//! measured figure (the per-round values are what paired ratios and spreads are made of). The
 //! table and the comparison lines are made from such lines, so `--combine` can merge the pinned
 //! and the unpinned runs (two processes) into one table:
 //!
@@ -19,13 +20,20 @@ pub struct Record {
     pub metric: String,
     pub client: String,
     pub value: f64,
+    /// The value in each round, in round order (may be empty).
+    pub rounds: Vec<f64>,
 }
 
 impl Record {
     pub fn line(&self) -> String {
+        let rounds: Vec<String> = self.rounds.iter().map(|v| format!("{v:.3}")).collect();
         format!(
-            "RESULT {} {} {} {}",
-            self.mode, self.metric, self.client, self.value
+            "RESULT {} {} {} {} {}",
+            self.mode,
+            self.metric,
+            self.client,
+            self.value,
+            rounds.join(",")
         )
     }
 
@@ -39,6 +47,10 @@ impl Record {
             metric: it.next()?.to_string(),
             client: it.next()?.to_string(),
             value: it.next()?.parse().ok()?,
+            rounds: it
+                .next()
+                .map(|r| r.split(',').filter_map(|v| v.parse().ok()).collect())
+                .unwrap_or_default(),
         })
     }
 }
@@ -81,7 +93,44 @@ fn human(metric: &str, v: f64) -> String {
 struct Row<'a> {
     metric: &'a str,
     mode: &'a str,
-    values: HashMap<&'a str, f64>,
+    values: HashMap<&'a str, &'a Record>,
+}
+
+impl Row<'_> {
+    fn value(&self, client: &str) -> Option<f64> {
+        self.values.get(client).map(|r| r.value)
+    }
+
+    /// syncws / `other`: for throughput the median of the per-round ratios (each pairs two runs
+    /// seconds apart), for latency the ratio of the pooled percentiles; with the lowest and
+    /// highest per-round ratio when both sides have the same rounds.
+    fn ratio(&self, other: &str) -> Option<(f64, Option<(f64, f64)>)> {
+        let (s, o) = (self.values.get("syncws")?, self.values.get(other)?);
+        if o.value <= 0.0 {
+            return None;
+        }
+        let paired: Vec<f64> = if s.rounds.len() == o.rounds.len() {
+            s.rounds
+                .iter()
+                .zip(&o.rounds)
+                .filter(|(_, o)| **o > 0.0)
+                .map(|(s, o)| s / o)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let spread = (!paired.is_empty()).then(|| {
+            let lo = paired.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = paired.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            (lo, hi)
+        });
+        let ratio = if higher_is_better(self.metric) && !paired.is_empty() {
+            crate::stats::median(&paired)
+        } else {
+            s.value / o.value
+        };
+        Some((ratio, spread))
+    }
 }
 
 fn rows(records: &[Record]) -> Vec<Row<'_>> {
@@ -98,7 +147,7 @@ fn rows(records: &[Record]) -> Vec<Row<'_>> {
             });
             rows.len() - 1
         });
-        rows[i].values.insert(&r.client, r.value);
+        rows[i].values.insert(&r.client, r);
     }
     // Metric order as first measured, then pinned before unpinned.
     let order: Vec<&str> = {
@@ -119,6 +168,11 @@ fn rows(records: &[Record]) -> Vec<Row<'_>> {
     rows
 }
 
+/// `lo–hi` of a ratio's per-round spread, or `-`.
+fn spread_text(spread: Option<(f64, f64)>) -> String {
+    spread.map_or("-".into(), |(lo, hi)| format!("{lo:.2}-{hi:.2}"))
+}
+
 /// The table, then one `RATIO` line per (metric, mode) with syncws and raw values and one
 /// `VS_TOKIO` line per (metric, mode) with syncws and tokio values.
 pub fn render(records: &[Record]) -> String {
@@ -132,16 +186,24 @@ pub fn render(records: &[Record]) -> String {
         .max(6);
     let _ = writeln!(
         out,
-        "{:<w$}  {:<8}  {:>9}  {:>9}  {:>9}  {:>10}  {:<10}  {:>12}  {:<6}",
-        "metric", "mode", "syncws", "raw", "tokio", "syncws/raw", "goal", "syncws/tokio", ""
+        "{:<w$}  {:<8}  {:>9}  {:>9}  {:>9}  {:>10}  {:>9}  {:<10}  {:>12}  {:>9}  {:<6}",
+        "metric",
+        "mode",
+        "syncws",
+        "raw",
+        "tokio",
+        "syncws/raw",
+        "spread",
+        "goal",
+        "syncws/tokio",
+        "spread",
+        ""
     );
-    let _ = writeln!(out, "{}", "-".repeat(w + 90));
+    let _ = writeln!(out, "{}", "-".repeat(w + 112));
     for row in &rows {
-        let v = |c: &str| row.values.get(c).copied();
-        let cell = |c: &str| v(c).map_or("-".into(), |x| human(row.metric, x));
-        let (ratio, goal_text) = match (v("syncws"), v("raw")) {
-            (Some(s), Some(r)) if r > 0.0 => {
-                let ratio = s / r;
+        let cell = |c: &str| row.value(c).map_or("-".into(), |x| human(row.metric, x));
+        let (ratio, raw_spread, goal_text) = match row.ratio("raw") {
+            Some((ratio, spread)) => {
                 let text = match goal(row.metric) {
                     Some((at_least, bound)) => {
                         let met = if at_least {
@@ -154,13 +216,12 @@ pub fn render(records: &[Record]) -> String {
                     }
                     None => String::new(),
                 };
-                (format!("{ratio:.3}"), text)
+                (format!("{ratio:.3}"), spread_text(spread), text)
             }
-            _ => ("-".into(), String::new()),
+            None => ("-".into(), "-".into(), String::new()),
         };
-        let (vs_tokio, verdict) = match (v("syncws"), v("tokio")) {
-            (Some(s), Some(t)) if t > 0.0 => {
-                let ratio = s / t;
+        let (vs_tokio, tokio_spread, verdict) = match row.ratio("tokio") {
+            Some((ratio, spread)) => {
                 let ahead = if higher_is_better(row.metric) {
                     ratio > 1.0
                 } else {
@@ -168,38 +229,43 @@ pub fn render(records: &[Record]) -> String {
                 };
                 (
                     format!("{ratio:.3}"),
+                    spread_text(spread),
                     if ahead { "ahead" } else { "BEHIND" },
                 )
             }
-            _ => ("-".into(), ""),
+            None => ("-".into(), "-".into(), ""),
         };
         let _ = writeln!(
             out,
-            "{:<w$}  {:<8}  {:>9}  {:>9}  {:>9}  {:>10}  {:<10}  {:>12}  {:<6}",
+            "{:<w$}  {:<8}  {:>9}  {:>9}  {:>9}  {:>10}  {:>9}  {:<10}  {:>12}  {:>9}  {:<6}",
             row.metric,
             row.mode,
             cell("syncws"),
             cell("raw"),
             cell("tokio"),
             ratio,
+            raw_spread,
             goal_text,
             vs_tokio,
+            tokio_spread,
             verdict
         );
     }
     let _ = writeln!(
         out,
         "\nthroughput in messages/s (median of the rounds), round trips in microseconds; \
-         ratios are syncws / other (above 1 is better for throughput, below 1 for latency)\n"
+         ratios are syncws / other (above 1 is better for throughput, below 1 for latency): \
+         for throughput the median of the per-round ratios, for round trips the ratio of the \
+         pooled percentiles; spread = lowest-highest per-round ratio\n"
     );
     for row in &rows {
-        if let (Some(s), Some(r)) = (row.values.get("syncws"), row.values.get("raw")) {
-            let _ = writeln!(out, "RATIO {} {} {:.4}", row.metric, row.mode, s / r);
+        if let Some((ratio, _)) = row.ratio("raw") {
+            let _ = writeln!(out, "RATIO {} {} {:.4}", row.metric, row.mode, ratio);
         }
     }
     for row in &rows {
-        if let (Some(s), Some(t)) = (row.values.get("syncws"), row.values.get("tokio")) {
-            let _ = writeln!(out, "VS_TOKIO {} {} {:.4}", row.metric, row.mode, s / t);
+        if let Some((ratio, _)) = row.ratio("tokio") {
+            let _ = writeln!(out, "VS_TOKIO {} {} {:.4}", row.metric, row.mode, ratio);
         }
     }
     out
