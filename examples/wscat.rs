@@ -315,7 +315,7 @@ fn run(
             recv(input) -> line => line,
             recv(client.events()) -> event => {
                 let text = match event {
-                    Ok(Event::Frame { frame: Frame::Text(t), .. }) => t,
+                    Ok(Event::Frame { frame: Frame::Text(t), .. }) => t.to_string(),
                     Ok(Event::Frame { frame: Frame::Binary(b), .. }) => {
                         b.iter().map(|x| format!("{x:02x}")).collect()
                     }

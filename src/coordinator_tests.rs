@@ -136,7 +136,7 @@ fn session_texts(outputs: &[Output]) -> Vec<String> {
     outputs
         .iter()
         .filter_map(|o| match o {
-            Output::SendSession(Frame::Text(t)) => Some(t.clone()),
+            Output::SendSession(Frame::Text(t)) => Some(t.to_string()),
             _ => None,
         })
         .collect()

@@ -29,7 +29,9 @@ pub enum Event<T> {
         /// The decoded value.
         value: T,
     },
-    /// An inbound message the ingress forwarded as is (copied out of the read buffer).
+    /// An inbound message the ingress forwarded as is. Its payload is a view of the reader's
+    /// buffer (no copy; a message reassembled from fragments is copied once), which you may
+    /// keep: the reader moves on to a fresh buffer while any view of the old one is held.
     Frame {
         /// The connection epoch the message arrived on.
         epoch: u64,

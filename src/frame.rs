@@ -1,7 +1,9 @@
 //! Transport-neutral WebSocket frames and close codes.
 //!
-//! [`Frame`] is the owned form used for sending and for frames forwarded to the application.
-//! [`Data`] is the borrowed form an [`Ingress`](crate::Ingress) sees on the reader thread: it
+//! [`Frame`] is the owned form used for sending and for frames forwarded to the application. Its
+//! data payloads are reference-counted ([`Bytes`], [`Utf8Bytes`]): an inbound frame is a view of
+//! the reader's buffer, not a copy, and a frame can be kept or cloned for the price of a
+//! reference count. [`Data`] is the borrowed form an [`Ingress`](crate::Ingress) sees on the reader thread: it
 //! points into the read buffer, so inspecting it costs no copy.
 //!
 //! ```
@@ -16,7 +18,10 @@
 use std::fmt;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use crate::claim::RequestFrame;
+use crate::utf8_bytes::Utf8Bytes;
 
 /// A WebSocket close status code (RFC 6455 §7.4).
 ///
@@ -76,12 +81,16 @@ pub struct CloseFrame {
 }
 
 /// An owned WebSocket frame (a complete message for text and binary).
+///
+/// Text and binary payloads are shared buffers: an inbound one is a view of the read buffer
+/// (see [`Event::Frame`](crate::Event::Frame)); an outbound one is moved in from a `String` or
+/// `Vec<u8>` (no copy), or shared from a [`Bytes`] you keep.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
     /// A UTF-8 text message.
-    Text(String),
+    Text(Utf8Bytes),
     /// A binary message.
-    Binary(Vec<u8>),
+    Binary(Bytes),
     /// A ping with its payload (at most 125 bytes).
     Ping(Vec<u8>),
     /// A pong with its payload (at most 125 bytes).
@@ -91,14 +100,24 @@ pub enum Frame {
 }
 
 impl Frame {
-    /// A text frame.
-    pub fn text(s: impl Into<String>) -> Frame {
+    /// A text frame: from a `String` (moved, not copied), a `&str` (copied) or a
+    /// [`Utf8Bytes`] (shared).
+    pub fn text(s: impl Into<Utf8Bytes>) -> Frame {
         Frame::Text(s.into())
     }
 
-    /// A binary frame.
-    pub fn binary(b: impl Into<Vec<u8>>) -> Frame {
+    /// A binary frame: from a `Vec<u8>` or `Box<[u8]>` (moved, not copied), a `&'static [u8]`,
+    /// or a [`Bytes`] (shared). A borrowed slice is copied with [`Bytes::copy_from_slice`].
+    ///
+    /// A `Vec` whose capacity exceeds its length costs one small allocation (the shared header
+    /// of [`Bytes`]); an exact-capacity one (`vec![..]`, `to_vec()`) costs none.
+    pub fn binary(b: impl Into<Bytes>) -> Frame {
         Frame::Binary(b.into())
+    }
+
+    /// The payload of a text or binary frame; `None` for control frames.
+    pub fn payload(&self) -> Option<&[u8]> {
+        self.data_payload().map(|(_, payload)| payload)
     }
 
     /// A close frame with a code and reason.
@@ -127,7 +146,8 @@ impl Frame {
     pub fn payload_len(&self) -> usize {
         match self {
             Frame::Text(s) => s.len(),
-            Frame::Binary(b) | Frame::Ping(b) | Frame::Pong(b) => b.len(),
+            Frame::Binary(b) => b.len(),
+            Frame::Ping(b) | Frame::Pong(b) => b.len(),
             Frame::Close(None) => 0,
             Frame::Close(Some(c)) => 2 + c.reason.len(),
         }
@@ -135,10 +155,11 @@ impl Frame {
 }
 
 impl From<Data<'_>> for Frame {
+    /// Copies the payload out of the borrowed message.
     fn from(data: Data<'_>) -> Frame {
         match data {
-            Data::Text(s) => Frame::Text(s.to_owned()),
-            Data::Binary(b) => Frame::Binary(b.to_vec()),
+            Data::Text(s) => Frame::Text(Utf8Bytes::from(s)),
+            Data::Binary(b) => Frame::Binary(Bytes::copy_from_slice(b)),
         }
     }
 }

@@ -99,6 +99,7 @@ mod health;
 mod ingress;
 mod link;
 mod liveness;
+mod read_buffer;
 mod reader;
 mod requests;
 mod session;
@@ -110,6 +111,7 @@ mod target;
 mod ticket;
 mod tls;
 mod transport;
+mod utf8_bytes;
 mod writer;
 
 pub use affinity::{Affinity, WaitStrategy};
@@ -128,6 +130,10 @@ pub use stats::Stats;
 pub use stepper::Dispatch;
 pub use ticket::{DEADLINE_GRACE, Ticket};
 pub use tls::certificates_from_pem;
+pub use utf8_bytes::Utf8Bytes;
+
+/// Reference-counted bytes ([`Frame::Binary`]'s payload), re-exported from the `bytes` crate.
+pub use bytes::Bytes;
 
 /// Re-exported so callers can build a [`ClientBuilder::tls_config`] with the same rustls version.
 pub use rustls;

@@ -27,7 +27,8 @@ use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::frame::{Frame, Outbound};
 use crate::ingress::Ingress;
-use crate::reader::{CONTROL_HEADROOM, Reader};
+use crate::read_buffer::ReadBuffer;
+use crate::reader::{CONTROL_HEADROOM, Outlets, Reader};
 use crate::requests::WaiterId;
 use crate::sink::Sink;
 use crate::stats::Counters;
@@ -251,26 +252,23 @@ impl<T: Send + 'static> LinkFactory<T> {
         // channel allocates each time `select!` waits on it.
         let (release_tx, release_rx) = bounded::<()>(1);
         let (go_tx, go_rx) = bounded::<()>(1);
-        let mut buf = leftover;
-        let end = buf.len();
-        buf.resize(end.max(self.read_buffer.max(1024)), 0);
         let reader = Reader {
             half: read_half,
-            ingress,
             decoder: Decoder::new(self.limits),
-            buf,
-            start: 0,
-            end,
-            epoch,
-            overflow: self.overflow,
-            precheck: self.precheck.clone(),
-            events: self.events.clone(),
-            coord: self.inputs.clone(),
-            control: Lane::new(control_tx.clone(), self.doorbell.clone()),
-            control_capacity,
-            stop: release_rx.clone(),
+            buf: ReadBuffer::new(self.read_buffer, &leftover),
             go: go_rx,
-            counters: self.counters.clone(),
+            out: Outlets {
+                ingress,
+                epoch,
+                overflow: self.overflow,
+                precheck: self.precheck.clone(),
+                events: self.events.clone(),
+                coord: self.inputs.clone(),
+                control: Lane::new(control_tx.clone(), self.doorbell.clone()),
+                control_capacity,
+                stop: release_rx.clone(),
+                counters: self.counters.clone(),
+            },
         };
         let writer = Writer {
             sink: sink.clone(),

@@ -6,9 +6,9 @@
 //! the end of the stream. Pings are answered here, by putting a pong with the same payload on the
 //! writer's control lane, so the answer never waits for the coordinator or for queued data.
 //!
-//! Read buffer: it starts at the configured size and grows only to hold one frame that does not
-//! fit (bounded by the frame size limit). Consumed bytes are reclaimed by moving the unread tail
-//! (at most one partial frame) to the front before each read.
+//! Read buffer ([`ReadBuffer`]): the configured size, or one frame that does not fit (bounded by
+//! the frame size limit). A forwarded message ([`Verdict::Forward`]) is a view of it, not a copy;
+//! a message reassembled from fragments is the one that is copied.
 
 use std::sync::Arc;
 
@@ -20,12 +20,14 @@ use crate::coordinator::{Control, Input, LinkEvent};
 use crate::doorbell::Lane;
 use crate::endpoint::Precheck;
 use crate::event::Event;
-use crate::frame::Frame;
+use crate::frame::{Data, Frame};
 use crate::guard;
 use crate::ingress::{Ingress, Verdict};
+use crate::read_buffer::ReadBuffer;
 use crate::stats::Counters;
 use crate::stepper::Inbox;
 use crate::transport::ReadHalf;
+use crate::utf8_bytes::Utf8Bytes;
 
 /// Pongs are only queued while the control lane has at least this much room left, so a ping
 /// flood can never crowd out the coordinator's close frame.
@@ -33,11 +35,17 @@ pub(crate) const CONTROL_HEADROOM: usize = 8;
 
 pub(crate) struct Reader<I: Ingress> {
     pub half: ReadHalf,
-    pub ingress: I,
     pub decoder: Decoder,
-    pub buf: Vec<u8>,
-    pub start: usize,
-    pub end: usize,
+    pub buf: ReadBuffer,
+    /// Disconnected when the reader may start (the coordinator has announced the connection).
+    pub go: Receiver<()>,
+    /// Where decoded messages go (apart from the buffer, so a decoded message may borrow it).
+    pub out: Outlets<I>,
+}
+
+/// Everything the reader hands decoded messages and link events to.
+pub(crate) struct Outlets<I: Ingress> {
+    pub ingress: I,
     pub epoch: u64,
     pub overflow: Overflow,
     /// The endpoint's filter for messages the coordinator must see (acknowledgements).
@@ -48,8 +56,6 @@ pub(crate) struct Reader<I: Ingress> {
     pub control_capacity: usize,
     /// Disconnected when the link is released.
     pub stop: Receiver<()>,
-    /// Disconnected when the reader may start (the coordinator has announced the connection).
-    pub go: Receiver<()>,
     pub counters: Arc<Counters>,
 }
 
@@ -59,13 +65,13 @@ impl<I: Ingress> Reader<I> {
     pub(crate) fn run(mut self) -> I {
         select! {
             recv(self.go) -> _ => {}
-            recv(self.stop) -> _ => {}
+            recv(self.out.stop) -> _ => {}
         }
-        let released = crate::driver::released(&self.stop);
+        let released = crate::driver::released(&self.out.stop);
         if !released {
             self.read_loop();
         }
-        self.ingress
+        self.out.ingress
     }
 
     /// Returns once the end has been reported to the coordinator (or nobody is left to tell).
@@ -76,11 +82,11 @@ impl<I: Ingress> Reader<I> {
             // Decode every complete frame in the buffer; `need` is the size of the next frame
             // once its header is known (0 while it is not), which the buffer must then hold.
             let need = loop {
-                let step = match self.decoder.decode(&self.buf[self.start..self.end]) {
+                let step = match self.decoder.decode(self.buf.unread()) {
                     Ok(step) => step,
                     Err(v) => {
                         log::debug!("peer violated the protocol: {}", v.reason);
-                        self.report(LinkEvent::Violation(v));
+                        self.out.report(LinkEvent::Violation(v));
                         return;
                     }
                 };
@@ -88,124 +94,104 @@ impl<I: Ingress> Reader<I> {
                     Step::Frame(used, decoded) => (used, decoded),
                     Step::Need(total) => break total,
                 };
-                self.start += used;
                 if peer_closed {
+                    self.buf.consume(used);
                     continue; // Nothing after the peer's close frame means anything.
                 }
+                // What to forward once the decoded frame's borrow of the buffer has ended.
+                let mut forward = None;
                 match decoded {
                     Decoded::Fragment => {}
                     Decoded::Data(data) => {
                         saw_data = true;
-                        // Counted first: once a response has resolved a request, it is counted.
-                        Counters::bump(&self.counters.messages_in, 1);
-                        Counters::bump(&self.counters.bytes_in, data.as_bytes().len() as u64);
-                        let flagged = match &self.precheck {
-                            Some(p) => guard::catch("Endpoint::precheck", || p(data)),
-                            None => Ok(false),
-                        };
-                        let verdict = flagged.and_then(|flagged| {
-                            if flagged {
-                                let input = Input::Link {
-                                    epoch: self.epoch,
-                                    event: LinkEvent::Reply(Frame::from(data)),
-                                };
-                                // On the round trip's path: handled here if the coordinator is
-                                // free (inline dispatch).
-                                self.coord.step_or_report(input, &self.stop);
-                            }
-                            let ingress = &mut self.ingress;
-                            guard::catch("Ingress::on_message", || ingress.on_message(data))
-                        });
-                        let verdict = match verdict {
-                            Ok(verdict) => verdict,
-                            Err(panicked) => {
-                                // The connection ends; the ingress goes back to the client.
-                                self.report(LinkEvent::CallbackPanicked(panicked));
-                                return;
-                            }
-                        };
-                        let event = match verdict {
-                            Verdict::Ignore => None,
-                            Verdict::Emit(value) => Some(Event::Data {
-                                epoch: self.epoch,
-                                value,
-                            }),
-                            Verdict::Forward => Some(Event::Frame {
-                                epoch: self.epoch,
-                                frame: Frame::from(data),
-                            }),
-                        };
-                        if let Some(event) = event {
-                            if !deliver(
-                                &self.events,
-                                event,
-                                self.overflow,
-                                &self.stop,
-                                &self.counters,
-                            ) {
-                                return;
-                            }
+                        match self.out.on_data(data, &self.buf) {
+                            Some(Handled::Forward(f)) => forward = Some(f),
+                            Some(Handled::Done) => {}
+                            None => return,
                         }
                     }
                     Decoded::Ping(payload) => {
                         // Counted before the pong is queued: once the peer has the pong, the
                         // ping is counted (the writer may send it before this thread goes on).
-                        Counters::bump(&self.counters.pings_in, 1);
-                        if self.control.len() + CONTROL_HEADROOM < self.control_capacity {
-                            let _ = self.control.try_send(Control::Pong(payload.to_vec()));
+                        Counters::bump(&self.out.counters.pings_in, 1);
+                        if self.out.control.len() + CONTROL_HEADROOM < self.out.control_capacity {
+                            let _ = self.out.control.try_send(Control::Pong(payload.to_vec()));
                         } else {
-                            Counters::bump(&self.counters.pongs_dropped, 1);
+                            Counters::bump(&self.out.counters.pongs_dropped, 1);
                         }
                     }
                     Decoded::Pong(payload) => {
                         let pong = Input::Link {
-                            epoch: self.epoch,
+                            epoch: self.out.epoch,
                             event: LinkEvent::Pong(payload.to_vec()),
                         };
-                        self.coord.report(pong, &self.stop);
+                        self.out.coord.report(pong, &self.out.stop);
                     }
                     Decoded::Close(close) => {
                         peer_closed = true;
                         let close = close.map(|(code, reason)| (code, reason.to_string()));
                         let input = Input::Link {
-                            epoch: self.epoch,
+                            epoch: self.out.epoch,
                             event: LinkEvent::PeerClose(close),
                         };
-                        self.coord.report(input, &self.stop);
+                        self.out.coord.report(input, &self.out.stop);
                     }
+                }
+                let frame = match forward {
+                    None => {
+                        self.buf.consume(used);
+                        continue;
+                    }
+                    Some(Forward::Copied(frame)) => {
+                        self.buf.consume(used);
+                        frame
+                    }
+                    Some(Forward::View { text, range }) => {
+                        let view = self.buf.take(used, range);
+                        if text {
+                            Frame::Text(Utf8Bytes::from_validated(view))
+                        } else {
+                            Frame::Binary(view)
+                        }
+                    }
+                };
+                let event = Event::Frame {
+                    epoch: self.out.epoch,
+                    frame,
+                };
+                if !deliver(
+                    &self.out.events,
+                    event,
+                    self.out.overflow,
+                    &self.out.stop,
+                    &self.out.counters,
+                ) {
+                    return;
                 }
             };
             if saw_data {
                 // One clock read per read(2), not per message.
-                self.counters.data_seen(std::time::Instant::now());
+                self.out.counters.data_seen(std::time::Instant::now());
             }
             if self.half.take_tls_output_pending() {
-                let _ = self.control.try_send(Control::FlushTls);
+                let _ = self.out.control.try_send(Control::FlushTls);
             }
-            // Reclaim consumed space (moving at most one partial frame), grow only for a frame
-            // larger than the buffer (bounded by the decoder's frame limit, checked before
-            // `Need` is returned), then read more.
-            if self.start > 0 {
-                self.buf.copy_within(self.start..self.end, 0);
-                self.end -= self.start;
-                self.start = 0;
-            }
-            if need > self.buf.len() {
-                self.buf.resize(need, 0);
-            }
-            match self.half.read(&mut self.buf[self.end..]) {
+            // Room for the next frame (`need` is bounded by the decoder's frame limit, checked
+            // before `Need` is returned), then read more.
+            match self.half.read(self.buf.free(need)) {
                 Ok(0) => {
-                    self.report(LinkEvent::ReaderEnded(None));
+                    self.out.report(LinkEvent::ReaderEnded(None));
                     return;
                 }
-                Ok(n) => self.end += n,
+                Ok(n) => self.buf.filled(n),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    let released = crate::driver::released(&self.stop);
+                    let released = crate::driver::released(&self.out.stop);
                     if !released {
                         log::debug!("read failed: {e}");
                     }
-                    self.report(LinkEvent::ReaderEnded(Some(crate::error::from_io(e))));
+                    self.out
+                        .report(LinkEvent::ReaderEnded(Some(crate::error::from_io(e))));
                     return;
                 }
             }
@@ -213,9 +199,85 @@ impl<I: Ingress> Reader<I> {
     }
 }
 
-impl<I: Ingress> Reader<I> {
+/// What became of a data message.
+enum Handled {
+    /// Nothing more to do here (ignored, or emitted as a value).
+    Done,
+    /// Forward it as a frame.
+    Forward(Forward),
+}
+
+/// A message to forward as a frame.
+enum Forward {
+    /// A view of the read buffer: `range` of the frame's bytes.
+    View {
+        text: bool,
+        range: std::ops::Range<usize>,
+    },
+    /// Reassembled from fragments: already copied.
+    Copied(Frame),
+}
+
+impl<I: Ingress> Outlets<I> {
+    /// Counts a message, lets the precheck and the ingress see it and delivers what it emits.
+    /// `None` when the reader must stop (a callback panicked, or the link was released).
+    fn on_data(&mut self, data: Data<'_>, buf: &ReadBuffer) -> Option<Handled> {
+        // Counted first: once a response has resolved a request, it is counted.
+        Counters::bump(&self.counters.messages_in, 1);
+        Counters::bump(&self.counters.bytes_in, data.as_bytes().len() as u64);
+        let flagged = match &self.precheck {
+            Some(p) => guard::catch("Endpoint::precheck", || p(data)),
+            None => Ok(false),
+        };
+        let verdict = flagged.and_then(|flagged| {
+            if flagged {
+                let input = Input::Link {
+                    epoch: self.epoch,
+                    event: LinkEvent::Reply(Frame::from(data)),
+                };
+                // On the round trip's path: handled here if the coordinator is free (inline
+                // dispatch).
+                self.coord.step_or_report(input, &self.stop);
+            }
+            let ingress = &mut self.ingress;
+            guard::catch("Ingress::on_message", || ingress.on_message(data))
+        });
+        let verdict = match verdict {
+            Ok(verdict) => verdict,
+            Err(panicked) => {
+                // The connection ends; the ingress goes back to the client.
+                self.report(LinkEvent::CallbackPanicked(panicked));
+                return None;
+            }
+        };
+        match verdict {
+            Verdict::Ignore => Some(Handled::Done),
+            Verdict::Emit(value) => {
+                let event = Event::Data {
+                    epoch: self.epoch,
+                    value,
+                };
+                deliver(
+                    &self.events,
+                    event,
+                    self.overflow,
+                    &self.stop,
+                    &self.counters,
+                )
+                .then_some(Handled::Done)
+            }
+            Verdict::Forward => {
+                let text = matches!(data, Data::Text(_));
+                Some(Handled::Forward(match buf.range_of(data.as_bytes()) {
+                    Some(range) => Forward::View { text, range },
+                    None => Forward::Copied(Frame::from(data)),
+                }))
+            }
+        }
+    }
+
     /// Tells the coordinator something, unless the link is released first.
-    fn report(&self, event: LinkEvent) {
+    pub(crate) fn report(&self, event: LinkEvent) {
         let input = Input::Link {
             epoch: self.epoch,
             event,

@@ -300,7 +300,7 @@ mod tests {
     fn sent(out: &[SessionOut]) -> Vec<String> {
         out.iter()
             .filter_map(|o| match o {
-                SessionOut::Send(Frame::Text(t)) => Some(t.clone()),
+                SessionOut::Send(Frame::Text(t)) => Some(t.to_string()),
                 _ => None,
             })
             .collect()

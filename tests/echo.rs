@@ -20,18 +20,18 @@ fn echo_all_sizes(server: TestServer, builder: syncws::ClientBuilder) {
     for (i, len) in sizes().into_iter().enumerate() {
         let bin = payload(len, i as u8);
         let text: String = bin.iter().map(|b| char::from(b'a' + b % 26)).collect();
-        client.send(Frame::Binary(bin.clone())).unwrap();
-        client.send(Frame::Text(text.clone())).unwrap();
+        client.send(Frame::binary(bin.clone())).unwrap();
+        client.send(Frame::text(text.clone())).unwrap();
         let got = next_event(&client, WAIT, |e| match e {
             Event::Frame { frame, .. } => Some(frame),
             _ => None,
         });
-        assert_eq!(got, Frame::Binary(bin), "binary echo of {len} bytes");
+        assert_eq!(got, Frame::binary(bin), "binary echo of {len} bytes");
         let got = next_event(&client, WAIT, |e| match e {
             Event::Frame { frame, .. } => Some(frame),
             _ => None,
         });
-        assert_eq!(got, Frame::Text(text), "text echo of {len} bytes");
+        assert_eq!(got, Frame::text(text), "text echo of {len} bytes");
     }
     client.shutdown(WAIT);
     server.join();
@@ -88,7 +88,7 @@ fn fragmented_messages_reassemble() {
         Event::Frame { frame, .. } => Some(frame),
         _ => None,
     });
-    assert_eq!(second, Frame::Binary(expected_big));
+    assert_eq!(second, Frame::binary(expected_big));
     client.shutdown(Duration::from_secs(2));
     server.join();
 }

@@ -104,7 +104,7 @@ fn ping_answered_with_same_payload_while_data_lane_is_full() {
     let big = vec![7u8; 64 * 1024];
     let mut queued = 0usize;
     support::wait_until("data lane full", WAIT, || {
-        match client.try_send(Frame::Binary(big.clone())) {
+        match client.try_send(Frame::binary(big.clone())) {
             Ok(()) => {
                 queued += 1;
                 None
@@ -330,7 +330,7 @@ fn server_that_stops_reading_gives_queue_full_and_bounded_memory() {
     let frame_bytes = vec![1u8; 16 * 1024];
     let mut accepted = 0usize;
     support::wait_until("QueueFull", WAIT, || {
-        match client.try_send(Frame::Binary(frame_bytes.clone())) {
+        match client.try_send(Frame::binary(frame_bytes.clone())) {
             Ok(()) => {
                 accepted += 1;
                 None
@@ -344,7 +344,7 @@ fn server_that_stops_reading_gives_queue_full_and_bounded_memory() {
     let before = resident_kib();
     for _ in 0..50_000 {
         assert!(matches!(
-            client.try_send(Frame::Binary(frame_bytes.clone())),
+            client.try_send(Frame::binary(frame_bytes.clone())),
             Err(Error::QueueFull)
         ));
     }
@@ -379,7 +379,7 @@ fn many_frames_while_server_is_silent(tls: bool) {
     let client = connect(&server, tls.then_some(&pki)).connect().unwrap();
     for i in 0..N {
         client
-            .send(Frame::Binary((i as u32).to_be_bytes().to_vec()))
+            .send(Frame::binary((i as u32).to_be_bytes().to_vec()))
             .unwrap();
     }
     assert_eq!(count_rx.recv_timeout(WAIT).expect("all frames written"), N);

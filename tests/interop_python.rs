@@ -82,16 +82,16 @@ fn echo_all_sizes(transport: Transport) {
     for (i, len) in SIZES.into_iter().enumerate() {
         let bin = payload(len, i as u8);
         let text = text_of(len, i as u8);
-        client.send(Frame::Binary(bin.clone())).unwrap();
-        client.send(Frame::Text(text.clone())).unwrap();
+        client.send(Frame::binary(bin.clone())).unwrap();
+        client.send(Frame::text(text.clone())).unwrap();
         assert_eq!(
             next_frame(&client),
-            Frame::Binary(bin),
+            Frame::binary(bin),
             "binary echo of {len} bytes ({transport:?})"
         );
         assert_eq!(
             next_frame(&client),
-            Frame::Text(text),
+            Frame::text(text),
             "text echo of {len} bytes ({transport:?})"
         );
     }
@@ -133,7 +133,7 @@ fn fragments_reassemble(transport: Transport) {
     let mut expected: Vec<u8> = (0..=255u8).cycle().take(1024).collect();
     expected.extend(std::iter::repeat_n(7u8, 70_000));
     expected.extend_from_slice(b"end");
-    assert_eq!(next_frame(&client), Frame::Binary(expected));
+    assert_eq!(next_frame(&client), Frame::binary(expected));
     // The connection is still usable afterwards.
     client.send(Frame::text("after fragments")).unwrap();
     assert_eq!(next_frame(&client), Frame::text("after fragments"));
@@ -162,7 +162,7 @@ fn server_ping_answered(transport: Transport) {
     // pong carrying exactly that ping's payload, so `pong-ok` proves the payload came back.
     for expected in ["syncws-ping-1".to_string(), String::new(), "P".repeat(125)] {
         let report = format!("pong-ok:{expected}");
-        assert_eq!(next_frame(&client), Frame::Text(report.clone()));
+        assert_eq!(next_frame(&client), Frame::text(report.clone()));
         assert_eq!(server.expect_line("PONG "), report);
     }
     client.send(Frame::text("still open")).unwrap();
@@ -443,9 +443,9 @@ fn message_over_server_limit_closed_with_1009() {
     for transport in [Transport::Plain, Transport::Tls] {
         let (_server, builder) = setup(transport, &["max-size", "1000"], "/");
         let client = builder.connect().unwrap();
-        client.send(Frame::Binary(vec![1; 1000])).unwrap();
-        assert_eq!(next_frame(&client), Frame::Binary(vec![1; 1000]));
-        client.send(Frame::Binary(vec![2; 1001])).unwrap();
+        client.send(Frame::binary(vec![1; 1000])).unwrap();
+        assert_eq!(next_frame(&client), Frame::binary(vec![1; 1000]));
+        client.send(Frame::binary(vec![2; 1001])).unwrap();
         let info = next_closed(&client);
         assert_eq!(
             (info.initiator, info.code),
@@ -556,7 +556,7 @@ fn compression_is_never_negotiated() {
     let client = builder.connect().unwrap();
     let text = "compressible ".repeat(1000);
     client.send(Frame::text(text.clone())).unwrap();
-    assert_eq!(next_frame(&client), Frame::Text(text));
+    assert_eq!(next_frame(&client), Frame::text(text));
     client.shutdown(SHUTDOWN);
 
     let (_server, builder) = setup(Transport::Plain, &["echo-deflate"], "/");

@@ -286,7 +286,7 @@ fn subscriptions_survive_restarts(transport: Transport) {
                 epoch,
                 frame: Frame::Text(t),
             } => {
-                frames.entry(epoch).or_default().push(t);
+                frames.entry(epoch).or_default().push(t.to_string());
                 continue;
             }
             Event::Connecting { attempt } => {

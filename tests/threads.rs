@@ -88,7 +88,7 @@ fn drop_mid_transfer(baseline: usize) {
             .connect()
             .unwrap();
         for _ in 0..200 {
-            let _ = client.try_send(Frame::Binary(vec![1u8; 32 * 1024]));
+            let _ = client.try_send(Frame::binary(vec![1u8; 32 * 1024]));
         }
         client.events().recv_timeout(WAIT).unwrap();
         let started = Instant::now();

@@ -1,0 +1,173 @@
+//! The reader thread's buffer: bytes read from the socket, decoded in place, and handed out as
+//! shared views.
+//!
+//! A forwarded message becomes a [`Bytes`] view of this buffer: no copy, and the application may
+//! keep it as long as it likes. The buffer is one allocation of [`ReadBuffer::new`]'s size (or one
+//! frame, if larger). When it is used up, it is reused in place if nobody holds a view of it any
+//! more, and otherwise replaced by a fresh one (the old allocation is freed by whoever drops the
+//! last view). So steady traffic costs at most one allocation per buffer's worth of bytes, not one
+//! per message, and none at all while the application drops what it receives before the reader
+//! comes round again, or takes nothing (decoded values, ignored messages).
+//!
+//! Layout: `[consumed | unread | free]` within one `BytesMut` whose length covers all three, so
+//! reads go into initialised memory.
+
+use std::ops::Range;
+
+use bytes::{Buf, Bytes, BytesMut};
+
+/// Below this much free space at the end, room is made before reading (a read into a sliver
+/// would cost a syscall for a few bytes).
+const MIN_READ: usize = 4 * 1024;
+
+pub(crate) struct ReadBuffer {
+    /// Every byte initialised; `len()` is the whole span (consumed, unread and free).
+    buf: BytesMut,
+    start: usize,
+    end: usize,
+    /// Size of a fresh allocation.
+    size: usize,
+    /// Fresh allocations made because views of the old one were still held.
+    pub(crate) replaced: u64,
+}
+
+impl ReadBuffer {
+    /// A buffer of `size` bytes (at least 1 KiB) holding `leftover` (bytes read with the upgrade
+    /// response).
+    pub(crate) fn new(size: usize, leftover: &[u8]) -> Self {
+        let size = size.max(1024);
+        let mut buf = BytesMut::zeroed(size.max(leftover.len()));
+        buf[..leftover.len()].copy_from_slice(leftover);
+        ReadBuffer {
+            buf,
+            start: 0,
+            end: leftover.len(),
+            size,
+            replaced: 0,
+        }
+    }
+
+    /// The bytes read but not yet consumed.
+    pub(crate) fn unread(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    /// Consumes `n` unread bytes.
+    pub(crate) fn consume(&mut self, n: usize) {
+        self.start = (self.start + n).min(self.end);
+    }
+
+    /// Where `part` (a slice of [`unread`](Self::unread)) lies, relative to the unread bytes;
+    /// `None` if it points elsewhere (a message reassembled from fragments).
+    pub(crate) fn range_of(&self, part: &[u8]) -> Option<Range<usize>> {
+        let base = self.buf.as_ptr() as usize + self.start;
+        let offset = (part.as_ptr() as usize).checked_sub(base)?;
+        let end = offset.checked_add(part.len())?;
+        (end <= self.end - self.start).then_some(offset..end)
+    }
+
+    /// Consumes `used` unread bytes and returns `range` of them (from [`range_of`](Self::range_of))
+    /// as a view that shares this buffer's allocation.
+    pub(crate) fn take(&mut self, used: usize, range: Range<usize>) -> Bytes {
+        if range.is_empty() {
+            self.consume(used);
+            return Bytes::new();
+        }
+        let head = self.start;
+        let used = used.min(self.end - head);
+        let mut view = self.buf.split_to(head + used);
+        self.start = 0;
+        self.end -= head + used;
+        view.advance(head + range.start);
+        view.truncate(range.len());
+        view.freeze()
+    }
+
+    /// Free space to read into, made first if there is too little or if the next frame
+    /// (`need` bytes in all, 0 while its size is unknown) would not fit.
+    pub(crate) fn free(&mut self, need: usize) -> &mut [u8] {
+        let free = self.buf.len() - self.end;
+        if free < MIN_READ.min(self.size / 4) || self.start + need > self.buf.len() {
+            self.make_room(need);
+        }
+        &mut self.buf[self.end..]
+    }
+
+    /// Records `n` bytes read into [`free`](Self::free).
+    pub(crate) fn filled(&mut self, n: usize) {
+        self.end = (self.end + n).min(self.buf.len());
+    }
+
+    /// Moves the unread bytes to the start of an allocation large enough for `need` and for a
+    /// full-size read: this one if no view holds it, else a fresh one.
+    fn make_room(&mut self, need: usize) {
+        let unread = self.end - self.start;
+        let want = need
+            .max(self.size)
+            .max(unread + MIN_READ.min(self.size / 4));
+        // Drop the free tail and the consumed head, so that only unread bytes remain.
+        self.buf.truncate(self.end);
+        self.buf.advance(self.start);
+        self.start = 0;
+        self.end = unread;
+        if self.buf.try_reclaim(want - unread) {
+            let span = self.buf.capacity();
+            // SAFETY: `try_reclaim` never allocates: on success the buffer still lies in the
+            // allocation it came from, and every allocation this type uses was made zeroed
+            // (`BytesMut::zeroed`, below and in `new`); `bytes` only ever copies initialised
+            // bytes within it. So all `capacity()` bytes are initialised.
+            unsafe { self.buf.set_len(span) };
+        } else {
+            let mut fresh = BytesMut::zeroed(want);
+            fresh[..unread].copy_from_slice(&self.buf);
+            self.buf = fresh;
+            self.replaced += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fill(rb: &mut ReadBuffer, bytes: &[u8]) {
+        let free = rb.free(0);
+        free[..bytes.len()].copy_from_slice(bytes);
+        rb.filled(bytes.len());
+    }
+
+    #[test]
+    fn views_outlive_the_buffer_and_a_free_buffer_is_reused() {
+        let mut rb = ReadBuffer::new(1024, b"ab");
+        fill(&mut rb, b"cdef");
+        assert_eq!(rb.unread(), b"abcdef");
+        let part = rb.range_of(&rb.unread()[1..3]).unwrap();
+        let view = rb.take(4, part);
+        assert_eq!(&view[..], b"bc");
+        assert_eq!(rb.unread(), b"ef");
+        // Use the buffer up: the view holds the allocation, so a fresh one is made.
+        let rest = rb.buf.len() - rb.end;
+        fill(&mut rb, &vec![7u8; rest]);
+        rb.free(0);
+        assert_eq!(rb.replaced, 1);
+        assert_eq!(&view[..], b"bc");
+        assert_eq!(&rb.unread()[..2], b"ef");
+        // Nobody holds the new allocation: it is reused in place.
+        rb.consume(rb.unread().len());
+        drop(view);
+        let big_len = rb.buf.len();
+        rb.end = big_len; // pretend it was all read and consumed
+        rb.start = big_len;
+        rb.free(0);
+        assert_eq!(rb.replaced, 1);
+        assert_eq!(rb.unread(), b"");
+    }
+
+    #[test]
+    fn a_large_frame_gets_room_and_foreign_slices_have_no_range() {
+        let mut rb = ReadBuffer::new(1024, b"");
+        assert!(rb.free(5000).len() >= 5000);
+        let elsewhere = [1u8, 2, 3];
+        assert_eq!(rb.range_of(&elsewhere), None);
+    }
+}
