@@ -15,7 +15,14 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{SendTimeoutError, Sender, TrySendError};
 
-use crate::sync::{AtomicBool, Mutex, Ordering, Thread, fence, park_until, thread};
+use crate::sync::{
+    AtomicBool, AtomicUsize, Condvar, Mutex, Ordering, Thread, fence, now, park_until, thread,
+};
+
+/// Longest a sender waits for room without looking again: a backstop for a lane whose
+/// consumer went away without a last [`Room::freed`] (between connections, at shutdown), where
+/// the next look finds the lane disconnected.
+const ROOM_BACKSTOP: Duration = Duration::from_millis(50);
 
 /// Wakes the thread registered with it (the writer of the current connection; a second bell
 /// wakes the coordinator thread).
@@ -25,6 +32,49 @@ pub(crate) struct Doorbell {
     writer: Mutex<Option<Thread>>,
     /// True while the writer is parked or about to park.
     sleeping: AtomicBool,
+    /// Where senders wait while a lane is full.
+    pub(crate) room: Room,
+}
+
+/// Where senders wait for room in a full lane.
+///
+/// The writer wakes them once per batch it has taken, not once per frame (which is what a
+/// channel's blocking send does): on a core shared by the sender and the writer, a wake-up per
+/// frame taken hands the core back and forth once per frame, while a wake-up per batch lets the
+/// sender refill the lane in one go.
+#[derive(Debug, Default)]
+pub(crate) struct Room {
+    lock: Mutex<()>,
+    freed: Condvar,
+    /// Senders waiting (or about to wait) for room.
+    waiting: AtomicUsize,
+}
+
+impl Room {
+    /// Wakes every waiting sender. The writer calls it after each batch, and when it stops.
+    pub(crate) fn freed(&self) {
+        fence(Ordering::SeqCst);
+        if self.waiting.load(Ordering::Relaxed) > 0 {
+            let _guard = self.lock.lock();
+            self.freed.notify_all();
+        }
+    }
+
+    /// Waits until `has_room` says so, [`freed`](Self::freed) is called, or `deadline` passes
+    /// (the caller tries again, and looks at the deadline itself).
+    fn wait(&self, has_room: impl Fn() -> bool, deadline: Option<Instant>) {
+        let mut guard = self.lock.lock();
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        // Announce the wait, then look (Dekker's pattern with `freed`): either the writer
+        // sees a waiter, or this look sees the room it made.
+        fence(Ordering::SeqCst);
+        if !has_room() {
+            let backstop = crate::deadline::after(now(), ROOM_BACKSTOP);
+            let until = deadline.map_or(backstop, |d| d.min(backstop));
+            let _ = self.freed.wait_until(&mut guard, until);
+        }
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Doorbell {
@@ -101,11 +151,9 @@ impl<T> Lane<T> {
         Ok(())
     }
 
-    /// Sends, waiting for room.
+    /// Sends, waiting for room (see [`Room`]).
     pub(crate) fn send(&self, item: T) -> Result<(), T> {
-        self.tx.send(item).map_err(|e| e.into_inner())?;
-        self.bell.ring();
-        Ok(())
+        self.send_until(item, None).map_err(|e| e.into_inner())
     }
 
     /// Sends, waiting for room at most `timeout`.
@@ -114,9 +162,30 @@ impl<T> Lane<T> {
         item: T,
         timeout: Duration,
     ) -> Result<(), SendTimeoutError<T>> {
-        self.tx.send_timeout(item, timeout)?;
-        self.bell.ring();
-        Ok(())
+        self.send_until(item, Some(crate::deadline::after(now(), timeout)))
+    }
+
+    fn send_until(
+        &self,
+        mut item: T,
+        deadline: Option<Instant>,
+    ) -> Result<(), SendTimeoutError<T>> {
+        loop {
+            match self.tx.try_send(item) {
+                Ok(()) => {
+                    self.bell.ring();
+                    return Ok(());
+                }
+                Err(TrySendError::Disconnected(back)) => {
+                    return Err(SendTimeoutError::Disconnected(back));
+                }
+                Err(TrySendError::Full(back)) => item = back,
+            }
+            if deadline.is_some_and(|d| now() >= d) {
+                return Err(SendTimeoutError::Timeout(item));
+            }
+            self.bell.room.wait(|| !self.tx.is_full(), deadline);
+        }
     }
 
     /// Frames queued and not yet taken.
@@ -178,6 +247,42 @@ mod tests {
             );
         }
         consumer.join().unwrap();
+    }
+
+    /// A sender blocked on a full lane goes on once the consumer has taken a batch and said so;
+    /// a timed send gives up at its deadline.
+    #[test]
+    fn a_full_lane_waits_for_a_batch_and_times_out() {
+        let bell = Arc::new(Doorbell::default());
+        let (tx, rx) = crossbeam_channel::bounded::<u64>(2);
+        let lane = Lane::new(tx, bell.clone());
+        lane.try_send(0).unwrap();
+        lane.try_send(1).unwrap();
+        let started = Instant::now();
+        assert!(matches!(
+            lane.send_timeout(2, Duration::from_millis(20)),
+            Err(SendTimeoutError::Timeout(2))
+        ));
+        assert!(started.elapsed() >= Duration::from_millis(20));
+        let sender = {
+            let lane = lane.clone();
+            thread::Builder::new()
+                .name("room-sender".into())
+                .spawn(move || lane.send(2).is_ok())
+                .unwrap()
+        };
+        // The batch: both items taken, then the waiting sender told.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while bell.room.waiting.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        assert_eq!((rx.try_recv(), rx.try_recv()), (Ok(0), Ok(1)));
+        bell.room.freed();
+        assert!(sender.join().unwrap());
+        assert_eq!(rx.recv_timeout(Duration::from_secs(30)), Ok(2));
+        // With the consumer gone, a blocked send ends (the backstop's next look).
+        drop(rx);
+        assert!(lane.send(3).is_err());
     }
 }
 

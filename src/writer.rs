@@ -103,6 +103,8 @@ impl Writer {
                 sink.failed = true; // No direct write may follow a broken stream.
             }
             drop(sink);
+            // Senders waiting for room in a full lane refill it now, once per batch.
+            self.doorbell.room.freed();
             // Reported without the sink's lock, so a caller woken by a report can write its
             // next request directly.
             for origin in done.written.drain(..) {
@@ -123,6 +125,7 @@ impl Writer {
             }
         }
         self.doorbell.unregister();
+        self.doorbell.room.freed();
     }
 
     /// Waits until a lane has something (busy-polling first if the wait strategy says so, then
