@@ -9,9 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{
-    Receiver, RecvTimeoutError, SendTimeoutError, Sender, TrySendError, bounded,
-};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
 
 use crate::affinity::{WaitStrategy, pin_current_thread};
 use crate::backoff::Reconnect;
@@ -29,6 +27,7 @@ use crate::event::Event;
 use crate::frame::{CloseCode, Frame, Outbound, PreparedFrame};
 use crate::ingress::Ingress;
 use crate::link::{AbortSlot, LinkFactory, spawn};
+use crate::outbox::{Encoded, Outbox};
 use crate::requests::{ConfirmMode, Outcome, Request, Submission, Undelivered, WaiterId};
 use crate::stats::{Counters, Stats};
 use crate::stepper::{Core, Dispatch, Inbox, Shared};
@@ -64,6 +63,8 @@ pub struct Client<T> {
     requests: Sender<Outbound>,
     /// Wakes the writer (which may be waiting at a request frame its caller gave up on).
     doorbell: Arc<Doorbell>,
+    /// Data frames encoded on the sending thread (see [`crate::outbox`]).
+    outbox: Arc<Outbox>,
     events: Receiver<Event<T>>,
     counters: Arc<Counters>,
     buffer_while_disconnected: bool,
@@ -111,6 +112,7 @@ impl<T: Send + 'static> Client<T> {
         let (input_tx, input_rx) = bounded(INPUT_QUEUE);
         let (data_tx, data_rx) = bounded(config.data_queue.max(1));
         let doorbell = Arc::new(Doorbell::default());
+        let outbox = Arc::new(Outbox::default());
         let (event_tx, event_rx) = bounded(config.event_queue.max(1));
         let (abort_tx, abort_rx) = bounded::<()>(1);
         let (done_tx, done_rx) = bounded::<()>(1);
@@ -152,6 +154,7 @@ impl<T: Send + 'static> Client<T> {
             inputs: inbox.clone(),
             data: data_rx,
             doorbell: doorbell.clone(),
+            outbox: outbox.clone(),
             counters: counters.clone(),
         });
         let (link, protocol) = factory
@@ -184,6 +187,7 @@ impl<T: Send + 'static> Client<T> {
             requests: data_tx.clone(),
             data: Lane::new(data_tx, doorbell.clone()),
             doorbell,
+            outbox,
             events: event_rx,
             counters,
             buffer_while_disconnected: config.buffer_while_disconnected,
@@ -202,9 +206,11 @@ impl<T: Send + 'static> Client<T> {
 impl<T> Client<T> {
     /// Queues a frame, waiting while the data lane is full.
     ///
-    /// Text and binary frames go on the bounded data lane and are written once the session is
-    /// ready; pings and pongs go on the control lane; a close frame starts the close handshake
-    /// (like [`close`](Client::close)).
+    /// Text and binary frames are written once the session is ready, in the order they were
+    /// sent: while nothing is queued, masked and encoded on the calling thread into the
+    /// writer's next batch (the outbox, at most 128 KiB), otherwise on the bounded data lane;
+    /// a full outbox or lane waits for the writer's next batch. Pings and pongs go on the
+    /// control lane; a close frame starts the close handshake (like [`close`](Client::close)).
     ///
     /// Errors: [`Error::NotConnected`] while the client is between connections or its session
     /// is not ready yet (unless
@@ -255,17 +261,47 @@ impl<T> Client<T> {
             _ if self.buffer_while_disconnected => {}
             _ => return Err(Error::NotConnected),
         }
+        let deadline = match wait {
+            Wait::Until(timeout) => Some(crate::deadline::after(Instant::now(), timeout)),
+            _ => None,
+        };
         let closed = Error::Closed { code: None };
-        match wait {
-            Wait::Block => self.data.send(data).map_err(|_| closed),
-            Wait::Until(timeout) => self.data.send_timeout(data, timeout).map_err(|e| match e {
-                SendTimeoutError::Timeout(_) => Error::Timeout("send"),
-                SendTimeoutError::Disconnected(_) => closed,
-            }),
-            Wait::Never => self.data.try_send(data).map_err(|e| match e {
-                TrySendError::Full(_) => Error::QueueFull,
-                TrySendError::Disconnected(_) => closed,
-            }),
+        let mut data = data;
+        loop {
+            // With nothing queued on the lane, encode the frame here, straight into the outbox;
+            // else queue it on the lane. When either is full, wait for the writer's next batch
+            // and try both again, the outbox first: a sender that queued on the lane while the
+            // outbox was full or closed goes back to the outbox once the lane is empty.
+            // Which of the two was full: the outbox (wait until the writer has taken it) or
+            // the lane (wait until it has room).
+            let outbox_full;
+            (data, outbox_full) = match self.outbox.try_encode(data, || self.data.is_empty()) {
+                Encoded::Done => {
+                    self.doorbell.ring();
+                    return Ok(());
+                }
+                Encoded::Full(back) if !matches!(wait, Wait::Never) => (back, true),
+                Encoded::Full(back) | Encoded::Refused(back) => match self.data.try_send(back) {
+                    Ok(()) => return Ok(()),
+                    Err(TrySendError::Disconnected(_)) => return Err(closed),
+                    Err(TrySendError::Full(back)) => (back, false),
+                },
+            };
+            match wait {
+                Wait::Never => return Err(Error::QueueFull),
+                _ if deadline.is_some_and(|d| Instant::now() >= d) => {
+                    return Err(Error::Timeout("send"));
+                }
+                _ => {}
+            }
+            let has_room = || {
+                if outbox_full {
+                    !self.outbox.has_bytes()
+                } else {
+                    !self.data.is_full()
+                }
+            };
+            self.doorbell.room.wait(has_room, deadline);
         }
     }
 

@@ -13,7 +13,7 @@
 
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{SendTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Sender, TrySendError};
 
 use crate::sync::{
     AtomicBool, AtomicUsize, Condvar, Mutex, Ordering, Thread, fence, now, park_until, thread,
@@ -62,7 +62,7 @@ impl Room {
 
     /// Waits until `has_room` says so, [`freed`](Self::freed) is called, or `deadline` passes
     /// (the caller tries again, and looks at the deadline itself).
-    fn wait(&self, has_room: impl Fn() -> bool, deadline: Option<Instant>) {
+    pub(crate) fn wait(&self, has_room: impl Fn() -> bool, deadline: Option<Instant>) {
         let mut guard = self.lock.lock();
         self.waiting.fetch_add(1, Ordering::Relaxed);
         // Announce the wait, then look (Dekker's pattern with `freed`): either the writer
@@ -151,43 +151,6 @@ impl<T> Lane<T> {
         Ok(())
     }
 
-    /// Sends, waiting for room (see [`Room`]).
-    pub(crate) fn send(&self, item: T) -> Result<(), T> {
-        self.send_until(item, None).map_err(|e| e.into_inner())
-    }
-
-    /// Sends, waiting for room at most `timeout`.
-    pub(crate) fn send_timeout(
-        &self,
-        item: T,
-        timeout: Duration,
-    ) -> Result<(), SendTimeoutError<T>> {
-        self.send_until(item, Some(crate::deadline::after(now(), timeout)))
-    }
-
-    fn send_until(
-        &self,
-        mut item: T,
-        deadline: Option<Instant>,
-    ) -> Result<(), SendTimeoutError<T>> {
-        loop {
-            match self.tx.try_send(item) {
-                Ok(()) => {
-                    self.bell.ring();
-                    return Ok(());
-                }
-                Err(TrySendError::Disconnected(back)) => {
-                    return Err(SendTimeoutError::Disconnected(back));
-                }
-                Err(TrySendError::Full(back)) => item = back,
-            }
-            if deadline.is_some_and(|d| now() >= d) {
-                return Err(SendTimeoutError::Timeout(item));
-            }
-            self.bell.room.wait(|| !self.tx.is_full(), deadline);
-        }
-    }
-
     /// Frames queued and not yet taken.
     pub(crate) fn len(&self) -> usize {
         self.tx.len()
@@ -196,6 +159,11 @@ impl<T> Lane<T> {
     /// True if nothing is queued.
     pub(crate) fn is_empty(&self) -> bool {
         self.tx.is_empty()
+    }
+
+    /// True if the lane has no room.
+    pub(crate) fn is_full(&self) -> bool {
+        self.tx.is_full()
     }
 }
 
@@ -249,40 +217,42 @@ mod tests {
         consumer.join().unwrap();
     }
 
-    /// A sender blocked on a full lane goes on once the consumer has taken a batch and said so;
-    /// a timed send gives up at its deadline.
+    /// A sender waiting for room goes on once the consumer has taken a batch and said so; a
+    /// timed wait ends at its deadline.
     #[test]
-    fn a_full_lane_waits_for_a_batch_and_times_out() {
+    fn room_is_announced_per_batch_and_waits_end_at_their_deadline() {
         let bell = Arc::new(Doorbell::default());
         let (tx, rx) = crossbeam_channel::bounded::<u64>(2);
         let lane = Lane::new(tx, bell.clone());
         lane.try_send(0).unwrap();
         lane.try_send(1).unwrap();
         let started = Instant::now();
-        assert!(matches!(
-            lane.send_timeout(2, Duration::from_millis(20)),
-            Err(SendTimeoutError::Timeout(2))
-        ));
-        assert!(started.elapsed() >= Duration::from_millis(20));
+        let deadline = started + Duration::from_millis(20);
+        while Instant::now() < deadline {
+            bell.room.wait(|| !lane.is_full(), Some(deadline));
+        }
+        assert!(lane.is_full(), "nothing was taken");
         let sender = {
-            let lane = lane.clone();
+            let (lane, bell) = (lane.clone(), bell.clone());
             thread::Builder::new()
                 .name("room-sender".into())
-                .spawn(move || lane.send(2).is_ok())
+                .spawn(move || {
+                    while lane.is_full() {
+                        bell.room.wait(|| !lane.is_full(), None);
+                    }
+                    lane.try_send(2).is_ok()
+                })
                 .unwrap()
         };
-        // The batch: both items taken, then the waiting sender told.
         let deadline = Instant::now() + Duration::from_secs(30);
         while bell.room.waiting.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
             std::thread::yield_now();
         }
+        // The batch: both items taken, then the waiting sender told.
         assert_eq!((rx.try_recv(), rx.try_recv()), (Ok(0), Ok(1)));
         bell.room.freed();
         assert!(sender.join().unwrap());
         assert_eq!(rx.recv_timeout(Duration::from_secs(30)), Ok(2));
-        // With the consumer gone, a blocked send ends (the backstop's next look).
-        drop(rx);
-        assert!(lane.send(3).is_err());
     }
 }
 

@@ -27,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::frame::{Frame, Outbound};
 use crate::ingress::Ingress;
+use crate::outbox::Outbox;
 use crate::read_buffer::ReadBuffer;
 use crate::reader::{CONTROL_HEADROOM, Outlets, Reader};
 use crate::requests::WaiterId;
@@ -95,6 +96,8 @@ pub(crate) struct Lanes {
     pub kick: Arc<AtomicBool>,
     /// Wakes the writer.
     pub bell: Arc<Doorbell>,
+    /// Frames encoded by their senders: queued ahead of a request on the lane.
+    pub outbox: Arc<Outbox>,
 }
 
 impl Lanes {
@@ -124,7 +127,12 @@ impl Lanes {
         // The writer takes frames off the lane only under the sink's lock, which this thread
         // holds. A frame still accepted and untaken, with nothing held, is still on the lane;
         // as the only frame queued, it is the one at its head.
-        if !sink.accepts_direct() || !claim.is_waiting_to_be_taken() || self.data.len() != 1 {
+        // Frames in the outbox were encoded before the request was queued: they go first.
+        if !sink.accepts_direct()
+            || !claim.is_waiting_to_be_taken()
+            || self.data.len() != 1
+            || self.outbox.has_bytes()
+        {
             return Directly::Left;
         }
         let request = match self.data.try_recv() {
@@ -208,6 +216,8 @@ pub(crate) struct LinkFactory<T> {
     pub data: Receiver<Outbound>,
     /// Wakes the writer of the current link.
     pub doorbell: Arc<Doorbell>,
+    /// Data frames encoded by their senders, shared by every link's writer in turn.
+    pub outbox: Arc<Outbox>,
     pub counters: Arc<Counters>,
 }
 
@@ -282,6 +292,7 @@ impl<T: Send + 'static> LinkFactory<T> {
             stop: release_rx,
             wait: self.wait,
             doorbell: self.doorbell.clone(),
+            outbox: self.outbox.clone(),
             coord: self.inputs.clone(),
             counters: self.counters.clone(),
         };
@@ -295,6 +306,7 @@ impl<T: Send + 'static> LinkFactory<T> {
                 sink,
                 kick,
                 bell: self.doorbell.clone(),
+                outbox: self.outbox.clone(),
             },
             socket,
             go: Some(go_tx),

@@ -133,7 +133,7 @@ pub(crate) struct Masks {
 }
 
 impl Masks {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let rng = rustls::crypto::ring::default_provider().secure_random;
         Masks {
             pool: Box::new([0; MASK_POOL]),
@@ -142,7 +142,7 @@ impl Masks {
         }
     }
 
-    fn next(&mut self) -> Result<[u8; 4], Error> {
+    pub(crate) fn next(&mut self) -> Result<[u8; 4], Error> {
         if self.pos + 4 > self.pool.len() {
             self.rng
                 .fill(&mut self.pool[..])

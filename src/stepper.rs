@@ -524,6 +524,7 @@ mod tests {
                 sink: Arc::new(Mutex::new(sink)),
                 kick: kick.clone(),
                 bell,
+                outbox: Default::default(),
             });
             let mut out = Vec::new();
             core.feed(Input::Connected { epoch: 1 }, &mut out);

@@ -16,7 +16,7 @@
 
 #[cfg(not(all(loom, test)))]
 mod imp {
-    pub(crate) use parking_lot::{Condvar, Mutex};
+    pub(crate) use parking_lot::{Condvar, Mutex, MutexGuard};
     pub(crate) use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
     pub(crate) use std::thread::{self, Thread};
 

@@ -1,11 +1,12 @@
 //! The writer thread: it writes everything to the socket but the requests written directly by
 //! their caller (see [`sink`](crate::sink)); both write under the sink's lock, one at a time.
 //!
-//! It parks on the [`Doorbell`](crate::doorbell::Doorbell) until a lane has something, then
-//! builds one batch:
-//! every queued control frame first (pongs, pings, close), then data frames until the batch
-//! reaches [`BATCH_BYTES`] or the data lane is empty, checking the control lane again before each
-//! data frame. The batch is written with one `write_all` (one TLS encryption pass, one syscall
+//! It parks on the [`Doorbell`](crate::doorbell::Doorbell) until a lane or the
+//! [outbox](crate::outbox) has something, then builds one batch: the frames senders encoded into
+//! the outbox, every queued control frame (pongs, pings, close), then data frames off the lanes
+//! until the batch reaches [`BATCH_BYTES`] (more for a backlog of small frames, see
+//! `LANE_DRAIN_BYTES`) or the lanes are empty, checking the control lane again before each data
+//! frame. The batch is written with one `write_all` (one TLS encryption pass, one syscall
 //! for small frames). So a pong never waits behind more than one batch of data, and many small
 //! frames cost one syscall.
 //!
@@ -28,13 +29,21 @@ use crate::coordinator::{Control, Input, LinkEvent};
 use crate::doorbell::Doorbell;
 use crate::error::Error;
 use crate::frame::{Frame, Outbound};
+use crate::outbox::{Outbox, Taking};
 use crate::requests::WaiterId;
 use crate::sink::Sink;
 use crate::stats::Counters;
 use crate::stepper::Inbox;
 
-/// Target size of one write batch.
+/// Target size of one write batch: what the writer takes off the lanes for one write (the
+/// outbox, also at most this size, comes on top).
 pub(crate) const BATCH_BYTES: usize = 64 * 1024;
+
+/// How much of the data lane one batch may take when the lane holds more than
+/// [`BATCH_BYTES`]: enough to empty a full lane of small frames (1,024 frames of up to 250 B),
+/// so that senders go back to encoding into the outbox instead of queueing behind the lane
+/// batch after batch.
+const LANE_DRAIN_BYTES: usize = 4 * BATCH_BYTES;
 
 pub(crate) struct Writer {
     /// The socket's write side, shared with the direct path.
@@ -60,6 +69,8 @@ pub(crate) struct Writer {
     pub wait: WaitStrategy,
     /// Rung by every lane's sender; the writer parks on it when all lanes are empty.
     pub doorbell: Arc<Doorbell>,
+    /// Data frames encoded by their senders (see [`crate::outbox`]): first in each batch.
+    pub outbox: Arc<Outbox>,
     pub coord: Inbox,
     pub counters: Arc<Counters>,
 }
@@ -79,22 +90,31 @@ impl Writer {
     pub(crate) fn run(mut self) {
         self.doorbell.register();
         let sink = self.sink.clone();
+        let outbox = self.outbox.clone();
         let mut done = Done::default();
         while self.wait_for_work() {
             // Frames are taken and written under the sink's lock: a direct write can never
             // slip in between.
             let mut sink = sink.lock();
+            // Held until the batch is built: no sender encodes into the outbox between this
+            // thread's taking a frame off the data lane and encoding it.
+            let outbox = outbox.lock();
             self.kick.store(false, Ordering::SeqCst);
             let first = match self.control.try_recv() {
                 Ok(c) => Some(Item::Control(c)),
                 Err(_) => self.next_data(&mut sink, &mut done).map(Item::Data),
             };
-            // A batch with nothing new still runs for a spill, and for a close waiting on frames
-            // that were then skipped (withdrawn or expired): it may be due now.
-            let due = first.is_some() || !sink.spill.is_empty() || sink.st.pending_close.is_some();
+            // A batch with nothing new still runs for a spill, for frames in the outbox, and for
+            // a close waiting on frames that were then skipped (withdrawn or expired): it may be
+            // due now.
+            let due = first.is_some()
+                || !sink.spill.is_empty()
+                || sink.st.pending_close.is_some()
+                || (sink.st.data_open && self.outbox.has_bytes());
             let written = if due {
-                self.write_batch(&mut sink, first, &mut done)
+                self.write_batch(&mut sink, outbox, first, &mut done)
             } else {
+                drop(outbox);
                 Ok(())
             };
             self.data_open = sink.st.data_open;
@@ -126,6 +146,8 @@ impl Writer {
         }
         self.doorbell.unregister();
         self.doorbell.room.freed();
+        // Senders queue on the lane until the next connection's writer opens the outbox again.
+        self.outbox.lock().set_open(false);
     }
 
     /// Waits until a lane has something (busy-polling first if the wait strategy says so, then
@@ -138,7 +160,7 @@ impl Writer {
             };
             !self.control.is_empty()
                 || !self.session.is_empty()
-                || (self.data_open && data)
+                || (self.data_open && (data || self.outbox.has_bytes()))
                 || self.kick.load(Ordering::SeqCst)
                 || crate::driver::released(&self.stop)
         };
@@ -226,10 +248,11 @@ impl Writer {
     fn write_batch(
         &mut self,
         sink: &mut Sink,
+        outbox: Taking<'_>,
         first: Option<Item>,
         done: &mut Done,
     ) -> Result<(), Error> {
-        let result = self.build_and_write(sink, first, done);
+        let result = self.build_and_write(sink, outbox, first, done);
         if let Err((_, reached)) = &result {
             if !reached {
                 for claim in &done.taken {
@@ -247,6 +270,7 @@ impl Writer {
     fn build_and_write(
         &mut self,
         sink: &mut Sink,
+        mut outbox: Taking<'_>,
         first: Option<Item>,
         done: &mut Done,
     ) -> Result<(), (Error, bool)> {
@@ -254,7 +278,14 @@ impl Writer {
         self.write_spill(sink, done).map_err(unsent)?;
         sink.st.batch.clear();
         let mut flush_tls = false;
-        let (mut messages, mut bytes) = (0u64, 0u64);
+        // Frames in the outbox were encoded while the data lane was empty: before anything on
+        // it. They wait for the session, like the lane's frames.
+        let (mut messages, mut bytes) = if sink.st.data_open && !sink.st.close_sent {
+            outbox.take_into(&mut sink.st.batch)
+        } else {
+            (0, 0)
+        };
+        let from_outbox = sink.st.batch.len();
         let mut held = None;
         match first {
             Some(Item::Control(c)) => {
@@ -277,7 +308,7 @@ impl Writer {
             sink.st.encode_close_if_due().map_err(unsent)?;
             let next = match held.take() {
                 Some(d) => d,
-                None if sink.st.batch.len() >= BATCH_BYTES => break,
+                None if sink.st.batch.len() - from_outbox >= LANE_DRAIN_BYTES => break,
                 None => match self.next_data(sink, done) {
                     Some(d) => d,
                     None => break,
@@ -302,8 +333,19 @@ impl Writer {
                 p.data_before = 0;
             }
         }
+        sink.st.encode_close_if_due().map_err(unsent)?;
+        // Senders may encode into the outbox while this batch is written, unless a frame they
+        // must follow is held or the stream is closing.
+        let open = sink.st.data_open
+            && sink.held.is_none()
+            && sink.st.pending_close.is_none()
+            && !sink.st.close_sent
+            && !sink.failed;
+        outbox.set_open(open);
+        drop(outbox);
+        // Senders waiting for a full outbox fill the next one while this batch is written.
+        self.doorbell.room.freed();
         let Sink { half, st, .. } = sink;
-        st.encode_close_if_due().map_err(unsent)?;
         if !st.batch.is_empty() {
             if let Err(e) = st.write_batch(half) {
                 let reached = half.bytes_reached_socket();

@@ -93,15 +93,20 @@ fn requests_never_overtake_earlier_sends_under_load() {
                 })
             })
             .collect();
-        // Load: a thread that floods plain frames meanwhile.
+        // Load: a thread that floods plain frames meanwhile, large enough (2 KiB) to fill the
+        // outbox, so that its frames go by the outbox and by the data lane in turn.
         let flood = {
             let client = client.clone();
             thread::spawn(move || {
+                let padding = "x".repeat(2048);
                 for i in 0..ROUNDS * 10 {
-                    client.send(Frame::text(format!("noise {i}"))).unwrap();
+                    client
+                        .send(Frame::text(format!("noise {i} {padding}")))
+                        .unwrap();
                 }
             })
         };
+        let mut next_noise = 0;
         // Read the echoes: per thread, the sequence must be cancel, order, after, round by round.
         let mut next: HashMap<u64, (u64, &str)> =
             (0..THREADS).map(|t| (t, (0, "cancel"))).collect();
@@ -122,6 +127,12 @@ fn requests_never_overtake_earlier_sends_under_load() {
             let mut parts = text.split(' ');
             let kind = parts.next().unwrap();
             if kind == "noise" {
+                let i: u64 = parts.next().unwrap().parse().unwrap();
+                assert_eq!(
+                    i, next_noise,
+                    "{dispatch:?}: flood frames left out of order"
+                );
+                next_noise += 1;
                 continue;
             }
             let t: u64 = parts.next().unwrap().parse().unwrap();

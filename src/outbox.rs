@@ -1,0 +1,141 @@
+//! The outbox: user data frames encoded by the sending thread, ready for the writer to write.
+//!
+//! A `send` of a data frame (owned or prepared) normally costs a hand-off: the frame goes into
+//! the data lane, and the writer thread takes it, masks and encodes it into its batch, and
+//! frees its payload. When the data lane is empty, the sender instead masks and encodes the
+//! frame itself, straight into this shared buffer, under a lock held for the encoding only;
+//! the writer takes the whole buffer at the start of its next batch (a swap, not a copy) and
+//! writes it with everything else. The payload is dropped on the thread that made it.
+//!
+//! Order is kept because the data lane and the outbox are only ever used in one order:
+//!
+//! - a sender encodes here only while the data lane is empty, under the outbox lock, so every
+//!   frame already queued on the lane was queued before;
+//! - the writer takes the outbox's bytes first in a batch, then frames off the lane, all under
+//!   the same lock, so nothing is encoded here between its taking a frame off the lane and
+//!   encoding it.
+//!
+//! The writer closes the outbox (senders go to the lane) while it holds a request frame whose
+//! registration it waits for, while a close is pending or sent, after a failed write and
+//! between connections, and opens it at the end of a batch when none of these holds. Bytes left
+//! here when a connection ends are written on the next one once its session is ready, like the
+//! frames left on the data lane. The outbox holds at most [`OUTBOX_BYTES`]: a sender that finds it full waits until the
+//! writer has taken it ([`Room`](crate::doorbell::Room), once per batch), or, in `try_send`,
+//! queues on the lane.
+
+use crate::codec::{self, OP_BINARY, OP_TEXT};
+use crate::frame::Outbound;
+use crate::sink::Masks;
+use crate::sync::{AtomicBool, Mutex, Ordering};
+
+/// Most bytes the outbox holds: two write batches' worth (on a shared core, the more a sender
+/// encodes before it yields to the writer, the fewer hand-offs and `write`s per frame).
+pub(crate) const OUTBOX_BYTES: usize = 2 * crate::writer::BATCH_BYTES;
+
+/// Frames encoded by senders, shared by the client's senders and the current link's writer.
+#[derive(Default)]
+pub(crate) struct Outbox {
+    inner: Mutex<Inner>,
+    /// True while bytes wait here (read by the writer without the lock, to decide to wake).
+    has_bytes: AtomicBool,
+}
+
+#[derive(Default)]
+pub(crate) struct Inner {
+    /// Encoded frames, in order.
+    bytes: Vec<u8>,
+    /// Frames and payload bytes in `bytes`.
+    frames: u64,
+    payload: u64,
+    /// Senders may encode here.
+    open: bool,
+    /// Masks for the frames encoded here (their own pool; `None` until first used).
+    masks: Option<Masks>,
+}
+
+/// What [`Outbox::try_encode`] did with a frame.
+pub(crate) enum Encoded {
+    /// Encoded into the outbox.
+    Done,
+    /// The outbox is closed, the frame too large for it, or the lane not empty: queue the frame
+    /// on the lane.
+    Refused(Outbound),
+    /// The outbox is full: wait until the writer has taken it (or queue on the lane).
+    Full(Outbound),
+}
+
+impl Outbox {
+    /// Encodes `frame` here if the outbox is open, `lane_empty` holds (checked under the lock)
+    /// and there is room.
+    pub(crate) fn try_encode(&self, frame: Outbound, lane_empty: impl Fn() -> bool) -> Encoded {
+        let Some((text, payload)) = frame.data() else {
+            return Encoded::Refused(frame);
+        };
+        if matches!(frame, Outbound::Request(_)) || payload.len() > OUTBOX_BYTES {
+            return Encoded::Refused(frame);
+        }
+        let mut inner = self.inner.lock();
+        if !inner.open || !lane_empty() {
+            return Encoded::Refused(frame);
+        }
+        if !inner.bytes.is_empty() && inner.bytes.len() + payload.len() > OUTBOX_BYTES {
+            return Encoded::Full(frame);
+        }
+        let Ok(mask) = inner.masks.get_or_insert_with(Masks::new).next() else {
+            // The writer meets the same failure and reports it.
+            return Encoded::Refused(frame);
+        };
+        let opcode = if text { OP_TEXT } else { OP_BINARY };
+        codec::encode(opcode, payload, mask, &mut inner.bytes);
+        inner.frames += 1;
+        inner.payload += payload.len() as u64;
+        self.has_bytes.store(true, Ordering::Release);
+        drop(inner);
+        drop(frame); // Freed here, on the thread that allocated it.
+        Encoded::Done
+    }
+
+    /// True while encoded frames wait to be written.
+    pub(crate) fn has_bytes(&self) -> bool {
+        self.has_bytes.load(Ordering::Acquire)
+    }
+
+    /// Locks the outbox for the writer's batch.
+    pub(crate) fn lock(&self) -> Taking<'_> {
+        Taking {
+            outbox: self,
+            inner: self.inner.lock(),
+        }
+    }
+}
+
+/// The writer's hold on the outbox while it builds a batch.
+pub(crate) struct Taking<'a> {
+    outbox: &'a Outbox,
+    inner: crate::sync::MutexGuard<'a, Inner>,
+}
+
+impl Taking<'_> {
+    /// Moves the waiting frames to the end of `batch` (a swap when `batch` is empty); returns
+    /// how many frames and payload bytes they were.
+    pub(crate) fn take_into(&mut self, batch: &mut Vec<u8>) -> (u64, u64) {
+        if self.inner.bytes.is_empty() {
+            return (0, 0);
+        }
+        if batch.is_empty() {
+            std::mem::swap(batch, &mut self.inner.bytes);
+        } else {
+            batch.extend_from_slice(&self.inner.bytes);
+            self.inner.bytes.clear();
+        }
+        self.outbox.has_bytes.store(false, Ordering::Release);
+        let taken = (self.inner.frames, self.inner.payload);
+        (self.inner.frames, self.inner.payload) = (0, 0);
+        taken
+    }
+
+    /// Opens or closes the outbox to senders.
+    pub(crate) fn set_open(&mut self, open: bool) {
+        self.inner.open = open;
+    }
+}
