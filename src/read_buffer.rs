@@ -53,17 +53,20 @@ impl ReadBuffer {
     }
 
     /// The bytes read but not yet consumed.
+    #[inline]
     pub(crate) fn unread(&self) -> &[u8] {
         &self.buf[self.start..self.end]
     }
 
     /// Consumes `n` unread bytes.
+    #[inline]
     pub(crate) fn consume(&mut self, n: usize) {
         self.start = (self.start + n).min(self.end);
     }
 
     /// Where `part` (a slice of [`unread`](Self::unread)) lies, relative to the unread bytes;
     /// `None` if it points elsewhere (a message reassembled from fragments).
+    #[inline]
     pub(crate) fn range_of(&self, part: &[u8]) -> Option<Range<usize>> {
         let base = self.buf.as_ptr() as usize + self.start;
         let offset = (part.as_ptr() as usize).checked_sub(base)?;
@@ -73,6 +76,7 @@ impl ReadBuffer {
 
     /// Consumes `used` unread bytes and returns `range` of them (from [`range_of`](Self::range_of))
     /// as a view that shares this buffer's allocation.
+    #[inline]
     pub(crate) fn take(&mut self, used: usize, range: Range<usize>) -> Bytes {
         if range.is_empty() {
             self.consume(used);
@@ -89,33 +93,49 @@ impl ReadBuffer {
     }
 
     /// Free space to read into, made first if there is too little or if the next frame
-    /// (`need` bytes in all, 0 while its size is unknown) would not fit.
+    /// (`need` bytes in all, 0 while its size is unknown) would not fit. Consumed bytes are
+    /// reclaimed before every read when no view holds them (the unread rest, at most one
+    /// partial frame, moves to the front), so reads get the whole buffer.
+    #[inline]
     pub(crate) fn free(&mut self, need: usize) -> &mut [u8] {
         let free = self.buf.len() - self.end;
-        if free < MIN_READ.min(self.size / 4) || self.start + need > self.buf.len() {
+        if self.start > 0 || free < self.min_read() || self.start + need > self.buf.len() {
             self.make_room(need);
         }
         &mut self.buf[self.end..]
     }
 
     /// Records `n` bytes read into [`free`](Self::free).
+    #[inline]
     pub(crate) fn filled(&mut self, n: usize) {
         self.end = (self.end + n).min(self.buf.len());
     }
 
-    /// Moves the unread bytes to the start of an allocation large enough for `need` and for a
-    /// full-size read: this one if no view holds it, else a fresh one.
+    /// Below this much free space at the end, a read would be a waste of a syscall.
+    fn min_read(&self) -> usize {
+        MIN_READ.min(self.size / 4)
+    }
+
+    /// Moves the unread bytes to the start of the allocation if no view holds it. Otherwise
+    /// keeps reading into the free tail while it has room for a read and for the next frame,
+    /// and past that moves the unread bytes to another allocation large enough for `need` and
+    /// for a full-size read.
     fn make_room(&mut self, need: usize) {
         let unread = self.end - self.start;
-        let want = need
-            .max(self.size)
-            .max(unread + MIN_READ.min(self.size / 4));
+        let (span, free) = (self.buf.len() - self.start, self.buf.len() - self.end);
+        let want = need.max(self.size).max(unread + self.min_read());
         // Drop the free tail and the consumed head, so that only unread bytes remain.
         self.buf.truncate(self.end);
         self.buf.advance(self.start);
         self.start = 0;
         self.end = unread;
         if reclaim(&mut self.buf, want - unread) {
+            return;
+        }
+        if free >= self.min_read() && need <= span {
+            // SAFETY: this restores the length the buffer had a moment ago (less the consumed
+            // head): those bytes are initialised, and `try_reclaim` failing changed nothing.
+            unsafe { self.buf.set_len(span) };
             return;
         }
         // Views of this allocation are held. For a frame larger than half the configured size

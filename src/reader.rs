@@ -221,6 +221,7 @@ enum Forward {
 impl<I: Ingress> Outlets<I> {
     /// Counts a message, lets the precheck and the ingress see it and delivers what it emits.
     /// `None` when the reader must stop (a callback panicked, or the link was released).
+    #[inline(always)]
     fn on_data(&mut self, data: Data<'_>, buf: &ReadBuffer) -> Option<Handled> {
         // Counted first: once a response has resolved a request, it is counted.
         Counters::bump(&self.counters.messages_in, 1);
@@ -288,6 +289,7 @@ impl<I: Ingress> Outlets<I> {
 
 /// Hands an event to the application according to the overflow policy. Returns false when the
 /// link was released while waiting.
+#[inline(always)]
 fn deliver<T>(
     events: &Sender<Event<T>>,
     event: Event<T>,

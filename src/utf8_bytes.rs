@@ -35,6 +35,7 @@ impl Utf8Bytes {
 
     /// Wraps bytes the caller has validated as UTF-8 (the frame decoder does, for every text
     /// message).
+    #[inline]
     pub(crate) fn from_validated(bytes: Bytes) -> Self {
         debug_assert!(std::str::from_utf8(&bytes).is_ok());
         Utf8Bytes(bytes)
