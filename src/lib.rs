@@ -99,6 +99,7 @@ mod health;
 mod ingress;
 mod link;
 mod liveness;
+mod masks;
 mod outbox;
 mod read_buffer;
 mod reader;

@@ -25,7 +25,7 @@
 
 use crate::codec::{self, OP_BINARY, OP_TEXT};
 use crate::frame::Outbound;
-use crate::sink::Masks;
+use crate::masks::Masks;
 use crate::sync::{AtomicBool, Mutex, Ordering};
 
 /// Most bytes the outbox holds: two write batches' worth (on a shared core, the more a sender

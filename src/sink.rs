@@ -20,6 +20,7 @@ use crate::codec::{self, OP_BINARY, OP_PING, OP_PONG, OP_TEXT};
 use crate::coordinator::Control;
 use crate::error::Error;
 use crate::frame::{CloseCode, Frame, Outbound};
+use crate::masks::Masks;
 use crate::requests::WaiterId;
 use crate::stats::Counters;
 use crate::transport::{Direct, WriteHalf};
@@ -118,41 +119,6 @@ impl Sink {
             self.spill_report = report;
         }
         done
-    }
-}
-
-/// Bytes of masks drawn from the secure RNG at once: 4,096 masks per `getrandom`.
-const MASK_POOL: usize = 16 * 1024;
-
-/// Masks for client frames, drawn from the crypto provider's secure RNG in blocks.
-pub(crate) struct Masks {
-    pool: Box<[u8; MASK_POOL]>,
-    pos: usize,
-    /// Looked up once: building a provider allocates, drawing from its RNG does not.
-    rng: &'static dyn rustls::crypto::SecureRandom,
-}
-
-impl Masks {
-    pub(crate) fn new() -> Self {
-        let rng = rustls::crypto::ring::default_provider().secure_random;
-        Masks {
-            pool: Box::new([0; MASK_POOL]),
-            pos: MASK_POOL,
-            rng,
-        }
-    }
-
-    pub(crate) fn next(&mut self) -> Result<[u8; 4], Error> {
-        if self.pos + 4 > self.pool.len() {
-            self.rng
-                .fill(&mut self.pool[..])
-                .map_err(|_| Error::Io(std::io::Error::other("secure random source failed")))?;
-            self.pos = 0;
-        }
-        let mut mask = [0u8; 4];
-        mask.copy_from_slice(&self.pool[self.pos..self.pos + 4]);
-        self.pos += 4;
-        Ok(mask)
     }
 }
 
