@@ -272,8 +272,7 @@ impl<T> Client<T> {
             // else queue it on the lane. When either is full, wait for the writer's next batch
             // and try both again, the outbox first: a sender that queued on the lane while the
             // outbox was full or closed goes back to the outbox once the lane is empty.
-            // Which of the two was full: the outbox (wait until the writer has taken it) or
-            // the lane (wait until it has room).
+            // `outbox_full` says which one to wait for.
             let outbox_full;
             (data, outbox_full) = match self.outbox.try_encode(data, || self.data.is_empty()) {
                 Encoded::Done => {

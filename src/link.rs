@@ -135,7 +135,11 @@ impl Lanes {
         {
             return Directly::Left;
         }
-        let request = match self.data.try_recv() {
+        let taken = self.data.try_recv();
+        if taken.is_ok() {
+            self.bell.room.freed(); // A sender may be waiting for this slot.
+        }
+        let request = match taken {
             Ok(Outbound::Request(r)) if r.origin == origin => r,
             Ok(other) => {
                 // Not reached (see above); the frame goes to the writer thread, first in line.

@@ -36,7 +36,7 @@ use crate::stats::Counters;
 use crate::stepper::Inbox;
 
 /// Target size of one write batch: what the writer takes off the lanes for one write (the
-/// outbox, also at most this size, comes on top).
+/// outbox's bytes, at most [`OUTBOX_BYTES`](crate::outbox::OUTBOX_BYTES), come on top).
 pub(crate) const BATCH_BYTES: usize = 64 * 1024;
 
 /// How much of the data lane one batch may take when the lane holds more than
@@ -123,7 +123,8 @@ impl Writer {
                 sink.failed = true; // No direct write may follow a broken stream.
             }
             drop(sink);
-            // Senders waiting for room in a full lane refill it now, once per batch.
+            // And once more after the write: senders that found the outbox or the lane full
+            // while it was written go on now, instead of at the next batch.
             self.doorbell.room.freed();
             // Reported without the sink's lock, so a caller woken by a report can write its
             // next request directly.
@@ -343,7 +344,8 @@ impl Writer {
             && !sink.failed;
         outbox.set_open(open);
         drop(outbox);
-        // Senders waiting for a full outbox fill the next one while this batch is written.
+        // Senders waiting for room (a full outbox or lane) refill them while this batch is
+        // written: one wake-up per batch.
         self.doorbell.room.freed();
         let Sink { half, st, .. } = sink;
         if !st.batch.is_empty() {
