@@ -270,9 +270,10 @@ impl<I: Ingress> Driver<I> {
         down
     }
 
-    /// Nothing queued for one connection is sent on the next on its own: empty the user lane.
+    /// Nothing queued for one connection is sent on the next on its own: empty the user lane
+    /// and the outbox (its writer is joined: nothing is encoded there any more).
     fn discard_queued(&self) {
-        let mut dropped = 0;
+        let mut dropped = self.factory.outbox.discard();
         while self.factory.data.try_recv().is_ok() {
             dropped += 1;
         }

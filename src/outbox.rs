@@ -18,8 +18,9 @@
 //! The writer closes the outbox (senders go to the lane) while it holds a request frame whose
 //! registration it waits for, while a close is pending or sent, after a failed write and
 //! between connections, and opens it at the end of a batch when none of these holds. Bytes left
-//! here when a connection ends are written on the next one once its session is ready, like the
-//! frames left on the data lane. The outbox holds at most [`OUTBOX_BYTES`]: a sender that finds it full waits until the
+//! here when a connection ends are treated like the frames left on the data lane: discarded and
+//! counted (`Stats::discarded_on_disconnect`), or, with `buffer_while_disconnected`, written on
+//! the next connection once its session is ready. The outbox holds at most [`OUTBOX_BYTES`]: a sender that finds it full waits until the
 //! writer has taken it ([`Room`](crate::doorbell::Room), once per batch), or, in `try_send`,
 //! queues on the lane.
 
@@ -100,6 +101,17 @@ impl Outbox {
         self.has_bytes.load(Ordering::Acquire)
     }
 
+    /// Drops the frames waiting here (the connection they were sent for is gone and nothing
+    /// queued for one connection goes out on the next); returns how many.
+    pub(crate) fn discard(&self) -> u64 {
+        let mut inner = self.inner.lock();
+        inner.bytes.clear();
+        let frames = std::mem::take(&mut inner.frames);
+        inner.payload = 0;
+        self.has_bytes.store(false, Ordering::Release);
+        frames
+    }
+
     /// Locks the outbox for the writer's batch.
     pub(crate) fn lock(&self) -> Taking<'_> {
         Taking {
@@ -137,5 +149,39 @@ impl Taking<'_> {
     /// Opens or closes the outbox to senders.
     pub(crate) fn set_open(&mut self, open: bool) {
         self.inner.open = open;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{Frame, PreparedFrame};
+
+    #[test]
+    fn encodes_only_while_open_and_the_lane_is_empty_and_discards_what_waits() {
+        let outbox = Outbox::default();
+        let frame = || Outbound::Prepared(PreparedFrame::text("hi"));
+        assert!(matches!(
+            outbox.try_encode(frame(), || true),
+            Encoded::Refused(_)
+        ));
+        outbox.lock().set_open(true);
+        assert!(matches!(
+            outbox.try_encode(frame(), || false),
+            Encoded::Refused(_)
+        ));
+        assert!(matches!(outbox.try_encode(frame(), || true), Encoded::Done));
+        let owned = Outbound::Owned(Frame::binary(vec![1u8; 3]));
+        assert!(matches!(outbox.try_encode(owned, || true), Encoded::Done));
+        assert!(outbox.has_bytes());
+        // 2 + 4 + 2 bytes, then 2 + 4 + 3.
+        let mut batch = Vec::new();
+        assert_eq!(outbox.lock().take_into(&mut batch), (2, 5));
+        assert_eq!(batch.len(), 17);
+        assert!(!outbox.has_bytes());
+        assert!(matches!(outbox.try_encode(frame(), || true), Encoded::Done));
+        assert_eq!(outbox.discard(), 1);
+        assert!(!outbox.has_bytes());
+        assert_eq!(outbox.lock().take_into(&mut batch), (0, 0));
     }
 }

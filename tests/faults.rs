@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use support::{
     Conn, Pki, TestServer, frame, next_event, raw_accept, read_client_frame, read_request,
 };
-use syncws::{Cause, Client, CloseCode, Error, Event, Frame, Initiator};
+use syncws::{Backoff, Cause, Client, CloseCode, Error, Event, Frame, Initiator, Keepalive};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -128,6 +128,65 @@ fn ping_answered_with_same_payload_while_data_lane_is_full() {
         data_before_pong < queued - LANE / 2,
         "pong waited behind {data_before_pong} of {queued} queued frames (lane {LANE})"
     );
+    drop(client);
+    server.join();
+}
+
+/// Frames queued for a connection that is lost are not sent on the next one (without
+/// `buffer_while_disconnected`), wherever they waited: on the data lane or already encoded in
+/// the outbox. The server stops reading until the client's lane and outbox are full, then drops
+/// the connection; the next connection must see only what was sent after the reconnect.
+#[test]
+fn frames_queued_for_a_lost_connection_are_discarded_not_sent_on_the_next() {
+    const LANE: usize = 4;
+    let (full_tx, full_rx) = mpsc::channel::<()>();
+    let (first_tx, first_rx) = mpsc::channel::<String>();
+    let server = TestServer::start(None, 2, move |i, mut conn| {
+        raw_accept(&mut conn, &[]);
+        if i == 0 {
+            // Read nothing until the client is full, then drop the connection.
+            full_rx.recv().unwrap();
+            if let Conn::Plain(sock) = &conn {
+                let _ = sock.shutdown(std::net::Shutdown::Both);
+            }
+            return;
+        }
+        // The next connection: report the first data frame.
+        loop {
+            let (b0, payload) = read_client_frame(&mut conn).unwrap();
+            if b0 & 0x0F == 0x1 {
+                first_tx.send(String::from_utf8(payload).unwrap()).unwrap();
+                return;
+            }
+        }
+    });
+    let client = Client::builder(&server.url("/"))
+        .data_queue(LANE)
+        .keepalive(Keepalive::ServerDriven)
+        .reconnect(Backoff::new(Duration::from_millis(10), Duration::from_millis(50)).seed(1))
+        .connect()
+        .unwrap();
+    let old = format!("old {}", "x".repeat(16 * 1024));
+    support::wait_until("lane and outbox full", WAIT, || {
+        match client.try_send(Frame::text(old.clone())) {
+            Ok(()) => None,
+            Err(Error::QueueFull) => Some(()),
+            Err(e) => panic!("unexpected {e}"),
+        }
+    });
+    full_tx.send(()).unwrap();
+    next_event(&client, WAIT, |e| match e {
+        Event::SessionReady { epoch: 2 } => Some(()),
+        _ => None,
+    });
+    // The lane held LANE frames; the outbox (128 KiB) held more of these 16 KiB frames.
+    let discarded = client.stats().discarded_on_disconnect;
+    assert!(
+        discarded > LANE as u64,
+        "only {discarded} frames discarded: the outbox's were not"
+    );
+    client.send(Frame::text("new")).unwrap();
+    assert_eq!(first_rx.recv_timeout(WAIT).unwrap(), "new");
     drop(client);
     server.join();
 }
