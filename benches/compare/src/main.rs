@@ -18,8 +18,8 @@
 //! then one timed window), in alternating order (forward, then backward), so slow drift of this
 //! machine hits all clients alike. A client's figure is the median over the rounds; a ratio is
 //! the median of the per-round ratios (each pairs two clients measured seconds apart), printed
-//! with its spread (lowest and highest per-round ratio). Round trips are pooled over rounds the
-//! same way; their ratios are of the pooled percentiles, the spread is of per-round percentiles.
+//! with its spread (lowest and highest per-round ratio). Round trips run in rounds the same way;
+//! a client's percentile is the median of its per-round percentiles.
 //!
 //! ```text
 //! benches/run.sh [--quick]                          # pinned and unpinned, combined table
@@ -273,7 +273,6 @@ impl Bench {
             samples: self.plan.rtt_samples,
             size: RTT_REQUEST,
         };
-        let mut samples = vec![Vec::new(); who.len()];
         // Per client, per round: that round's samples, sorted (for per-round percentiles).
         let mut per_round = vec![Vec::new(); who.len()];
         for round in 0..self.plan.rtt_rounds {
@@ -284,22 +283,24 @@ impl Bench {
             for i in order {
                 let (server, target) = self.server(Kind::Echo, tls, Arc::new(Shared::default()));
                 let mut round_samples = clients::rtt(who[i], &target, &plan);
-                samples[i].extend_from_slice(&round_samples);
                 round_samples.sort_unstable();
                 per_round[i].push(round_samples);
                 server.join();
             }
         }
+        // A client's percentile is the median of its per-round percentiles: steadier from run
+        // to run than the percentile of the pooled samples (two pairs of quick runs, recomputed
+        // from their per-round values: 2 and 0 of 48 round-trip ratios moved by more than 10%,
+        // against 4 and 7 pooled), and its rounds pair with the other clients' for the spread.
         // One metric per dispatch mode, each with the same raw and tokio figures beside it:
         // `rtt_p50_us_plain_actor` (the default) and `rtt_p50_us_plain_inline`.
-        for ((w, s), rounds) in who.iter().zip(&mut samples).zip(&per_round) {
-            s.sort_unstable();
+        for (w, rounds) in who.iter().zip(&per_round) {
             for (name, p) in [("p50", 50.0), ("p99", 99.0), ("p999", 99.9)] {
-                let us = stats::percentile(s, p) as f64 / 1000.0;
                 let per_round_us: Vec<f64> = rounds
                     .iter()
                     .map(|r| stats::percentile(r, p) as f64 / 1000.0)
                     .collect();
+                let us = stats::median(&per_round_us);
                 for dispatch in ["actor", "inline"] {
                     let client = match (w, dispatch) {
                         (Who::Syncws, "actor") | (Who::SyncwsInline, "inline") => "syncws",
@@ -313,7 +314,9 @@ impl Bench {
         }
         eprintln!(
             "# rtt {transport}: {} round trips per client in {:.1?}",
-            samples.first().map_or(0, Vec::len),
+            per_round
+                .first()
+                .map_or(0, |r| r.iter().map(Vec::len).sum::<usize>()),
             started.elapsed()
         );
     }

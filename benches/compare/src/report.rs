@@ -102,7 +102,7 @@ impl Row<'_> {
     }
 
     /// syncws / `other`: for throughput the median of the per-round ratios (each pairs two runs
-    /// seconds apart), for latency the ratio of the pooled percentiles; with the lowest and
+    /// seconds apart), for latency the ratio of the (median per-round) percentiles; with the lowest and
     /// highest per-round ratio when both sides have the same rounds.
     fn ratio(&self, other: &str) -> Option<(f64, Option<(f64, f64)>)> {
         let (s, o) = (self.values.get("syncws")?, self.values.get(other)?);
@@ -256,7 +256,7 @@ pub fn render(records: &[Record]) -> String {
         "\nthroughput in messages/s (median of the rounds), round trips in microseconds; \
          ratios are syncws / other (above 1 is better for throughput, below 1 for latency): \
          for throughput the median of the per-round ratios, for round trips the ratio of the \
-         pooled percentiles; spread = lowest-highest per-round ratio\n"
+         median per-round percentiles; spread = lowest-highest per-round ratio\n"
     );
     for row in &rows {
         if let Some((ratio, _)) = row.ratio("raw") {
