@@ -18,6 +18,11 @@ pub(crate) const OP_PONG: u8 = 0xA;
 /// The longest payload a control frame may carry.
 pub(crate) const MAX_CONTROL_PAYLOAD: usize = 125;
 
+/// Appends a masked text (`text`) or binary data frame to `out`.
+pub(crate) fn encode_data(text: bool, payload: &[u8], mask: [u8; 4], out: &mut Vec<u8>) {
+    encode(if text { OP_TEXT } else { OP_BINARY }, payload, mask, out);
+}
+
 /// Appends one complete, final, masked client frame to `out`.
 pub(crate) fn encode(opcode: u8, payload: &[u8], mask: [u8; 4], out: &mut Vec<u8>) {
     let len = payload.len();

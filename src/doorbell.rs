@@ -32,11 +32,11 @@ pub(crate) struct Doorbell {
     writer: Mutex<Option<Thread>>,
     /// True while the writer is parked or about to park.
     sleeping: AtomicBool,
-    /// Where senders wait while a lane is full.
+    /// Where senders wait while a lane or the outbox is full.
     pub(crate) room: Room,
 }
 
-/// Where senders wait for room in a full lane.
+/// Where senders wait for room in a full lane or outbox.
 ///
 /// The writer wakes them once per batch it has taken, not once per frame (which is what a
 /// channel's blocking send does): on a core shared by the sender and the writer, a wake-up per
@@ -51,7 +51,8 @@ pub(crate) struct Room {
 }
 
 impl Room {
-    /// Wakes every waiting sender. The writer calls it after each batch, and when it stops.
+    /// Wakes every waiting sender. The writer calls it around each batch and when it stops; a
+    /// direct write, when it takes a lane slot.
     pub(crate) fn freed(&self) {
         fence(Ordering::SeqCst);
         if self.waiting.load(Ordering::Relaxed) > 0 {

@@ -20,11 +20,11 @@
 //! between connections, and opens it at the end of a batch when none of these holds. Bytes left
 //! here when a connection ends are treated like the frames left on the data lane: discarded and
 //! counted (`Stats::discarded_on_disconnect`), or, with `buffer_while_disconnected`, written on
-//! the next connection once its session is ready. The outbox holds at most [`OUTBOX_BYTES`]: a sender that finds it full waits until the
-//! writer has taken it ([`Room`](crate::doorbell::Room), once per batch), or, in `try_send`,
-//! queues on the lane.
+//! the next connection once its session is ready. The outbox holds at most [`OUTBOX_BYTES`]: a
+//! sender that finds it full waits until the writer has taken it
+//! ([`Room`](crate::doorbell::Room), once per batch), or, in `try_send`, queues on the lane.
 
-use crate::codec::{self, OP_BINARY, OP_TEXT};
+use crate::codec;
 use crate::frame::Outbound;
 use crate::masks::Masks;
 use crate::sync::{AtomicBool, Mutex, Ordering};
@@ -69,12 +69,14 @@ impl Outbox {
     /// Encodes `frame` here if the outbox is open, `lane_empty` holds (checked under the lock)
     /// and there is room.
     pub(crate) fn try_encode(&self, frame: Outbound, lane_empty: impl Fn() -> bool) -> Encoded {
-        let Some((text, payload)) = frame.data() else {
+        // Request frames wait for their registration: they always go by the lane.
+        let payload = match &frame {
+            Outbound::Request(_) => None,
+            other => other.data(),
+        };
+        let Some((text, payload)) = payload.filter(|(_, p)| p.len() <= OUTBOX_BYTES) else {
             return Encoded::Refused(frame);
         };
-        if matches!(frame, Outbound::Request(_)) || payload.len() > OUTBOX_BYTES {
-            return Encoded::Refused(frame);
-        }
         let mut inner = self.inner.lock();
         if !inner.open || !lane_empty() {
             return Encoded::Refused(frame);
@@ -86,8 +88,7 @@ impl Outbox {
             // The writer meets the same failure and reports it.
             return Encoded::Refused(frame);
         };
-        let opcode = if text { OP_TEXT } else { OP_BINARY };
-        codec::encode(opcode, payload, mask, &mut inner.bytes);
+        codec::encode_data(text, payload, mask, &mut inner.bytes);
         inner.frames += 1;
         inner.payload += payload.len() as u64;
         self.has_bytes.store(true, Ordering::Release);

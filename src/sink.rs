@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::claim::Claim;
-use crate::codec::{self, OP_BINARY, OP_PING, OP_PONG, OP_TEXT};
+use crate::codec::{self, OP_PING, OP_PONG};
 use crate::coordinator::Control;
 use crate::error::Error;
 use crate::frame::{CloseCode, Frame, Outbound};
@@ -103,8 +103,7 @@ impl Sink {
             return Direct::Declined; // The writer thread meets the error and reports it.
         };
         self.st.batch.clear();
-        let opcode = if text { OP_TEXT } else { OP_BINARY };
-        codec::encode(opcode, payload, mask, &mut self.st.batch);
+        codec::encode_data(text, payload, mask, &mut self.st.batch);
         let done = self.half.write_direct(&self.st.batch, &mut self.spill);
         self.st.batch.clear();
         if done == Direct::Done {
@@ -226,9 +225,8 @@ impl State {
         let Some((text, payload)) = frame.data() else {
             return Ok(None);
         };
-        let opcode = if text { OP_TEXT } else { OP_BINARY };
         let mask = self.masks.next()?;
-        codec::encode(opcode, payload, mask, &mut self.batch);
+        codec::encode_data(text, payload, mask, &mut self.batch);
         if let Some(p) = &mut self.pending_close {
             p.data_before = p.data_before.saturating_sub(1);
         }
