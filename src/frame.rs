@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::claim::RequestFrame;
+use crate::client::claim::RequestFrame;
 use crate::utf8_bytes::Utf8Bytes;
 
 /// A WebSocket close status code (RFC 6455 §7.4).

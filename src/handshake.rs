@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use tungstenite::handshake::derive_accept_key;
 
+use crate::client::target::Target;
 use crate::error::{Error, MAX_RETRY_AFTER, Result};
-use crate::target::Target;
 
 /// Upper bound on the size of the response head.
 const MAX_RESPONSE_HEAD: usize = 16 * 1024;

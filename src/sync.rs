@@ -1,5 +1,5 @@
-//! The synchronisation primitives of the lock-free hand-offs ([doorbell](crate::doorbell),
-//! [ticket](crate::ticket) and the stepper's count of queued inputs), switchable to [loom](https://docs.rs/loom)'s so that their models
+//! The synchronisation primitives of the lock-free hand-offs ([doorbell](crate::client::doorbell),
+//! [ticket](crate::client::ticket) and the stepper's count of queued inputs), switchable to [loom](https://docs.rs/loom)'s so that their models
 //! can be checked.
 //!
 //! A normal build re-exports `parking_lot`'s mutex and condition variable, `std`'s atomics and

@@ -10,7 +10,7 @@
 //!   The reader's `read(2)` and the writer's `write(2)` run without the lock, so a reader blocked
 //!   on a silent server never delays a write.
 //!
-//! The reader never writes to the socket: writes happen under the [`Sink`](crate::sink::Sink)'s
+//! The reader never writes to the socket: writes happen under the [`Sink`](crate::client::sink::Sink)'s
 //! lock, by the writer thread or by a caller's direct write, one at a time and in order. If
 //! processing inbound TLS records leaves rustls with something to send (a key update, an alert),
 //! the reader reports it and the writer flushes it.
@@ -159,7 +159,7 @@ impl ReadHalf {
     }
 }
 
-/// The writing half, inside the connection's [`Sink`](crate::sink::Sink): one writer at a time.
+/// The writing half, inside the connection's [`Sink`](crate::client::sink::Sink): one writer at a time.
 pub(crate) struct WriteHalf {
     sock: TcpStream,
     tls: Option<Arc<Mutex<ClientConnection>>>,

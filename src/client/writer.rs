@@ -1,8 +1,8 @@
 //! The writer thread: it writes everything to the socket but the requests written directly by
-//! their caller (see [`sink`](crate::sink)); both write under the sink's lock, one at a time.
+//! their caller (see [`sink`](crate::client::sink)); both write under the sink's lock, one at a time.
 //!
-//! It parks on the [`Doorbell`](crate::doorbell::Doorbell) until a lane or the
-//! [outbox](crate::outbox) has something, then builds one batch: the frames senders encoded into
+//! It parks on the [`Doorbell`](crate::client::doorbell::Doorbell) until a lane or the
+//! [outbox](crate::client::outbox) has something, then builds one batch: the frames senders encoded into
 //! the outbox, every queued control frame (pongs, pings, close), then data frames off the lanes
 //! until the batch reaches [`BATCH_BYTES`] (more for a backlog of small frames, see
 //! `LANE_DRAIN_BYTES`) or the lanes are empty, checking the control lane again before each data
@@ -22,21 +22,21 @@ use std::time::Instant;
 use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 
-use crate::affinity::WaitStrategy;
+use crate::client::affinity::WaitStrategy;
 
-use crate::claim::{Claim, Take};
-use crate::coordinator::{Control, Input, LinkEvent};
-use crate::doorbell::Doorbell;
+use crate::client::claim::{Claim, Take};
+use crate::client::coordinator::{Control, Input, LinkEvent};
+use crate::client::doorbell::Doorbell;
+use crate::client::outbox::{Outbox, Taking};
+use crate::client::requests::WaiterId;
+use crate::client::sink::Sink;
+use crate::client::stats::Counters;
+use crate::client::stepper::Inbox;
 use crate::error::Error;
 use crate::frame::{Frame, Outbound};
-use crate::outbox::{Outbox, Taking};
-use crate::requests::WaiterId;
-use crate::sink::Sink;
-use crate::stats::Counters;
-use crate::stepper::Inbox;
 
 /// Target size of one write batch: what the writer takes off the lanes for one write (the
-/// outbox's bytes, at most [`OUTBOX_BYTES`](crate::outbox::OUTBOX_BYTES), come on top).
+/// outbox's bytes, at most [`OUTBOX_BYTES`](crate::client::outbox::OUTBOX_BYTES), come on top).
 pub(crate) const BATCH_BYTES: usize = 64 * 1024;
 
 /// How much of the data lane one batch may take when the lane holds more than
@@ -69,7 +69,7 @@ pub(crate) struct Writer {
     pub wait: WaitStrategy,
     /// Rung by every lane's sender; the writer parks on it when all lanes are empty.
     pub doorbell: Arc<Doorbell>,
-    /// Data frames encoded by their senders (see [`crate::outbox`]): first in each batch.
+    /// Data frames encoded by their senders (see [`crate::client::outbox`]): first in each batch.
     pub outbox: Arc<Outbox>,
     pub coord: Inbox,
     pub counters: Arc<Counters>,
@@ -163,7 +163,7 @@ impl Writer {
                 || !self.session.is_empty()
                 || (self.data_open && (data || self.outbox.has_bytes()))
                 || self.kick.load(Ordering::SeqCst)
-                || crate::driver::released(&self.stop)
+                || crate::client::driver::released(&self.stop)
         };
         if self.wait.spin(|| has_work().then_some(())).is_none() {
             // Held at a request the coordinator has not registered: not past its deadline,
@@ -173,7 +173,7 @@ impl Writer {
                 self.doorbell.wait_until(has_work, until);
             }
         }
-        !crate::driver::released(&self.stop)
+        !crate::client::driver::released(&self.stop)
     }
 
     fn report(&self, event: LinkEvent) {

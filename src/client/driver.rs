@@ -1,8 +1,8 @@
 //! The coordinator thread: a thin driver around the sans-IO
-//! [`Coordinator`](crate::coordinator::Coordinator).
+//! [`Coordinator`](crate::client::coordinator::Coordinator).
 //!
 //! It waits for the next input or the coordinator's next deadline, takes the coordinator's lock
-//! (see [`stepper`](crate::stepper): the latency-critical inputs are usually stepped inline by
+//! (see [`stepper`](crate::client::stepper): the latency-critical inputs are usually stepped inline by
 //! the thread they come from), carries out what inline steps left for it, feeds the input, and
 //! carries out the outputs: frames go to the current link's lanes, outcomes to waiting callers,
 //! notices to the application's event channel, a dial starts a short-lived `NAME-dial` thread,
@@ -14,15 +14,15 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, TrySendError, select};
 
-use crate::coordinator::{Control, Input, Notice, Output, State};
-use crate::doorbell::Doorbell;
+use crate::client::coordinator::{Control, Input, Notice, Output, State};
+use crate::client::doorbell::Doorbell;
+use crate::client::event::Event;
+use crate::client::ingress::Ingress;
+use crate::client::link::{AbortSlot, Link, LinkFactory, Opened, spawn};
+use crate::client::requests::{Outcome, Unknown};
+use crate::client::stats::Counters;
+use crate::client::stepper::{Carried, Core, Deferred, Shared, deliver};
 use crate::error::Error;
-use crate::event::Event;
-use crate::ingress::Ingress;
-use crate::link::{AbortSlot, Link, LinkFactory, Opened, spawn};
-use crate::requests::{Outcome, Unknown};
-use crate::stats::Counters;
-use crate::stepper::{Carried, Core, Deferred, Shared, deliver};
 
 /// A dial running on its own thread.
 struct Dial<I> {

@@ -22,16 +22,16 @@
 //! counted (`Stats::discarded_on_disconnect`), or, with `buffer_while_disconnected`, written on
 //! the next connection once its session is ready. The outbox holds at most [`OUTBOX_BYTES`]: a
 //! sender that finds it full waits until the writer has taken it
-//! ([`Room`](crate::doorbell::Room), once per batch), or, in `try_send`, queues on the lane.
+//! ([`Room`](crate::client::doorbell::Room), once per batch), or, in `try_send`, queues on the lane.
 
+use crate::client::masks::Masks;
 use crate::codec;
 use crate::frame::Outbound;
-use crate::masks::Masks;
 use crate::sync::{AtomicBool, Mutex, Ordering};
 
 /// Most bytes the outbox holds: two write batches' worth (on a shared core, the more a sender
 /// encodes before it yields to the writer, the fewer hand-offs and `write`s per frame).
-pub(crate) const OUTBOX_BYTES: usize = 2 * crate::writer::BATCH_BYTES;
+pub(crate) const OUTBOX_BYTES: usize = 2 * crate::client::writer::BATCH_BYTES;
 
 /// Frames encoded by senders, shared by the client's senders and the current link's writer.
 #[derive(Default)]

@@ -12,8 +12,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use crate::client::endpoint::Cause;
 use crate::deadline;
-use crate::endpoint::Cause;
 
 /// How the client keeps checking that the server is alive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

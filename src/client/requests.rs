@@ -24,7 +24,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::claim::Claim;
+use crate::client::claim::Claim;
 use crate::frame::Frame;
 
 /// When a request counts as done.
@@ -394,7 +394,7 @@ fn settle(entry: &Entry, unknown: Unknown, undelivered: Undelivered) -> Outcome 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::claim::Take;
+    use crate::client::claim::Take;
 
     const S: Duration = Duration::from_secs(1);
 

@@ -3,7 +3,7 @@
 //! A [`Sink`] holds the write half of the socket and the framing state (masks, the batch buffer,
 //! the close handshake). It sits behind a mutex shared by the writer thread, which holds it for
 //! each batch — from taking the first frame off a lane until the batch is written — and by the
-//! coordinator's [stepper](crate::stepper), which may write a request frame *directly*: on the
+//! coordinator's [stepper](crate::client::stepper), which may write a request frame *directly*: on the
 //! thread that submitted it, without waking the writer, when the writer is not writing and
 //! nothing is queued ahead of the request. That saves the round trip's hand-off to the writer.
 //!
@@ -15,14 +15,14 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::claim::Claim;
+use crate::client::claim::Claim;
+use crate::client::coordinator::Control;
+use crate::client::masks::Masks;
+use crate::client::requests::WaiterId;
+use crate::client::stats::Counters;
 use crate::codec::{self, OP_PING, OP_PONG};
-use crate::coordinator::Control;
 use crate::error::Error;
 use crate::frame::{CloseCode, Frame, Outbound};
-use crate::masks::Masks;
-use crate::requests::WaiterId;
-use crate::stats::Counters;
 use crate::transport::{Direct, WriteHalf};
 
 /// Largest request payload written directly; larger ones go through the writer thread (a large

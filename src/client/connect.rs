@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use rustls::{ClientConfig, ClientConnection};
 
+use crate::client::target::Target;
 use crate::deadline;
 use crate::error::{Error, Result};
 use crate::handshake::{self, Upgraded};
-use crate::target::Target;
 use crate::tls::TlsOptions;
 use crate::transport::Stream;
 

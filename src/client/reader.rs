@@ -14,18 +14,18 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, select};
 
+use crate::client::config::Overflow;
+use crate::client::coordinator::{Control, Input, LinkEvent};
+use crate::client::doorbell::Lane;
+use crate::client::endpoint::Precheck;
+use crate::client::event::Event;
+use crate::client::ingress::{Ingress, Verdict};
+use crate::client::stats::Counters;
+use crate::client::stepper::Inbox;
 use crate::codec::{Decoded, Decoder, Step};
-use crate::config::Overflow;
-use crate::coordinator::{Control, Input, LinkEvent};
-use crate::doorbell::Lane;
-use crate::endpoint::Precheck;
-use crate::event::Event;
 use crate::frame::{Data, Frame};
 use crate::guard;
-use crate::ingress::{Ingress, Verdict};
 use crate::read_buffer::ReadBuffer;
-use crate::stats::Counters;
-use crate::stepper::Inbox;
 use crate::transport::ReadHalf;
 use crate::utf8_bytes::Utf8Bytes;
 
@@ -67,7 +67,7 @@ impl<I: Ingress> Reader<I> {
             recv(self.go) -> _ => {}
             recv(self.out.stop) -> _ => {}
         }
-        let released = crate::driver::released(&self.out.stop);
+        let released = crate::client::driver::released(&self.out.stop);
         if !released {
             self.read_loop();
         }
@@ -186,7 +186,7 @@ impl<I: Ingress> Reader<I> {
                 Ok(n) => self.buf.filled(n),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    let released = crate::driver::released(&self.out.stop);
+                    let released = crate::client::driver::released(&self.out.stop);
                     if !released {
                         log::debug!("read failed: {e}");
                     }

@@ -7,17 +7,17 @@ use std::time::Duration;
 use rustls::ClientConfig;
 use rustls::pki_types::CertificateDer;
 
-use crate::affinity::{Affinity, WaitStrategy};
 use crate::backoff::Reconnect;
 use crate::client::Client;
-use crate::connect::Dialer;
-use crate::endpoint::{Endpoint, NoSession};
+use crate::client::affinity::{Affinity, WaitStrategy};
+use crate::client::connect::Dialer;
+use crate::client::endpoint::{Endpoint, NoSession};
+use crate::client::health::LatencyPolicy;
+use crate::client::ingress::{ForwardAll, Ingress};
+use crate::client::liveness::Keepalive;
+use crate::client::stepper::Dispatch;
+use crate::client::target::Target;
 use crate::error::{Error, Result};
-use crate::health::LatencyPolicy;
-use crate::ingress::{ForwardAll, Ingress};
-use crate::liveness::Keepalive;
-use crate::stepper::Dispatch;
-use crate::target::Target;
 use crate::tls::TlsOptions;
 
 /// What the reader does when the application's event channel is full.

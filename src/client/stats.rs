@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::coordinator::{Health, State};
+use crate::client::coordinator::{Health, State};
 
 /// A point-in-time copy of a client's counters and health.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -4,6 +4,31 @@
 //! handle is `Send + Sync`, so one client can be shared (by reference or in an `Arc`) by several
 //! threads that send, while one thread consumes [`Client::events`].
 
+pub(crate) mod affinity;
+pub(crate) mod claim;
+pub(crate) mod config;
+pub(crate) mod connect;
+pub(crate) mod coordinator;
+pub(crate) mod doorbell;
+pub(crate) mod driver;
+pub(crate) mod endpoint;
+pub(crate) mod event;
+pub(crate) mod health;
+pub(crate) mod ingress;
+pub(crate) mod link;
+pub(crate) mod liveness;
+pub(crate) mod masks;
+pub(crate) mod outbox;
+pub(crate) mod reader;
+pub(crate) mod requests;
+pub(crate) mod session;
+pub(crate) mod sink;
+pub(crate) mod stats;
+pub(crate) mod stepper;
+pub(crate) mod target;
+pub(crate) mod ticket;
+pub(crate) mod writer;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -11,27 +36,27 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
 
-use crate::affinity::{WaitStrategy, pin_current_thread};
 use crate::backoff::Reconnect;
-use crate::claim::{Claim, RequestFrame};
+use crate::client::affinity::{WaitStrategy, pin_current_thread};
+use crate::client::claim::{Claim, RequestFrame};
+use crate::client::config::{ClientBuilder, Config};
+use crate::client::connect::Dialer;
+use crate::client::coordinator::{Control, Coordinator, Input, Settings, State};
+use crate::client::doorbell::{Doorbell, Lane};
+use crate::client::driver::Driver;
+use crate::client::endpoint::Endpoint;
+use crate::client::event::Event;
+use crate::client::ingress::Ingress;
+use crate::client::link::{AbortSlot, LinkFactory, spawn};
+use crate::client::outbox::{Encoded, Outbox};
+use crate::client::requests::{ConfirmMode, Outcome, Request, Submission, Undelivered, WaiterId};
+use crate::client::stats::{Counters, Stats};
+use crate::client::stepper::{Core, Dispatch, Inbox, Shared};
+use crate::client::ticket::Ticket;
 use crate::codec::Limits;
-use crate::config::{ClientBuilder, Config};
-use crate::connect::Dialer;
-use crate::coordinator::{Control, Coordinator, Input, Settings, State};
 use crate::deadline;
-use crate::doorbell::{Doorbell, Lane};
-use crate::driver::Driver;
-use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
-use crate::event::Event;
 use crate::frame::{CloseCode, Frame, Outbound, PreparedFrame};
-use crate::ingress::Ingress;
-use crate::link::{AbortSlot, LinkFactory, spawn};
-use crate::outbox::{Encoded, Outbox};
-use crate::requests::{ConfirmMode, Outcome, Request, Submission, Undelivered, WaiterId};
-use crate::stats::{Counters, Stats};
-use crate::stepper::{Core, Dispatch, Inbox, Shared};
-use crate::ticket::Ticket;
 
 /// Capacity of the coordinator's input channel (user commands and reader/writer reports).
 const INPUT_QUEUE: usize = 1024;
@@ -63,7 +88,7 @@ pub struct Client<T> {
     requests: Sender<Outbound>,
     /// Wakes the writer (which may be waiting at a request frame its caller gave up on).
     doorbell: Arc<Doorbell>,
-    /// Data frames encoded on the sending thread (see [`crate::outbox`]).
+    /// Data frames encoded on the sending thread (see [`crate::client::outbox`]).
     outbox: Arc<Outbox>,
     events: Receiver<Event<T>>,
     counters: Arc<Counters>,

@@ -10,8 +10,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use crate::client::endpoint::{Cause, Endpoint, Reply};
 use crate::deadline;
-use crate::endpoint::{Cause, Endpoint, Reply};
 use crate::frame::Frame;
 
 /// What the session asks the coordinator to do.
@@ -358,7 +358,7 @@ mod tests {
     fn a_topic_for_an_endpoint_that_does_not_subscribe_is_rejected_unsent() {
         let t0 = Instant::now();
         let mut s = Session::new(Duration::from_secs(5), 10, true);
-        let mut e = crate::endpoint::NoSession;
+        let mut e = crate::client::endpoint::NoSession;
         let mut out = Vec::new();
         s.on_open(t0, 1, &mut e, &mut out);
         out.clear();
@@ -389,7 +389,7 @@ mod tests {
     fn the_desired_set_is_bounded() {
         let t0 = Instant::now();
         let mut s = Session::new(Duration::from_secs(5), 2, false);
-        let mut e = crate::endpoint::NoSession;
+        let mut e = crate::client::endpoint::NoSession;
         let mut out = Vec::new();
         for t in ["a", "b", "c"] {
             s.subscribe(t0, t.into(), &mut e, &mut out);

@@ -13,7 +13,7 @@
 //! sit on the round trip's path — the caller's `Submit`, the reader's `Reply`, the writer's
 //! `Written` — and the thread they come from steps them *inline* when it can, instead of waking
 //! the coordinator thread; a caller whose request is the only frame queued writes it itself
-//! with a non-blocking `send` (see [`crate::sink`]). A round trip then crosses two hand-offs.
+//! with a non-blocking `send` (see [`crate::client::sink`]). A round trip then crosses two hand-offs.
 //! The price: endpoint callbacks (`parse_reply`, `app_ping`, ...) may run on a caller's, the
 //! reader's or the writer's thread, under the lock; a caller may write the socket.
 //!
@@ -47,12 +47,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, SendTimeoutError, Sender, TrySendError, select};
 use parking_lot::{Mutex, MutexGuard};
 
-use crate::coordinator::{Coordinator, Input, LinkEvent, Output, State};
-use crate::doorbell::Doorbell;
-use crate::link::{Directly, Lanes};
-use crate::requests::{Outcome, WaiterId};
-use crate::stats::Counters;
-use crate::ticket::Answer;
+use crate::client::coordinator::{Coordinator, Input, LinkEvent, Output, State};
+use crate::client::doorbell::Doorbell;
+use crate::client::link::{Directly, Lanes};
+use crate::client::requests::{Outcome, WaiterId};
+use crate::client::stats::Counters;
+use crate::client::ticket::Answer;
 
 /// Which threads step a connection's state machine ([`Config::dispatch`](crate::Config::dispatch)).
 ///
@@ -435,15 +435,15 @@ impl Inbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::affinity::WaitStrategy;
-    use crate::claim::{Claim, RequestFrame};
-    use crate::coordinator::{Control, Settings};
-    use crate::doorbell::Doorbell;
-    use crate::doorbell::Lane;
+    use crate::client::affinity::WaitStrategy;
+    use crate::client::claim::{Claim, RequestFrame};
+    use crate::client::coordinator::{Control, Settings};
+    use crate::client::doorbell::Doorbell;
+    use crate::client::doorbell::Lane;
+    use crate::client::requests::{ConfirmMode, Request, Response, Submission};
+    use crate::client::sink::Sink;
+    use crate::client::ticket::Ticket;
     use crate::frame::{Frame, Outbound};
-    use crate::requests::{ConfirmMode, Request, Response, Submission};
-    use crate::sink::Sink;
-    use crate::ticket::Ticket;
     use crate::transport::Direct;
     use crate::{Data, Endpoint, Keepalive, Reply};
     use std::sync::atomic::AtomicBool;
@@ -874,7 +874,7 @@ mod tests {
         assert_eq!(request.origin, WaiterId(2));
         assert_eq!(
             request.take(Instant::now()),
-            crate::claim::Take::Write,
+            crate::client::claim::Take::Write,
             "still the writer's to write"
         );
         assert_eq!(ticket.try_outcome(), None, "not answered NotDelivered");
@@ -892,7 +892,7 @@ mod tests {
         assert_eq!(
             ticket.try_outcome(),
             Some(Outcome::NotDelivered(
-                crate::requests::Undelivered::Deadline
+                crate::client::requests::Undelivered::Deadline
             ))
         );
         assert!(rig.wire_is_quiet());

@@ -15,27 +15,27 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender, bounded};
 use parking_lot::Mutex;
 
-use crate::affinity::{Affinity, WaitStrategy, pin_current_thread};
-use crate::claim::{Claim, Take};
+use crate::client::affinity::{Affinity, WaitStrategy, pin_current_thread};
+use crate::client::claim::{Claim, Take};
+use crate::client::config::Overflow;
+use crate::client::connect::Dialer;
+use crate::client::coordinator::Control;
+use crate::client::doorbell::{Doorbell, Lane};
+use crate::client::endpoint::Precheck;
+use crate::client::event::Event;
+use crate::client::ingress::Ingress;
+use crate::client::outbox::Outbox;
+use crate::client::reader::{CONTROL_HEADROOM, Outlets, Reader};
+use crate::client::requests::WaiterId;
+use crate::client::sink::Sink;
+use crate::client::stats::Counters;
+use crate::client::stepper::Inbox;
+use crate::client::writer::Writer;
 use crate::codec::{Decoder, Limits};
-use crate::config::Overflow;
-use crate::connect::Dialer;
-use crate::coordinator::Control;
-use crate::doorbell::{Doorbell, Lane};
-use crate::endpoint::Precheck;
 use crate::error::{Error, Result};
-use crate::event::Event;
 use crate::frame::{Frame, Outbound};
-use crate::ingress::Ingress;
-use crate::outbox::Outbox;
 use crate::read_buffer::ReadBuffer;
-use crate::reader::{CONTROL_HEADROOM, Outlets, Reader};
-use crate::requests::WaiterId;
-use crate::sink::Sink;
-use crate::stats::Counters;
-use crate::stepper::Inbox;
 use crate::transport::{Direct, SocketHandle, Stream};
-use crate::writer::Writer;
 
 /// The I/O side of one open connection.
 pub(crate) struct Link<I> {
@@ -109,7 +109,7 @@ impl Lanes {
 
     /// The direct path (inline dispatch): right after the coordinator accepted the request
     /// submitted by `origin` (with `claim`), writes its frame on the calling thread if it is the
-    /// only frame queued and the writer thread is not writing (see [`crate::sink`]; called under
+    /// only frame queued and the writer thread is not writing (see [`crate::client::sink`]; called under
     /// the coordinator's lock). Returns what became of the frame; when it is left for the writer
     /// thread, the caller wakes it.
     pub(crate) fn write_direct(

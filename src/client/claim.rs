@@ -21,8 +21,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Instant;
 
+use crate::client::requests::WaiterId;
 use crate::frame::Frame;
-use crate::requests::WaiterId;
 
 const SUBMITTED: u8 = 0;
 const ACCEPTED: u8 = 1;

@@ -8,9 +8,9 @@
 
 use std::time::Duration;
 
-use crate::endpoint::Cause;
+use crate::client::endpoint::Cause;
+use crate::client::requests::Response;
 use crate::frame::{CloseCode, Frame};
-use crate::requests::Response;
 
 /// One thing that happened on a client.
 ///

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::client::requests::Response;
 use crate::error::Error;
 use crate::frame::{CloseCode, Data, Frame};
-use crate::requests::Response;
 
 /// A venue's reply to something the session sent, as recognised by [`Endpoint::parse_reply`].
 #[derive(Clone, Debug, PartialEq, Eq)]

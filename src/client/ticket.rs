@@ -3,10 +3,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::affinity::WaitStrategy;
-use crate::claim::Claim;
+use crate::client::affinity::WaitStrategy;
+use crate::client::claim::Claim;
+use crate::client::requests::{Outcome, Undelivered, Unknown};
 use crate::deadline;
-use crate::requests::{Outcome, Undelivered, Unknown};
 use crate::sync::{AtomicBool, Condvar, Mutex, Ordering, now, spin_wait};
 
 /// How long past its deadline a ticket waits for the coordinator before answering by itself.

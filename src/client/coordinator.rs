@@ -37,21 +37,21 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::ticket::Answer;
+use crate::client::ticket::Answer;
 
 use crate::backoff::Reconnect;
-use crate::claim::Claim;
+use crate::client::claim::Claim;
+use crate::client::endpoint::{Action, Cause, Endpoint, Reply};
+use crate::client::event::{CloseInfo, Initiator};
+use crate::client::health::{ErrorRing, LatencyPolicy, LatencyWatch, RttHistogram};
+use crate::client::liveness::{Due, Keepalive, Liveness};
+use crate::client::requests::{Outcome, RequestOut, Requests, Response, Submission, WaiterId};
+use crate::client::session::{Session, SessionOut};
 use crate::codec::Violation;
 use crate::deadline;
-use crate::endpoint::{Action, Cause, Endpoint, Reply};
 use crate::error::Error;
-use crate::event::{CloseInfo, Initiator};
 use crate::frame::{CloseCode, Data, Frame};
 use crate::guard::{self, Panicked};
-use crate::health::{ErrorRing, LatencyPolicy, LatencyWatch, RttHistogram};
-use crate::liveness::{Due, Keepalive, Liveness};
-use crate::requests::{Outcome, RequestOut, Requests, Response, Submission, WaiterId};
-use crate::session::{Session, SessionOut};
 
 /// How many recent errors are kept for [`Stats`](crate::Stats).
 const ERROR_HISTORY: usize = 16;

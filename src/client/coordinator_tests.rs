@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::backoff::Backoff;
-use crate::endpoint::NoSession;
+use crate::client::endpoint::NoSession;
 
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 const MS: Duration = Duration::from_millis(1);
@@ -42,7 +42,7 @@ impl Endpoint for Venue {
     fn app_ping(&mut self, seq: u64) -> Option<Frame> {
         Some(Frame::text(format!("ping {seq}")))
     }
-    fn precheck(&self) -> Option<crate::endpoint::Precheck> {
+    fn precheck(&self) -> Option<crate::client::endpoint::Precheck> {
         Some(std::sync::Arc::new(|_| true))
     }
     fn parse_reply(&mut self, msg: Data<'_>) -> Option<Reply> {
@@ -52,12 +52,12 @@ impl Endpoint for Venue {
         } else if let Some(rest) = t.strip_prefix("resp ") {
             let (id, ok) = rest.split_once(' ')?;
             let response = if ok == "ok" {
-                crate::requests::Response::Ok {
+                crate::client::requests::Response::Ok {
                     retry_after: None,
                     hint: None,
                 }
             } else {
-                crate::requests::Response::Err {
+                crate::client::requests::Response::Err {
                     message: ok.into(),
                     retry_after: Some(Duration::from_secs(1)),
                 }
@@ -807,8 +807,8 @@ fn generated_fault_schedules_hold_the_invariants() {
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use crate::claim::{Claim, RequestFrame, Take};
-use crate::requests::{ConfirmMode, Outcome, Submission, Undelivered, Unknown, WaiterId};
+use crate::client::claim::{Claim, RequestFrame, Take};
+use crate::client::requests::{ConfirmMode, Outcome, Submission, Undelivered, Unknown, WaiterId};
 
 /// Submits request `id` for `waiter` on the current connection; returns the outputs and the
 /// request frame as the data lane would carry it.
