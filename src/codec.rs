@@ -1,4 +1,5 @@
-//! The WebSocket wire format (RFC 6455 §5): encoding client frames and decoding server frames.
+//! The WebSocket wire format (RFC 6455 §5), for both halves: the client encodes masked frames and
+//! decodes unmasked ones; the hub encodes unmasked frames and decodes masked ones.
 //!
 //! The decoder works on a byte slice owned by the reader thread and hands out messages that borrow
 //! from it, so a complete unfragmented message reaches the ingress without a copy. Fragmented
@@ -25,26 +26,39 @@ pub(crate) fn encode_data(text: bool, payload: &[u8], mask: [u8; 4], out: &mut V
 
 /// Appends one complete, final, masked client frame to `out`.
 pub(crate) fn encode(opcode: u8, payload: &[u8], mask: [u8; 4], out: &mut Vec<u8>) {
-    let len = payload.len();
-    out.reserve(14 + len);
-    out.push(0x80 | opcode);
-    if len < 126 {
-        out.push(0x80 | len as u8);
-    } else if len <= u16::MAX as usize {
-        out.push(0x80 | 126);
-        out.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        out.push(0x80 | 127);
-        out.extend_from_slice(&(len as u64).to_be_bytes());
-    }
+    out.reserve(14 + payload.len());
+    put_header(opcode, payload.len(), 0x80, out);
     out.extend_from_slice(&mask);
     let start = out.len();
     out.extend_from_slice(payload);
     apply_mask(&mut out[start..], mask);
 }
 
-/// Appends a close frame (code and reason, or an empty payload for `None`).
-pub(crate) fn encode_close(close: Option<(CloseCode, &str)>, mask: [u8; 4], out: &mut Vec<u8>) {
+/// Appends one complete, final, unmasked server frame to `out`: the same bytes for every
+/// recipient, which is what lets the hub encode a broadcast once.
+pub(crate) fn encode_unmasked(opcode: u8, payload: &[u8], out: &mut Vec<u8>) {
+    out.reserve(10 + payload.len());
+    put_header(opcode, payload.len(), 0, out);
+    out.extend_from_slice(payload);
+}
+
+/// The first bytes of a final frame: opcode, the mask bit (`0x80` or 0) and the length.
+fn put_header(opcode: u8, len: usize, mask_bit: u8, out: &mut Vec<u8>) {
+    out.push(0x80 | opcode);
+    if len < 126 {
+        out.push(mask_bit | len as u8);
+    } else if len <= u16::MAX as usize {
+        out.push(mask_bit | 126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(mask_bit | 127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+}
+
+/// The payload of a close frame: the code and the reason cut to fit (a whole character at a
+/// time), or nothing for `None`. Returns the buffer and the length used.
+pub(crate) fn close_payload(close: Option<(CloseCode, &str)>) -> ([u8; MAX_CONTROL_PAYLOAD], usize) {
     let mut payload = [0u8; MAX_CONTROL_PAYLOAD];
     let len = match close {
         None => 0,
@@ -55,10 +69,15 @@ pub(crate) fn encode_close(close: Option<(CloseCode, &str)>, mask: [u8; 4], out:
             2 + reason.len()
         }
     };
+    (payload, len)
+}
+
+/// Appends a close frame (code and reason, or an empty payload for `None`).
+pub(crate) fn encode_close(close: Option<(CloseCode, &str)>, mask: [u8; 4], out: &mut Vec<u8>) {
+    let (payload, len) = close_payload(close);
     encode(OP_CLOSE, &payload[..len], mask, out);
 }
 
-/// The longest prefix of `s` that fits in `max` bytes without splitting a character.
 pub(crate) fn truncate_utf8(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
@@ -154,17 +173,40 @@ impl Decoder {
         }
     }
 
-    /// Decodes the next frame at the start of `buf`.
+    /// Decodes the next frame at the start of `buf` (the client's side: frames from a server,
+    /// which must not be masked).
     ///
     /// Returns [`Step::Need`] when `buf` does not hold a whole frame yet, or [`Step::Frame`] with
     /// the number of bytes the frame occupied.
     pub(crate) fn decode<'a>(&'a mut self, buf: &'a [u8]) -> Result<Step<'a>, Violation> {
+        match self.extent(buf, false)? {
+            Extent::Need(n) => Ok(Step::Need(n)),
+            Extent::Whole(header, header_len, total) => self.finish(header, header_len, total, buf),
+        }
+    }
+
+    /// Decodes the next frame at the start of `buf` (the server's side: frames from a client,
+    /// which must be masked). A whole frame's payload is unmasked in place, once: the caller
+    /// consumes the frame before decoding again.
+    pub(crate) fn decode_masked<'a>(&'a mut self, buf: &'a mut [u8]) -> Result<Step<'a>, Violation> {
+        match self.extent(buf, true)? {
+            Extent::Need(n) => Ok(Step::Need(n)),
+            Extent::Whole(header, header_len, total) => {
+                apply_mask(&mut buf[header_len..total], header.mask);
+                self.finish(header, header_len, total, buf)
+            }
+        }
+    }
+
+    /// Checks the header at the start of `buf` against the limits and says how long the frame
+    /// is, or how many bytes are still needed.
+    fn extent(&mut self, buf: &[u8], masked: bool) -> Result<Extent, Violation> {
         if self.partial_delivered {
             self.partial.clear();
             self.partial_delivered = false;
         }
-        let Some((header, header_len)) = parse_header(buf)? else {
-            return Ok(Step::Need(0));
+        let Some((header, header_len)) = parse_header(buf, masked)? else {
+            return Ok(Extent::Need(0));
         };
         if header.len > self.limits.max_frame as u64 {
             return Err(violation(
@@ -204,8 +246,19 @@ impl Decoder {
             ));
         };
         if buf.len() < total {
-            return Ok(Step::Need(total));
+            return Ok(Extent::Need(total));
         }
+        Ok(Extent::Whole(header, header_len, total))
+    }
+
+    /// Interprets a whole frame (already unmasked) occupying `buf[..total]`.
+    fn finish<'a>(
+        &'a mut self,
+        header: Header,
+        header_len: usize,
+        total: usize,
+        buf: &'a [u8],
+    ) -> Result<Step<'a>, Violation> {
         let payload = &buf[header_len..total];
         let decoded = match header.opcode {
             OP_PING => Decoded::Ping(payload),
@@ -306,10 +359,22 @@ struct Header {
     fin: bool,
     opcode: u8,
     len: u64,
+    /// The masking key (all zeros for an unmasked frame, which leaves the payload as it is).
+    mask: [u8; 4],
 }
 
-/// Parses and validates a frame header; `Ok(None)` if `buf` is too short to hold it.
-fn parse_header(buf: &[u8]) -> Result<Option<(Header, usize)>, Violation> {
+/// What [`Decoder::extent`] found at the start of the buffer.
+enum Extent {
+    /// Not enough bytes yet: the frame's total size once its header is known, else 0.
+    Need(usize),
+    /// A whole frame: its header, the header's length and the frame's total length.
+    Whole(Header, usize, usize),
+}
+
+/// Parses and validates a frame header; `Ok(None)` if `buf` is too short to hold it. `masked`:
+/// the frame comes from a client and must carry a masking key (RFC 6455 §5.1); else from a server
+/// and must not.
+fn parse_header(buf: &[u8], masked: bool) -> Result<Option<(Header, usize)>, Violation> {
     let [b0, b1, rest @ ..] = buf else {
         return Ok(None);
     };
@@ -329,10 +394,14 @@ fn parse_header(buf: &[u8]) -> Result<Option<(Header, usize)>, Violation> {
             format!("reserved opcode {opcode:#x}"),
         ));
     }
-    if b1 & 0x80 != 0 {
+    if (b1 & 0x80 != 0) != masked {
         return Err(violation(
             CloseCode::PROTOCOL_ERROR,
-            "server sent a masked frame",
+            if masked {
+                "client sent an unmasked frame"
+            } else {
+                "server sent a masked frame"
+            },
         ));
     }
     let (len, header_len) = match b1 & 0x7F {
@@ -357,13 +426,31 @@ fn parse_header(buf: &[u8]) -> Result<Option<(Header, usize)>, Violation> {
         },
         short => (u64::from(short), 2),
     };
+    let mut mask = [0u8; 4];
+    let header_len = if masked {
+        let Some(key) = buf.get(header_len..header_len + 4) else {
+            return Ok(None);
+        };
+        mask.copy_from_slice(key);
+        header_len + 4
+    } else {
+        header_len
+    };
     if opcode >= OP_CLOSE && (!fin || len > MAX_CONTROL_PAYLOAD as u64) {
         return Err(violation(
             CloseCode::PROTOCOL_ERROR,
             "control frame fragmented or longer than 125 bytes",
         ));
     }
-    Ok(Some((Header { fin, opcode, len }, header_len)))
+    Ok(Some((
+        Header {
+            fin,
+            opcode,
+            len,
+            mask,
+        },
+        header_len,
+    )))
 }
 
 #[cfg(test)]
@@ -393,6 +480,40 @@ mod tests {
         }
         out.extend_from_slice(payload);
         out
+    }
+
+    /// The server's side: a client's masked frame is unmasked in place; an unmasked one is a
+    /// protocol error (1002); and a server frame round-trips through the client's decoder.
+    #[test]
+    fn masked_frames_decode_on_the_server_side_and_unmasked_ones_fail() {
+        for len in [0usize, 5, 125, 126, 65535, 65536] {
+            let payload: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let mut wire = Vec::new();
+            encode(OP_BINARY, &payload, [9, 8, 7, 6], &mut wire);
+            let total = wire.len();
+            let mut d = Decoder::new(limits());
+            // One byte short: nothing is unmasked yet.
+            let mut short = wire[..total - 1].to_vec();
+            assert!(matches!(d.decode_masked(&mut short).unwrap(), Step::Need(_)));
+            match d.decode_masked(&mut wire).unwrap() {
+                Step::Frame(n, Decoded::Data(Data::Binary(p))) => {
+                    assert_eq!(n, total);
+                    assert_eq!(p, &payload[..]);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+            let mut server = Vec::new();
+            encode_unmasked(OP_BINARY, &payload, &mut server);
+            let err = Decoder::new(limits()).decode_masked(&mut server).unwrap_err();
+            assert_eq!(err.code, CloseCode::PROTOCOL_ERROR);
+            match Decoder::new(limits()).decode(&server).unwrap() {
+                Step::Frame(n, Decoded::Data(Data::Binary(p))) => {
+                    assert_eq!(n, server.len());
+                    assert_eq!(p, &payload[..]);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -1,10 +1,10 @@
 //! The byte stream under a connection, and how it is split for full duplex.
 //!
 //! Before the split, [`Stream`] is an ordinary blocking stream used for the TLS and HTTP
-//! handshakes. [`Stream::split`] then duplicates the socket so the reader and the writer each own a
-//! file descriptor and never wait for each other in a syscall:
+//! handshakes. [`Stream::split`] then shares the socket between the reader and the writer (one
+//! file descriptor, used through `&TcpStream`), and they never wait for each other in a syscall:
 //!
-//! - plain TCP: the two halves are independent clones of the socket;
+//! - plain TCP: each half reads or writes the shared socket directly;
 //! - TLS: the rustls connection sits behind a mutex that is held only while bytes are moved in
 //!   memory (decrypting what the reader already read, encrypting what the writer will write).
 //!   The reader's `read(2)` and the writer's `write(2)` run without the lock, so a reader blocked
@@ -20,40 +20,15 @@ use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use rustls::ClientConnection;
+use rustls::Connection;
 
 /// Size of the buffer for ciphertext read from the socket.
 const TLS_READ_CHUNK: usize = 16 * 1024 + 256;
 
 /// A connected stream, plain or TLS, used whole during the handshakes.
 pub(crate) struct Stream {
-    pub(crate) sock: TcpStream,
-    pub(crate) tls: Option<ClientConnection>,
-}
-
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match &mut self.tls {
-            None => self.sock.read(buf),
-            Some(conn) => rustls::Stream::new(conn, &mut self.sock).read(buf),
-        }
-    }
-}
-
-impl Write for Stream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match &mut self.tls {
-            None => self.sock.write(buf),
-            Some(conn) => rustls::Stream::new(conn, &mut self.sock).write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match &mut self.tls {
-            None => self.sock.flush(),
-            Some(conn) => rustls::Stream::new(conn, &mut self.sock).flush(),
-        }
-    }
+    pub(crate) sock: Arc<TcpStream>,
+    pub(crate) tls: Option<Connection>,
 }
 
 impl Stream {
@@ -62,8 +37,11 @@ impl Stream {
     pub(crate) fn split(self) -> io::Result<(ReadHalf, WriteHalf, SocketHandle)> {
         self.sock.set_read_timeout(None)?;
         self.sock.set_write_timeout(None)?;
-        let read_sock = self.sock.try_clone()?;
-        let handle = SocketHandle(self.sock.try_clone()?);
+        // One descriptor shared by both halves and the handle (`&TcpStream` reads and writes):
+        // a connection costs one file descriptor, which matters for a hub of 10,000.
+        let sock = self.sock;
+        let read_sock = sock.clone();
+        let handle = SocketHandle(sock.clone());
         let tls = self.tls.map(|mut c| {
             // Every writer drains the records it produces at once, so rustls never holds more
             // than one batch; without a limit, `write` always takes a whole frame (which the
@@ -80,7 +58,7 @@ impl Stream {
             tls_output_pending: false,
         };
         let writer = WriteHalf {
-            sock: self.sock,
+            sock,
             tls,
             cipher_out: Vec::new(),
             bytes_reached_socket: false,
@@ -90,10 +68,15 @@ impl Stream {
 }
 
 /// Shuts the shared socket down; safe to call from any thread, any number of times.
-#[derive(Debug)]
-pub(crate) struct SocketHandle(TcpStream);
+#[derive(Debug, Clone)]
+pub(crate) struct SocketHandle(Arc<TcpStream>);
 
 impl SocketHandle {
+    /// A handle on a socket not split yet (a hub connection in its handshake).
+    pub(crate) fn new(sock: Arc<TcpStream>) -> Self {
+        SocketHandle(sock)
+    }
+
     pub(crate) fn shutdown(&self) {
         // ENOTCONN after the peer already closed is expected and harmless.
         let _ = self.0.shutdown(Shutdown::Both);
@@ -102,8 +85,8 @@ impl SocketHandle {
 
 /// The reading half: owned by the reader thread.
 pub(crate) struct ReadHalf {
-    sock: TcpStream,
-    tls: Option<Arc<Mutex<ClientConnection>>>,
+    sock: Arc<TcpStream>,
+    tls: Option<Arc<Mutex<Connection>>>,
     /// Ciphertext read from the socket and not yet given to rustls.
     cipher: Box<[u8]>,
     cipher_pos: usize,
@@ -115,7 +98,7 @@ impl ReadHalf {
     /// Reads plaintext; `Ok(0)` is end of stream.
     pub(crate) fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         let Some(tls) = &self.tls else {
-            return self.sock.read(out);
+            return (&*self.sock).read(out);
         };
         loop {
             {
@@ -137,7 +120,7 @@ impl ReadHalf {
                 }
             }
             // 3. More ciphertext from the socket, without holding the lock.
-            let n = self.sock.read(&mut self.cipher)?;
+            let n = (&*self.sock).read(&mut self.cipher)?;
             self.cipher_pos = 0;
             self.cipher_end = n;
             if n == 0 {
@@ -153,6 +136,12 @@ impl ReadHalf {
         }
     }
 
+    /// Sets how long one read may wait (`None`: forever); a read that waits longer fails with
+    /// `WouldBlock` or `TimedOut` and can be retried.
+    pub(crate) fn set_timeout(&self, timeout: Option<std::time::Duration>) -> io::Result<()> {
+        self.sock.set_read_timeout(timeout)
+    }
+
     /// True once after rustls produced records that must be sent (key update, alert).
     pub(crate) fn take_tls_output_pending(&mut self) -> bool {
         std::mem::take(&mut self.tls_output_pending)
@@ -161,8 +150,8 @@ impl ReadHalf {
 
 /// The writing half, inside the connection's [`Sink`](crate::client::sink::Sink): one writer at a time.
 pub(crate) struct WriteHalf {
-    sock: TcpStream,
-    tls: Option<Arc<Mutex<ClientConnection>>>,
+    sock: Arc<TcpStream>,
+    tls: Option<Arc<Mutex<Connection>>>,
     cipher_out: Vec<u8>,
     bytes_reached_socket: bool,
 }
@@ -179,7 +168,7 @@ pub(crate) enum Direct {
 }
 
 /// `write_all` that records whether the kernel accepted any byte.
-fn write_counted(sock: &mut TcpStream, mut buf: &[u8], wrote: &mut bool) -> io::Result<()> {
+fn write_counted(mut sock: &TcpStream, mut buf: &[u8], wrote: &mut bool) -> io::Result<()> {
     while !buf.is_empty() {
         match sock.write(buf) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -213,7 +202,7 @@ impl WriteHalf {
     fn write_plain(&mut self, plain: &[u8], close_notify: bool) -> io::Result<()> {
         self.bytes_reached_socket = false;
         let Some(tls) = self.tls.clone() else {
-            return write_counted(&mut self.sock, plain, &mut self.bytes_reached_socket);
+            return write_counted(&self.sock, plain, &mut self.bytes_reached_socket);
         };
         let mut rest = plain;
         loop {
@@ -233,7 +222,7 @@ impl WriteHalf {
             }
             if !self.cipher_out.is_empty() {
                 write_counted(
-                    &mut self.sock,
+                    &self.sock,
                     &self.cipher_out,
                     &mut self.bytes_reached_socket,
                 )?;
@@ -248,7 +237,7 @@ impl WriteHalf {
     /// Writes bytes that are already on the wire format (for TLS: ciphertext), blocking.
     pub(crate) fn write_raw_all(&mut self, raw: &[u8]) -> io::Result<()> {
         self.bytes_reached_socket = false;
-        write_counted(&mut self.sock, raw, &mut self.bytes_reached_socket)
+        write_counted(&self.sock, raw, &mut self.bytes_reached_socket)
     }
 
     /// Writes `plain` without ever blocking, for a caller that must not wait on the socket.
@@ -285,7 +274,7 @@ impl WriteHalf {
                 &self.cipher_out
             }
         };
-        let sent = match sys::send_nonblocking(&self.sock, wire) {
+        let sent = match crate::sys::send_nonblocking(&self.sock, wire) {
             Ok(n) => n,
             Err(e) => {
                 if !matches!(
@@ -309,6 +298,22 @@ impl WriteHalf {
         outcome
     }
 
+    /// Sends wire bytes (for TLS: ciphertext) without ever blocking; returns how many the kernel
+    /// took (`WouldBlock` when none fit).
+    pub(crate) fn send_raw_nonblocking(&mut self, raw: &[u8]) -> io::Result<usize> {
+        crate::sys::send_nonblocking(&self.sock, raw)
+    }
+
+    /// Whether the stream is TLS (wire bytes differ from the frames' bytes).
+    pub(crate) fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// The socket, for polling it for room to write.
+    pub(crate) fn socket(&self) -> &TcpStream {
+        &self.sock
+    }
+
     /// Whether the last `write_all` got any byte into the socket.
     pub(crate) fn bytes_reached_socket(&self) -> bool {
         self.bytes_reached_socket
@@ -317,52 +322,6 @@ impl WriteHalf {
     /// Sends whatever TLS records rustls has queued (for example after a key update).
     pub(crate) fn flush_tls(&mut self) -> io::Result<()> {
         self.write_all(&[])
-    }
-}
-
-#[cfg(target_os = "linux")]
-mod sys {
-    use std::io;
-    use std::net::TcpStream;
-    use std::os::fd::AsRawFd;
-
-    const MSG_DONTWAIT: i32 = 0x40;
-    const MSG_NOSIGNAL: i32 = 0x4000;
-
-    unsafe extern "C" {
-        fn send(fd: i32, buf: *const u8, len: usize, flags: i32) -> isize;
-    }
-
-    /// `send(2)` that returns `WouldBlock` instead of waiting (the socket stays blocking for
-    /// everybody else) and never raises `SIGPIPE`.
-    pub(super) fn send_nonblocking(sock: &TcpStream, buf: &[u8]) -> io::Result<usize> {
-        // SAFETY: the descriptor is open for as long as `sock` lives; the buffer is valid for
-        // `buf.len()` bytes, which the kernel only reads.
-        let n = unsafe {
-            send(
-                sock.as_raw_fd(),
-                buf.as_ptr(),
-                buf.len(),
-                MSG_DONTWAIT | MSG_NOSIGNAL,
-            )
-        };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-mod sys {
-    /// No portable per-call non-blocking send: the direct path declines and the writer thread
-    /// writes.
-    pub(super) fn send_nonblocking(
-        _sock: &std::net::TcpStream,
-        _buf: &[u8],
-    ) -> std::io::Result<usize> {
-        Err(std::io::ErrorKind::WouldBlock.into())
     }
 }
 
@@ -376,7 +335,11 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let sock = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (peer, _) = listener.accept().unwrap();
-        let (_read, write, handle) = Stream { sock, tls: None }.split().unwrap();
+        let (_read, write, handle) = Stream {
+            sock: Arc::new(sock),
+            tls: None,
+        }
+        .split().unwrap();
         (write, handle, peer)
     }
 

@@ -4,22 +4,22 @@
 //! `connect_timeout` of it. Addresses are tried in resolver order and the last failure is reported.
 //!
 //! The deadline is absolute: every socket read and write of the TLS handshake and the HTTP
-//! upgrade is armed with what is left of it ([`Deadlined`]), so a server that trickles its answer
+//! upgrade is armed with what is left of it ([`Deadlined`](crate::opening::Deadlined)), so a server that trickles its answer
 //! one byte at a time runs out of time like a silent one. (Re-arming a whole timeout per read
 //! would let each byte buy another full timeout.)
 
-use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::{ClientConfig, ClientConnection};
+use rustls::{ClientConfig, ClientConnection, Connection};
 
 use crate::client::target::Target;
 use crate::deadline;
 use crate::error::{Error, Result};
 use crate::handshake::{self, Upgraded};
 use crate::tls::TlsOptions;
+use crate::opening::OpeningIo;
 use crate::transport::Stream;
 
 /// Everything needed to dial one connection.
@@ -56,24 +56,19 @@ impl Dialer {
         let tls = match &self.tls_config {
             Some(config) => {
                 let name = self.tls.server_name(&self.target.host)?;
-                Some(ClientConnection::new(config.clone(), name)?)
+                Some(Connection::Client(ClientConnection::new(
+                    config.clone(),
+                    name,
+                )?))
             }
             None => None,
         };
-        let mut stream = Stream { sock, tls };
-        let mut io = HandshakeIo {
-            sock: Deadlined {
-                sock: &stream.sock,
-                deadline,
-            },
-            tls: stream.tls.as_mut(),
+        let mut stream = Stream {
+            sock: Arc::new(sock),
+            tls,
         };
-        if let Some(conn) = &mut io.tls {
-            while conn.is_handshaking() {
-                conn.complete_io(&mut io.sock)
-                    .map_err(tls_handshake_error)?;
-            }
-        }
+        let mut io = OpeningIo::new(&mut stream, deadline);
+        io.complete_tls_handshake().map_err(tls_handshake_error)?;
         let headers: Vec<(String, String)> =
             self.headers.iter().chain(extra_headers).cloned().collect();
         let upgraded = handshake::upgrade(&mut io, &self.target, &headers, &self.subprotocols)?;
@@ -135,75 +130,3 @@ fn tls_handshake_error(e: std::io::Error) -> Error {
     }
 }
 
-/// The socket during the opening: every read and write first sets the socket's timeout to what
-/// is left of `deadline`, and fails with `TimedOut` once nothing is left.
-struct Deadlined<'a> {
-    sock: &'a TcpStream,
-    deadline: Instant,
-}
-
-impl Deadlined<'_> {
-    fn left(&self) -> io::Result<Duration> {
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "opening handshake deadline passed",
-            ));
-        }
-        Ok(left)
-    }
-}
-
-impl Read for Deadlined<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.sock.set_read_timeout(Some(self.left()?))?;
-        let mut sock = self.sock;
-        sock.read(buf)
-    }
-}
-
-impl Write for Deadlined<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.sock.set_write_timeout(Some(self.left()?))?;
-        let mut sock = self.sock;
-        sock.write(buf)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(()) // A TCP socket has no user-space buffer.
-    }
-}
-
-/// The stream the upgrade runs over: TLS (if any) on top of the deadline-bound socket. The
-/// [`Stream`] itself stays untouched, to be split for the reader and writer afterwards (which
-/// clears the socket timeouts).
-struct HandshakeIo<'a> {
-    sock: Deadlined<'a>,
-    tls: Option<&'a mut ClientConnection>,
-}
-
-impl Read for HandshakeIo<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match &mut self.tls {
-            None => self.sock.read(buf),
-            Some(conn) => rustls::Stream::new(&mut **conn, &mut self.sock).read(buf),
-        }
-    }
-}
-
-impl Write for HandshakeIo<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match &mut self.tls {
-            None => self.sock.write(buf),
-            Some(conn) => rustls::Stream::new(&mut **conn, &mut self.sock).write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match &mut self.tls {
-            None => self.sock.flush(),
-            Some(conn) => rustls::Stream::new(&mut **conn, &mut self.sock).flush(),
-        }
-    }
-}

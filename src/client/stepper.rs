@@ -509,7 +509,10 @@ mod tests {
         let (peer, _) = listener.accept().unwrap();
         peer.set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
-        let stream = crate::transport::Stream { sock, tls: None };
+        let stream = crate::transport::Stream {
+            sock: std::sync::Arc::new(sock),
+            tls: None,
+        };
         let (_read, write, _socket) = stream.split().unwrap();
         let mut sink = Sink::new(write);
         sink.st.data_open = true; // As the writer does on `OpenData`.
