@@ -58,7 +58,9 @@ fn put_header(opcode: u8, len: usize, mask_bit: u8, out: &mut Vec<u8>) {
 
 /// The payload of a close frame: the code and the reason cut to fit (a whole character at a
 /// time), or nothing for `None`. Returns the buffer and the length used.
-pub(crate) fn close_payload(close: Option<(CloseCode, &str)>) -> ([u8; MAX_CONTROL_PAYLOAD], usize) {
+pub(crate) fn close_payload(
+    close: Option<(CloseCode, &str)>,
+) -> ([u8; MAX_CONTROL_PAYLOAD], usize) {
     let mut payload = [0u8; MAX_CONTROL_PAYLOAD];
     let len = match close {
         None => 0,
@@ -188,7 +190,10 @@ impl Decoder {
     /// Decodes the next frame at the start of `buf` (the server's side: frames from a client,
     /// which must be masked). A whole frame's payload is unmasked in place, once: the caller
     /// consumes the frame before decoding again.
-    pub(crate) fn decode_masked<'a>(&'a mut self, buf: &'a mut [u8]) -> Result<Step<'a>, Violation> {
+    pub(crate) fn decode_masked<'a>(
+        &'a mut self,
+        buf: &'a mut [u8],
+    ) -> Result<Step<'a>, Violation> {
         match self.extent(buf, true)? {
             Extent::Need(n) => Ok(Step::Need(n)),
             Extent::Whole(header, header_len, total) => {
@@ -494,7 +499,10 @@ mod tests {
             let mut d = Decoder::new(limits());
             // One byte short: nothing is unmasked yet.
             let mut short = wire[..total - 1].to_vec();
-            assert!(matches!(d.decode_masked(&mut short).unwrap(), Step::Need(_)));
+            assert!(matches!(
+                d.decode_masked(&mut short).unwrap(),
+                Step::Need(_)
+            ));
             match d.decode_masked(&mut wire).unwrap() {
                 Step::Frame(n, Decoded::Data(Data::Binary(p))) => {
                     assert_eq!(n, total);
@@ -504,7 +512,9 @@ mod tests {
             }
             let mut server = Vec::new();
             encode_unmasked(OP_BINARY, &payload, &mut server);
-            let err = Decoder::new(limits()).decode_masked(&mut server).unwrap_err();
+            let err = Decoder::new(limits())
+                .decode_masked(&mut server)
+                .unwrap_err();
             assert_eq!(err.code, CloseCode::PROTOCOL_ERROR);
             match Decoder::new(limits()).decode(&server).unwrap() {
                 Step::Frame(n, Decoded::Data(Data::Binary(p))) => {

@@ -221,11 +221,7 @@ impl WriteHalf {
                 }
             }
             if !self.cipher_out.is_empty() {
-                write_counted(
-                    &self.sock,
-                    &self.cipher_out,
-                    &mut self.bytes_reached_socket,
-                )?;
+                write_counted(&self.sock, &self.cipher_out, &mut self.bytes_reached_socket)?;
                 self.cipher_out.clear();
             }
             if rest.is_empty() {
@@ -339,7 +335,8 @@ mod tests {
             sock: Arc::new(sock),
             tls: None,
         }
-        .split().unwrap();
+        .split()
+        .unwrap();
         (write, handle, peer)
     }
 

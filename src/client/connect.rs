@@ -18,8 +18,8 @@ use crate::client::target::Target;
 use crate::deadline;
 use crate::error::{Error, Result};
 use crate::handshake::{self, Upgraded};
-use crate::tls::TlsOptions;
 use crate::opening::OpeningIo;
+use crate::tls::TlsOptions;
 use crate::transport::Stream;
 
 /// Everything needed to dial one connection.
@@ -129,4 +129,3 @@ fn tls_handshake_error(e: std::io::Error) -> Error {
         other => other,
     }
 }
-

@@ -36,7 +36,11 @@ pub(crate) fn run(hub: Arc<HubShared>, listener: TcpListener, mut woken: UnixStr
         fds.clear();
         fds.push(sys::interest(woken.as_raw_fd(), POLLIN));
         fds.push(sys::interest(listener.as_raw_fd(), POLLIN));
-        fds.extend(refusing.iter().map(|(s, _)| sys::interest(s.as_raw_fd(), POLLIN)));
+        fds.extend(
+            refusing
+                .iter()
+                .map(|(s, _)| sys::interest(s.as_raw_fd(), POLLIN)),
+        );
         let timeout = (!refusing.is_empty()).then_some(Duration::from_millis(100));
         if let Err(e) = sys::poll(&mut fds, timeout) {
             log::error!("acceptor poll failed: {e}");

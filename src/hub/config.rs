@@ -89,7 +89,6 @@ impl Default for HistoryLimits {
 /// # let _ = config;
 /// ```
 #[derive(Debug, Clone)]
-#[non_exhaustive]
 pub struct HubConfig {
     /// Connections at once, open or in their handshake (default 10,000). Past it, new
     /// connections get `503` with `Retry-After` before any upgrade.

@@ -87,7 +87,9 @@ impl Conn {
     /// connection ends when the client answers, or after
     /// [`close_timeout`](super::HubConfig::close_timeout).
     pub fn close(&self, code: CloseCode, reason: &str) {
-        self.shared.hub.begin_close(&self.shared, code, reason, false);
+        self.shared
+            .hub
+            .begin_close(&self.shared, code, reason, false);
     }
 
     /// The rooms this connection is in.

@@ -12,9 +12,9 @@
 //! of connections that ended.
 
 use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering::Acquire;
 use std::time::{Duration, Instant};
 

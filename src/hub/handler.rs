@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use crate::client::event::Initiator;
 use crate::frame::{CloseCode, Data};
+use crate::hub::broker::Publication;
 use crate::hub::conn::Conn;
 use crate::hub::message::Message;
-use crate::hub::broker::Publication;
 
 /// The application's side of the hub.
 ///
@@ -222,10 +222,7 @@ impl Response {
     pub fn new(status: u16, body: impl Into<Vec<u8>>) -> Response {
         Response {
             status,
-            headers: vec![(
-                "Content-Type".into(),
-                "text/plain; charset=utf-8".into(),
-            )],
+            headers: vec![("Content-Type".into(), "text/plain; charset=utf-8".into())],
             body: body.into(),
         }
     }

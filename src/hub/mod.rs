@@ -332,12 +332,12 @@ impl Hub {
         if let Some(a) = self.acceptor.take() {
             let _ = a.join();
         }
+        let at_start = *hub.running.lock();
         let conns: Vec<_> = hub.conns.lock().values().cloned().collect();
         for conn in &conns {
             hub.begin_close(conn, CloseCode::GOING_AWAY, "server shutting down", false);
         }
         let deadline = deadline::after(started, timeout);
-        let forced_from = *hub.running.lock();
         let left = hub.wait_for_threads(deadline);
         let mut forced = 0;
         if left > 0 {
@@ -346,7 +346,10 @@ impl Hub {
             }
             forced = left;
         }
-        let grace = deadline::after(Instant::now(), hub.config.close_timeout.max(Duration::from_secs(1)));
+        let grace = deadline::after(
+            Instant::now(),
+            hub.config.close_timeout.max(Duration::from_secs(1)),
+        );
         let stuck = hub.wait_for_threads(grace);
         let threads: Vec<_> = hub.threads.lock().drain().collect();
         for (_, (join, _)) in threads {
@@ -360,7 +363,7 @@ impl Hub {
             let _ = f.join();
         }
         let report = DrainReport {
-            ended: forced_from.saturating_sub(forced),
+            ended: at_start.saturating_sub(forced),
             forced: forced - stuck.min(forced),
             stuck,
             took: started.elapsed(),
@@ -603,7 +606,11 @@ impl HubShared {
         }
     }
 
-    pub(crate) fn send_to(&self, conn: &Arc<ConnShared>, message: &Message) -> Result<(), SendError> {
+    pub(crate) fn send_to(
+        &self,
+        conn: &Arc<ConnShared>,
+        message: &Message,
+    ) -> Result<(), SendError> {
         match conn.outbound.send(message) {
             Push::Written => Ok(()),
             Push::Queued => {

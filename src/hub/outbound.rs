@@ -165,7 +165,8 @@ impl Outbound {
             s.data.clear();
         }
         if !s.broken {
-            s.control.push_back(Message::close(code, reason).wire().clone());
+            s.control
+                .push_back(Message::close(code, reason).wire().clone());
             self.flush_locked(&mut s);
         }
         self.report(&mut s);

@@ -21,15 +21,15 @@ use crate::codec::{Decoded, Decoder, Limits, Step};
 use crate::deadline;
 use crate::frame::CloseCode;
 use crate::guard;
-use crate::hub::conn::{Conn, ConnShared};
+use crate::hub::HubShared;
 use crate::hub::config::RatePolicy;
+use crate::hub::conn::{Conn, ConnShared};
 use crate::hub::handler::Disconnect;
 use crate::hub::limits::Slot;
 use crate::hub::message::Message;
 use crate::hub::outbound::Outbound;
 use crate::hub::rate::Bucket;
 use crate::hub::upgrade;
-use crate::hub::HubShared;
 use crate::transport::ReadHalf;
 
 /// The read buffer's size while idle; it grows for a large frame and shrinks back after.
@@ -79,10 +79,20 @@ pub(crate) fn run(
     hub.register(&conn.shared);
     if guard::catch("on_open", || hub.handler.on_open(&conn)).is_err() {
         hub.counters.callback_panics.fetch_add(1, Relaxed);
-        hub.begin_close(&conn.shared, CloseCode::INTERNAL_ERROR, "internal error", false);
+        hub.begin_close(
+            &conn.shared,
+            CloseCode::INTERNAL_ERROR,
+            "internal error",
+            false,
+        );
     }
     if hub.is_stopping() {
-        hub.begin_close(&conn.shared, CloseCode::GOING_AWAY, "server shutting down", false);
+        hub.begin_close(
+            &conn.shared,
+            CloseCode::GOING_AWAY,
+            "server shutting down",
+            false,
+        );
     }
     let end = read_until_closed(&hub, &conn, read, opened.leftover);
     hub.unregister(&conn.shared);
@@ -129,7 +139,12 @@ impl Timers {
 }
 
 /// Reads and handles frames until the connection ends; says how it ended.
-fn read_until_closed(hub: &HubShared, conn: &Conn, mut read: ReadHalf, leftover: Vec<u8>) -> Disconnect {
+fn read_until_closed(
+    hub: &HubShared,
+    conn: &Conn,
+    mut read: ReadHalf,
+    leftover: Vec<u8>,
+) -> Disconnect {
     let config = &hub.config;
     let shared = &conn.shared;
     let now = Instant::now();
@@ -292,7 +307,12 @@ fn check_timers(hub: &HubShared, shared: &Arc<ConnShared>, timers: &mut Timers) 
     let now = Instant::now();
     if let Some(sent) = timers.ping_sent {
         if now.saturating_duration_since(sent) >= timers.pong_timeout {
-            hub.begin_close(shared, CloseCode::INTERNAL_ERROR, "keepalive ping timeout", false);
+            hub.begin_close(
+                shared,
+                CloseCode::INTERNAL_ERROR,
+                "keepalive ping timeout",
+                false,
+            );
             timers.ping_sent = None;
         }
     } else if let Some(interval) = timers.ping_interval {
@@ -334,7 +354,12 @@ fn ended(shared: &ConnShared, what: &str) -> Disconnect {
 }
 
 /// The initiator's code and reason: ours when we closed first, else the client's.
-fn our_or(shared: &ConnShared, initiator: Initiator, code: CloseCode, reason: String) -> Disconnect {
+fn our_or(
+    shared: &ConnShared,
+    initiator: Initiator,
+    code: CloseCode,
+    reason: String,
+) -> Disconnect {
     match (initiator, shared.outbound.our_close()) {
         (Initiator::Local, Some((code, reason))) => Disconnect {
             initiator,

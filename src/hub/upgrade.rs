@@ -91,7 +91,10 @@ pub(crate) fn open(
             }
             Err(e) => {
                 hub.counters.handshake_failures.fetch_add(1, Relaxed);
-                respond(&mut io, &Response::new(400, format!("malformed request: {e}")));
+                respond(
+                    &mut io,
+                    &Response::new(400, format!("malformed request: {e}")),
+                );
                 return None;
             }
         };
@@ -130,7 +133,10 @@ pub(crate) fn open(
             }
             Admission::Accept(identity) => identity,
         };
-        let protocol = choose_protocol(&config.subprotocols, request.header("Sec-WebSocket-Protocol"));
+        let protocol = choose_protocol(
+            &config.subprotocols,
+            request.header("Sec-WebSocket-Protocol"),
+        );
         let key = request.header("Sec-WebSocket-Key").unwrap_or("");
         let mut head = format!(
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n",
@@ -162,9 +168,8 @@ fn is_upgrade(headers: &[httparse::Header<'_>]) -> bool {
     let has_token = |name: &str, token: &str| {
         headers.iter().any(|h| {
             h.name.eq_ignore_ascii_case(name)
-                && std::str::from_utf8(h.value).is_ok_and(|v| {
-                    v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))
-                })
+                && std::str::from_utf8(h.value)
+                    .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
         })
     };
     has_token("Upgrade", "websocket") && has_token("Connection", "upgrade")
@@ -179,8 +184,9 @@ fn check_upgrade(hub: &HubShared, request: &Request<'_>) -> Result<(), Response>
         return Err(Response::new(405, "an upgrade must be a GET").header("Allow", "GET"));
     }
     if request.header("Sec-WebSocket-Version") != Some("13") {
-        return Err(Response::new(426, "WebSocket version 13 only")
-            .header("Sec-WebSocket-Version", "13"));
+        return Err(
+            Response::new(426, "WebSocket version 13 only").header("Sec-WebSocket-Version", "13")
+        );
     }
     // A base64-encoded 16-byte value is 24 characters ending in "==".
     let key_ok = request.header("Sec-WebSocket-Key").is_some_and(|k| {
