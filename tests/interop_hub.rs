@@ -222,10 +222,13 @@ fn chromium_page() {
     assert!(seen.contains(r#""data":"seen:\"hello "#), "{seen}");
 }
 
+/// A test, and whether its peer is there.
+type PeerTest = (&'static str, fn(), Result<(), String>);
+
 fn main() {
     let args = libtest_mimic::Arguments::from_args();
     let python = python_peer::websockets_status().clone();
-    let tests: [(&str, fn(), Result<(), String>); 3] = [
+    let tests: [PeerTest; 3] = [
         (
             "python_websockets_speaks_the_notify_protocol",
             python_protocol,
