@@ -414,37 +414,10 @@ fn the_per_ip_limit_counts_each_address() {
     let (_s, head) = raw_upgrade(hub.local_addr(), "");
     assert!(head.starts_with("HTTP/1.1 503 "), "{head}");
     // From 127.0.0.2: its own count.
-    let sock = connect_from("127.0.0.2", hub.local_addr());
+    let sock = support::connect_from("127.0.0.2", hub.local_addr());
     let (_ws, response) =
         tungstenite::client(format!("ws://{}/ws", hub.local_addr()), sock).unwrap();
     assert_eq!(response.status(), 101);
-}
-
-/// A TCP connection from a chosen local address (bind before connect).
-fn connect_from(local: &str, to: SocketAddr) -> TcpStream {
-    use std::os::fd::FromRawFd;
-    let local: std::net::Ipv4Addr = local.parse().unwrap();
-    let SocketAddr::V4(to) = to else {
-        panic!("IPv4 only")
-    };
-    // SAFETY: plain socket calls on a descriptor this function owns until it is wrapped.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0);
-        let mut sa: libc::sockaddr_in = std::mem::zeroed();
-        sa.sin_family = libc::AF_INET as libc::sa_family_t;
-        sa.sin_addr.s_addr = u32::from(local).to_be();
-        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        assert_eq!(
-            libc::bind(fd, (&raw const sa).cast(), len),
-            0,
-            "bind {local}"
-        );
-        sa.sin_port = to.port().to_be();
-        sa.sin_addr.s_addr = u32::from(*to.ip()).to_be();
-        assert_eq!(libc::connect(fd, (&raw const sa).cast(), len), 0, "connect");
-        TcpStream::from_raw_fd(fd)
-    }
 }
 
 #[test]

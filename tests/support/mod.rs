@@ -433,3 +433,30 @@ pub fn example_bin(name: &str) -> std::path::PathBuf {
     );
     bin
 }
+
+/// A TCP connection from a chosen local address (bind before connect).
+pub fn connect_from(local: &str, to: SocketAddr) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    let local: std::net::Ipv4Addr = local.parse().unwrap();
+    let SocketAddr::V4(to) = to else {
+        panic!("IPv4 only")
+    };
+    // SAFETY: plain socket calls on a descriptor this function owns until it is wrapped.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0);
+        let mut sa: libc::sockaddr_in = std::mem::zeroed();
+        sa.sin_family = libc::AF_INET as libc::sa_family_t;
+        sa.sin_addr.s_addr = u32::from(local).to_be();
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        assert_eq!(
+            libc::bind(fd, (&raw const sa).cast(), len),
+            0,
+            "bind {local}"
+        );
+        sa.sin_port = to.port().to_be();
+        sa.sin_addr.s_addr = u32::from(*to.ip()).to_be();
+        assert_eq!(libc::connect(fd, (&raw const sa).cast(), len), 0, "connect");
+        TcpStream::from_raw_fd(fd)
+    }
+}
