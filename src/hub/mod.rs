@@ -85,6 +85,7 @@ mod rooms;
 mod serve;
 mod upgrade;
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, Write};
@@ -116,6 +117,39 @@ use crate::hub::metrics::Counters;
 use crate::hub::outbound::{Bounds, Push};
 use crate::hub::rooms::Rooms;
 use crate::transport::SocketHandle;
+
+thread_local! {
+    /// The connections whose writes wait for the end of this thread's read batch.
+    static BATCH: RefCell<Option<Vec<Arc<ConnShared>>>> = const { RefCell::new(None) };
+}
+
+/// A bound on the deferred list; past it, writes go out at once.
+const MAX_DEFERRED: usize = 1 << 20;
+
+/// Write batching on a connection's thread: while it handles the messages one `read` brought,
+/// what its callbacks publish or send is queued, and written when the batch ends (before the
+/// thread reads again): a burst of 50 publications to 1,000 members costs 1,000 writes of 50
+/// frames each instead of 50,000 writes. Elsewhere (an application thread), writes go out at
+/// once.
+pub(crate) struct Batch<'a> {
+    hub: &'a HubShared,
+}
+
+impl<'a> Batch<'a> {
+    pub(crate) fn begin(hub: &'a HubShared) -> Self {
+        BATCH.with(|b| *b.borrow_mut() = Some(Vec::new()));
+        Batch { hub }
+    }
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        let deferred = BATCH.with(|b| b.borrow_mut().take()).unwrap_or_default();
+        for conn in &deferred {
+            self.hub.flush(conn);
+        }
+    }
+}
 
 /// Why a message did not reach a connection's socket or queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -419,7 +453,7 @@ impl HubHandle {
             });
         })?;
         for member in &touched {
-            hub.flush(member);
+            hub.flush_or_defer(member);
         }
         hub.counters.publications.fetch_add(1, Relaxed);
         hub.counters.record_fanout(started.elapsed());
@@ -477,7 +511,7 @@ impl HubHandle {
             .map_err(JoinError::Broker)?;
         membership.rooms.insert(name);
         drop(membership);
-        hub.flush(member);
+        hub.flush_or_defer(member);
         joined.ok_or_else(|| JoinError::Broker(BrokerError("the broker did not join".into())))
     }
 
@@ -597,6 +631,21 @@ impl HubShared {
     fn flush(&self, conn: &Arc<ConnShared>) {
         if conn.outbound.flush() {
             self.hand_to_flusher(conn);
+        }
+    }
+
+    /// Flushes now, or at the end of the current read batch when called from a connection's
+    /// thread while it handles what one read brought (see [`Batch`]).
+    fn flush_or_defer(&self, conn: &Arc<ConnShared>) {
+        let deferred = BATCH.with(|b| match &mut *b.borrow_mut() {
+            Some(list) if list.len() < MAX_DEFERRED => {
+                list.push(conn.clone());
+                true
+            }
+            _ => false,
+        });
+        if !deferred {
+            self.flush(conn);
         }
     }
 

@@ -21,7 +21,6 @@ use crate::codec::{Decoded, Decoder, Limits, Step};
 use crate::deadline;
 use crate::frame::CloseCode;
 use crate::guard;
-use crate::hub::HubShared;
 use crate::hub::config::RatePolicy;
 use crate::hub::conn::{Conn, ConnShared};
 use crate::hub::handler::Disconnect;
@@ -30,6 +29,7 @@ use crate::hub::message::Message;
 use crate::hub::outbound::Outbound;
 use crate::hub::rate::Bucket;
 use crate::hub::upgrade;
+use crate::hub::{Batch, HubShared};
 use crate::transport::ReadHalf;
 
 /// The read buffer's size while idle; it grows for a large frame and shrinks back after.
@@ -171,7 +171,8 @@ fn read_until_closed(
     let mut failed = false;
     let mut peer_close: Option<(Initiator, CloseCode, String)> = None;
     loop {
-        // Every whole frame in the buffer.
+        // Every whole frame in the buffer; what the callbacks send goes out when it ends.
+        let batch = Batch::begin(hub);
         while !failed {
             let step = decoder.decode_masked(&mut buf[start..end]);
             let need = match step {
@@ -276,6 +277,7 @@ fn read_until_closed(
             }
             break;
         }
+        drop(batch);
         if let Some((initiator, code, reason)) = peer_close {
             return Disconnect {
                 initiator,
