@@ -1,8 +1,9 @@
 //! # syncws
 //!
-//! A synchronous, thread-per-connection, runtime-free WebSocket client for processes that do not
+//! A synchronous, thread-per-connection, runtime-free WebSocket library for processes that do not
 //! run an async runtime or that pin their threads to cores: trading engines, market-data
-//! handlers, control planes.
+//! handlers, control planes. Two halves share one codec, handshake, TLS and transport:
+//! the [`Client`] (below) and the [`hub`], a server for the processes that publish.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -26,7 +27,7 @@
 //! # Ok::<(), syncws::Error>(())
 //! ```
 //!
-//! ## Shape
+//! ## The client's shape
 //!
 //! Each connection runs three named OS threads joined by bounded crossbeam channels:
 //!
