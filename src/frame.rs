@@ -20,7 +20,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::client::claim::RequestFrame;
 use crate::utf8_bytes::Utf8Bytes;
 
 /// A WebSocket close status code (RFC 6455 §7.4).
@@ -212,26 +211,6 @@ impl PreparedFrame {
     }
 }
 
-/// What travels on the user data lane.
-#[derive(Debug)]
-pub(crate) enum Outbound {
-    Owned(Frame),
-    Prepared(PreparedFrame),
-    /// A `send_and_confirm` frame, in its caller's order among its other frames.
-    Request(Box<RequestFrame>),
-}
-
-impl Outbound {
-    /// `(is_text, payload)` for a data frame; `None` for anything else.
-    pub(crate) fn data(&self) -> Option<(bool, &[u8])> {
-        match self {
-            Outbound::Owned(frame) => frame.data_payload(),
-            Outbound::Prepared(p) => Some((p.text, &p.payload)),
-            Outbound::Request(r) => r.frame.data_payload(),
-        }
-    }
-}
-
 /// A complete inbound data message, borrowed from the reader's buffer.
 ///
 /// Text has already been validated as UTF-8, so the `&str` is free to use.
@@ -251,4 +230,18 @@ impl<'a> Data<'a> {
             Data::Binary(b) => b,
         }
     }
+}
+
+/// Who started the end of a connection (the same for both halves: "local" is this side, the
+/// client or the hub).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Initiator {
+    /// This side: for the client, [`Client::close`](crate::Client::close), shutdown, a protocol
+    /// violation by the peer, or a liveness, acknowledgement or latency failure detected here;
+    /// for the hub, a close, a violation, a slow or rate-limited client, keepalive or shutdown.
+    Local,
+    /// The peer sent the first close frame.
+    Remote,
+    /// Nobody: the TCP connection failed or ended without a close handshake.
+    Transport,
 }

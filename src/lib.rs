@@ -101,7 +101,7 @@ pub use client::Client;
 pub use client::affinity::{Affinity, WaitStrategy};
 pub use client::config::{ClientBuilder, Config, Overflow};
 pub use client::endpoint::{Action, Cause, Endpoint, NoSession, Precheck, Reply};
-pub use client::event::{CloseInfo, Event, Initiator};
+pub use client::event::{CloseInfo, Event};
 pub use client::health::LatencyPolicy;
 pub use client::ingress::{ForwardAll, Ingress, Verdict};
 pub use client::liveness::Keepalive;
@@ -110,7 +110,7 @@ pub use client::stats::Stats;
 pub use client::stepper::Dispatch;
 pub use client::ticket::{DEADLINE_GRACE, Ticket};
 pub use error::{Error, MAX_RETRY_AFTER, Result};
-pub use frame::{CloseCode, CloseFrame, Data, Frame, PreparedFrame};
+pub use frame::{CloseCode, CloseFrame, Data, Frame, Initiator, PreparedFrame};
 pub use tls::certificates_from_pem;
 pub use utf8_bytes::Utf8Bytes;
 

@@ -42,7 +42,7 @@ use crate::client::ticket::Answer;
 use crate::backoff::Reconnect;
 use crate::client::claim::Claim;
 use crate::client::endpoint::{Action, Cause, Endpoint, Reply};
-use crate::client::event::{CloseInfo, Initiator};
+use crate::client::event::CloseInfo;
 use crate::client::health::{ErrorRing, LatencyPolicy, LatencyWatch, RttHistogram};
 use crate::client::liveness::{Due, Keepalive, Liveness};
 use crate::client::requests::{Outcome, RequestOut, Requests, Response, Submission, WaiterId};
@@ -50,6 +50,7 @@ use crate::client::session::{Session, SessionOut};
 use crate::codec::Violation;
 use crate::deadline;
 use crate::error::Error;
+use crate::frame::Initiator;
 use crate::frame::{CloseCode, Data, Frame};
 use crate::guard::{self, Panicked};
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::client::endpoint::Cause;
 use crate::client::requests::Response;
-use crate::frame::{CloseCode, Frame};
+use crate::frame::{CloseCode, Frame, Initiator};
 
 /// One thing that happened on a client.
 ///
@@ -106,18 +106,6 @@ pub enum Event<T> {
         /// When the next attempt starts; `None` if the client gives up.
         reconnect: Option<Duration>,
     },
-}
-
-/// Who started the end of a connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Initiator {
-    /// This client: [`Client::close`](crate::Client::close), shutdown, a protocol violation by
-    /// the peer, or a liveness, acknowledgement or latency failure detected here.
-    Local,
-    /// The server sent the first close frame.
-    Remote,
-    /// Nobody: the TCP connection failed or ended without a close handshake.
-    Transport,
 }
 
 /// How a connection ended.

@@ -24,6 +24,7 @@ use crate::client::doorbell::{Doorbell, Lane};
 use crate::client::endpoint::Precheck;
 use crate::client::event::Event;
 use crate::client::ingress::Ingress;
+use crate::client::lane::Outbound;
 use crate::client::outbox::Outbox;
 use crate::client::reader::{CONTROL_HEADROOM, Outlets, Reader};
 use crate::client::requests::WaiterId;
@@ -33,7 +34,7 @@ use crate::client::stepper::Inbox;
 use crate::client::writer::Writer;
 use crate::codec::{Decoder, Limits};
 use crate::error::{Error, Result};
-use crate::frame::{Frame, Outbound};
+use crate::frame::Frame;
 use crate::read_buffer::ReadBuffer;
 use crate::transport::{Direct, SocketHandle, Stream};
 

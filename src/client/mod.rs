@@ -15,6 +15,7 @@ pub(crate) mod endpoint;
 pub(crate) mod event;
 pub(crate) mod health;
 pub(crate) mod ingress;
+pub(crate) mod lane;
 pub(crate) mod link;
 pub(crate) mod liveness;
 pub(crate) mod masks;
@@ -47,6 +48,7 @@ use crate::client::driver::Driver;
 use crate::client::endpoint::Endpoint;
 use crate::client::event::Event;
 use crate::client::ingress::Ingress;
+use crate::client::lane::Outbound;
 use crate::client::link::{AbortSlot, LinkFactory, spawn};
 use crate::client::outbox::{Encoded, Outbox};
 use crate::client::requests::{ConfirmMode, Outcome, Request, Submission, Undelivered, WaiterId};
@@ -56,7 +58,7 @@ use crate::client::ticket::Ticket;
 use crate::codec::Limits;
 use crate::deadline;
 use crate::error::{Error, Result};
-use crate::frame::{CloseCode, Frame, Outbound, PreparedFrame};
+use crate::frame::{CloseCode, Frame, PreparedFrame};
 
 /// Capacity of the coordinator's input channel (user commands and reader/writer reports).
 const INPUT_QUEUE: usize = 1024;

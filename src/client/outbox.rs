@@ -24,9 +24,9 @@
 //! sender that finds it full waits until the writer has taken it
 //! ([`Room`](crate::client::doorbell::Room), once per batch), or, in `try_send`, queues on the lane.
 
+use crate::client::lane::Outbound;
 use crate::client::masks::Masks;
 use crate::codec;
-use crate::frame::Outbound;
 use crate::sync::{AtomicBool, Mutex, Ordering};
 
 /// Most bytes the outbox holds: two write batches' worth (on a shared core, the more a sender

@@ -17,12 +17,13 @@ use std::time::Instant;
 
 use crate::client::claim::Claim;
 use crate::client::coordinator::Control;
+use crate::client::lane::Outbound;
 use crate::client::masks::Masks;
 use crate::client::requests::WaiterId;
 use crate::client::stats::Counters;
 use crate::codec::{self, OP_PING, OP_PONG};
 use crate::error::Error;
-use crate::frame::{CloseCode, Frame, Outbound};
+use crate::frame::{CloseCode, Frame};
 use crate::transport::{Direct, WriteHalf};
 
 /// Largest request payload written directly; larger ones go through the writer thread (a large

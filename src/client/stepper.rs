@@ -440,10 +440,11 @@ mod tests {
     use crate::client::coordinator::{Control, Settings};
     use crate::client::doorbell::Doorbell;
     use crate::client::doorbell::Lane;
+    use crate::client::lane::Outbound;
     use crate::client::requests::{ConfirmMode, Request, Response, Submission};
     use crate::client::sink::Sink;
     use crate::client::ticket::Ticket;
-    use crate::frame::{Frame, Outbound};
+    use crate::frame::Frame;
     use crate::transport::Direct;
     use crate::{Data, Endpoint, Keepalive, Reply};
     use std::sync::atomic::AtomicBool;

@@ -27,13 +27,14 @@ use crate::client::affinity::WaitStrategy;
 use crate::client::claim::{Claim, Take};
 use crate::client::coordinator::{Control, Input, LinkEvent};
 use crate::client::doorbell::Doorbell;
+use crate::client::lane::Outbound;
 use crate::client::outbox::{Outbox, Taking};
 use crate::client::requests::WaiterId;
 use crate::client::sink::Sink;
 use crate::client::stats::Counters;
 use crate::client::stepper::Inbox;
 use crate::error::Error;
-use crate::frame::{Frame, Outbound};
+use crate::frame::Frame;
 
 /// Target size of one write batch: what the writer takes off the lanes for one write (the
 /// outbox's bytes, at most [`OUTBOX_BYTES`](crate::client::outbox::OUTBOX_BYTES), come on top).

@@ -1,6 +1,7 @@
 //! [`Conn`]: one accepted WebSocket connection, as the application sees it.
 
 use std::any::Any;
+use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,12 +9,25 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::frame::CloseCode;
-use crate::hub::handler::Identity;
 use crate::hub::message::Message;
 use crate::hub::outbound::Outbound;
-use crate::hub::rooms::Membership;
 use crate::hub::{HubHandle, HubShared, SendError};
 use crate::transport::SocketHandle;
+
+/// Who a connection is, fixed at admission.
+#[derive(Debug, Default, Clone)]
+pub struct Identity {
+    pub(crate) user: Option<Arc<str>>,
+    pub(crate) data: Option<Arc<dyn Any + Send + Sync>>,
+}
+
+/// A connection's own record of its rooms.
+#[derive(Default)]
+pub(crate) struct Membership {
+    /// The connection ended: it may join nothing more.
+    pub gone: bool,
+    pub rooms: HashSet<Arc<str>>,
+}
 
 /// What the hub keeps for each open connection.
 pub(crate) struct ConnShared {

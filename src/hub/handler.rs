@@ -9,10 +9,10 @@ use std::any::Any;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::client::event::Initiator;
+use crate::frame::Initiator;
 use crate::frame::{CloseCode, Data};
 use crate::hub::broker::Publication;
-use crate::hub::conn::Conn;
+use crate::hub::conn::{Conn, Identity};
 use crate::hub::message::Message;
 
 /// The application's side of the hub.
@@ -197,13 +197,6 @@ impl Admission {
             other => other,
         }
     }
-}
-
-/// Who a connection is, fixed at admission.
-#[derive(Debug, Default, Clone)]
-pub struct Identity {
-    pub(crate) user: Option<Arc<str>>,
-    pub(crate) data: Option<Arc<dyn Any + Send + Sync>>,
 }
 
 /// An HTTP response sent instead of an upgrade.

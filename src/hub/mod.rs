@@ -102,8 +102,8 @@ use parking_lot::{Condvar, Mutex};
 
 pub use broker::{Broker, BrokerError, MemoryBroker, Position, Publication, Recovery};
 pub use config::{HistoryLimits, HubConfig, RateLimit, RatePolicy, SLOW_CLOSE, SlowPolicy};
-pub use conn::Conn;
-pub use handler::{Admission, Disconnect, Handler, Identity, Request, Response};
+pub use conn::{Conn, Identity};
+pub use handler::{Admission, Disconnect, Handler, Request, Response};
 pub use message::Message;
 pub use metrics::Metrics;
 

@@ -6,7 +6,7 @@
 //! that a join racing the connection's end cannot leave a dead member: once the connection is
 //! marked gone, joins fail, and its departure removes it from every room it recorded.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -14,14 +14,6 @@ use parking_lot::Mutex;
 
 use crate::hub::conn::ConnShared;
 use crate::hub::metrics::Counters;
-
-/// A connection's own record of its rooms.
-#[derive(Default)]
-pub(crate) struct Membership {
-    /// The connection ended: it may join nothing more.
-    pub gone: bool,
-    pub rooms: HashSet<Arc<str>>,
-}
 
 /// Every room with at least one member on this hub.
 pub(crate) struct Rooms {

@@ -16,10 +16,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use crate::client::event::Initiator;
 use crate::codec::{Decoded, Decoder, Limits, Step};
 use crate::deadline;
 use crate::frame::CloseCode;
+use crate::frame::Initiator;
 use crate::guard;
 use crate::hub::config::RatePolicy;
 use crate::hub::conn::{Conn, ConnShared};

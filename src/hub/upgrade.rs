@@ -18,7 +18,8 @@ use tungstenite::handshake::derive_accept_key;
 use crate::guard;
 use crate::handshake::check_header;
 use crate::hub::HubShared;
-use crate::hub::handler::{Admission, Identity, Request, Response};
+use crate::hub::conn::Identity;
+use crate::hub::handler::{Admission, Request, Response};
 use crate::opening::OpeningIo;
 use crate::transport::Stream;
 
