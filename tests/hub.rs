@@ -711,3 +711,93 @@ fn the_syncws_client_talks_to_the_hub_over_tls() {
     assert_eq!(got, syncws::Frame::text("over tls"));
     client.shutdown(WAIT);
 }
+
+#[test]
+fn origin_allow_list_head_limit_and_subprotocol_choice() {
+    let (hub, _seen) = start(HubConfig {
+        allowed_origins: Some(vec!["https://app.example".into()]),
+        subprotocols: vec!["v2.feed".into(), "v1.feed".into()],
+        max_request_head: 1024,
+        ..quiet()
+    });
+    let (_s, head) = raw_upgrade(hub.local_addr(), "Origin: https://evil.example\r\n");
+    assert!(head.starts_with("HTTP/1.1 403 "), "{head}");
+    let (_s, head) = raw_upgrade(hub.local_addr(), "");
+    assert!(head.starts_with("HTTP/1.1 403 "), "no Origin: {head}");
+    let (_s, head) = raw_upgrade(
+        hub.local_addr(),
+        "Origin: https://app.example\r\nSec-WebSocket-Protocol: v1.feed, v2.feed\r\n",
+    );
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    assert!(
+        head.contains("Sec-WebSocket-Protocol: v2.feed\r\n"),
+        "{head}"
+    );
+    let big = format!(
+        "Origin: https://app.example\r\nX-Pad: {}\r\n",
+        "p".repeat(2000)
+    );
+    let (_s, head) = raw_upgrade(hub.local_addr(), &big);
+    assert!(head.starts_with("HTTP/1.1 431 "), "{head}");
+    let (_s, head) = raw_upgrade(
+        hub.local_addr(),
+        "Origin: https://app.example\r\nSec-WebSocket-Version: 8\r\n",
+    );
+    // Two version headers: the first (13) is what counts; a lone wrong version gets 426.
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    let mut sock = TcpStream::connect(hub.local_addr()).unwrap();
+    sock.set_read_timeout(Some(WAIT)).unwrap();
+    sock.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nOrigin: https://app.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n").unwrap();
+    let head = read_head(&mut sock);
+    assert!(head.starts_with("HTTP/1.1 426 "), "{head}");
+    assert!(head.contains("Sec-WebSocket-Version: 13\r\n"), "{head}");
+}
+
+#[test]
+fn an_idle_connection_is_closed_and_pongs_do_not_count_as_data() {
+    let (hub, seen) = start(HubConfig {
+        idle_timeout: Some(Duration::from_millis(300)),
+        ..quiet()
+    });
+    let (mut sock, _) = raw_upgrade(hub.local_addr(), "");
+    let started = Instant::now();
+    // Unsolicited pongs keep the socket busy but are not data.
+    while started.elapsed() < Duration::from_millis(150) {
+        sock.write_all(&client_frame(0x8A, b"", true)).unwrap();
+        std::thread::sleep(Duration::from_millis(20)); // the client's own pacing
+    }
+    assert_eq!(raw_close_code(&mut sock), 1001);
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(290), "{took:?}");
+    let Seen::Close(_, d) = next_seen(&seen, |s| matches!(s, Seen::Close(..))) else {
+        unreachable!()
+    };
+    assert_eq!(
+        (d.initiator, d.reason.as_str()),
+        (Initiator::Local, "idle timeout")
+    );
+}
+
+#[test]
+fn send_to_user_reaches_each_of_its_connections() {
+    let (hub, seen) = start(quiet());
+    let mut a1 = ws(hub.local_addr(), "/ws?user=ann");
+    let mut a2 = ws(hub.local_addr(), "/ws?user=ann");
+    let mut b = ws(hub.local_addr(), "/ws?user=ben");
+    for c in [&mut a1, &mut a2, &mut b] {
+        c.send(tungstenite::Message::text("hi")).unwrap();
+        assert_eq!(read_text(c), "hi");
+    }
+    let _ = seen;
+    assert_eq!(hub.user_conns("ann").len(), 2);
+    assert_eq!(hub.send_to_user("ann", &Message::text("for ann")), 2);
+    assert_eq!(read_text(&mut a1), "for ann");
+    assert_eq!(read_text(&mut a2), "for ann");
+    b.send(tungstenite::Message::text("still me")).unwrap();
+    assert_eq!(read_text(&mut b), "still me", "ben got nothing else");
+    drop(a1);
+    wait_until("ann to have one connection", WAIT, || {
+        (hub.user_conns("ann").len() == 1).then_some(())
+    });
+    assert_eq!(hub.send_to_user("nobody", &Message::text("x")), 0);
+}
