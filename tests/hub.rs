@@ -264,6 +264,8 @@ fn echo_and_lifecycle_callbacks_run_once_each() {
     wait_until("the connection to be gone", WAIT, || {
         (hub.metrics().open == 0 && hub.conn(id).is_none()).then_some(())
     });
+    let m = hub.metrics();
+    assert_eq!((m.closing, m.closed, m.accepted), (0, 1, 1), "{m:?}");
     let report = hub.shutdown(WAIT);
     assert_eq!(report.stuck, 0);
     // No second on_close.

@@ -233,7 +233,7 @@ fn read_until_closed(
                             let initiator = if shared.outbound.our_close().is_some() {
                                 Initiator::Local
                             } else {
-                                shared.outbound.close(code, &reason, false);
+                                hub.begin_close(shared, code, &reason, false);
                                 Initiator::Remote
                             };
                             peer_close = Some((initiator, code, reason));
