@@ -4,7 +4,9 @@
 //!    bursts of 50; deliveries per second (each message counts once per subscriber that got it);
 //! 2. **fan-out latency**: the same, one message every 10 ms; publish→receive p50 / p99 over
 //!    every delivery (the send time travels in the payload);
-//! 3. **idle memory** (syncws only): `N` idle upgraded connections from a child process; the
+//! 3. **slow clients**: one more round of 1. and 2. with 10 extra subscribers that never read;
+//!    the healthy subscribers' figures beside each server's clean median;
+//! 4. **idle memory** (syncws only): `N` idle upgraded connections from a child process; the
 //!    hub process's RSS and the kernel's thread stacks and slab grow by how much per connection.
 //!
 //! Rounds alternate the order of the two servers; a ratio is the median of per-round ratios.
@@ -34,6 +36,8 @@ use load::{Publisher, Subscribers};
 const SUBSCRIBERS: usize = 1000;
 const SIZE: usize = 64;
 const BURST: usize = 50;
+/// Subscribers that never read, in the slow-client round.
+const STUCK: usize = 10;
 
 struct Plan {
     rounds: usize,
@@ -241,6 +245,26 @@ fn main() {
     };
     let rate_ratio = ratio(&|f| f.rate);
     let p99_ratio = ratio(&|f| f.p99_us);
+    // Slow clients must not slow the others: the same measure with 10 more subscribers that
+    // never read (their queues fill; syncws closes them with 4008, tokio's broadcast makes
+    // them lag).
+    println!("# with {STUCK} more subscribers that never read (one round)");
+    for (i, (name, addr)) in targets.iter().enumerate() {
+        let stuck: Vec<_> = (0..STUCK)
+            .map(|_| load::open(*addr, Some("sub")).expect("stuck subscriber"))
+            .collect();
+        let (subs, publisher) = &mut loads[i];
+        let f = measure(subs, publisher, &plan);
+        let clean = stats::median(&figures[i].iter().map(|f| f.rate).collect::<Vec<_>>());
+        println!(
+            "  {name:<8} {:>12.0} deliveries/s ({:.2} of its clean median)   p50 {:.0} us   p99 {:.0} us",
+            f.rate,
+            f.rate / clean,
+            f.p50_us,
+            f.p99_us
+        );
+        drop(stuck);
+    }
     drop(loads);
     hub.shutdown(Duration::from_secs(5));
     println!("RATIO hub_fanout_msgs_per_s_1000 {mode} {rate_ratio:.2}");
