@@ -10,13 +10,10 @@
 mod python_peer;
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-use support::example_bin;
 
 /// Bound on a peer's whole run.
 const PEER_RUN: Duration = Duration::from_secs(60);
@@ -29,22 +26,7 @@ struct NotifyServer {
 
 impl NotifyServer {
     fn start() -> NotifyServer {
-        let mut child = Command::new(example_bin("notify_server"))
-            .args(["--port", "0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("notify_server starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .strip_prefix("listening on ws://127.0.0.1:")
-            .and_then(|rest| rest.strip_suffix("/ws"))
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        let (child, port) = support::start_example_server("notify_server", &[]);
         NotifyServer { child, port }
     }
 

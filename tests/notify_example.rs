@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,24 +20,7 @@ struct Server {
 
 impl Server {
     fn start(args: &[&str]) -> Server {
-        let mut child = Command::new(example_bin("notify_server"))
-            .args(["--port", "0"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.strip_suffix("/ws"))
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("first line {line:?}"));
+        let (child, port) = support::start_example_server("notify_server", args);
         Server { child, port }
     }
 
@@ -285,38 +268,12 @@ fn notify_client_recovers_across_dropped_connections_with_no_gap() {
         if n % 10 == 0 {
             // Let the client catch up between bursts (it reads its own lines).
             while offsets.len() < n - 5 && offsets.len() < 55 {
-                let line = next_line("messages");
-                if let Some(rest) = line.strip_prefix("message channel=feed ") {
-                    let offset: usize = rest
-                        .split_whitespace()
-                        .find_map(|kv| kv.strip_prefix("offset="))
-                        .unwrap()
-                        .parse()
-                        .unwrap();
-                    offsets.push(offset);
-                }
-                assert!(
-                    !line.starts_with("gap") && !line.starts_with("history-lost"),
-                    "{line}"
-                );
+                take_offset(&next_line("messages"), &mut offsets);
             }
         }
     }
     while offsets.len() < 60 {
-        let line = next_line("the rest of the messages");
-        assert!(
-            !line.starts_with("gap") && !line.starts_with("history-lost"),
-            "{line}"
-        );
-        if let Some(rest) = line.strip_prefix("message channel=feed ") {
-            let offset: usize = rest
-                .split_whitespace()
-                .find_map(|kv| kv.strip_prefix("offset="))
-                .unwrap()
-                .parse()
-                .unwrap();
-            offsets.push(offset);
-        }
+        take_offset(&next_line("the rest of the messages"), &mut offsets);
     }
     assert_eq!(offsets, (1..=60).collect::<Vec<_>>());
     let status = wait_until("notify_client to exit", WAIT, || child.try_wait().unwrap());
@@ -327,4 +284,21 @@ fn notify_client_recovers_across_dropped_connections_with_no_gap() {
         .count();
     assert!(recovered >= 1, "no recovered re-subscription: {seen:?}");
     assert!(proxy.accepted() >= 2, "the connection was never dropped");
+}
+
+/// Checks one line of `notify_client` (never a gap or lost history) and keeps a message's
+/// offset.
+fn take_offset(line: &str, offsets: &mut Vec<usize>) {
+    assert!(
+        !line.starts_with("gap") && !line.starts_with("history-lost"),
+        "{line}"
+    );
+    if let Some(rest) = line.strip_prefix("message channel=feed ") {
+        let offset = rest
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("offset="))
+            .and_then(|o| o.parse().ok())
+            .unwrap_or_else(|| panic!("no offset in {line:?}"));
+        offsets.push(offset);
+    }
 }

@@ -460,3 +460,26 @@ pub fn connect_from(local: &str, to: SocketAddr) -> TcpStream {
         TcpStream::from_raw_fd(fd)
     }
 }
+
+/// Starts example `name` with `--port 0` and `args`; returns the child and the port from its
+/// first line (`listening on ws://127.0.0.1:PORT/...`).
+pub fn start_example_server(name: &str, args: &[&str]) -> (std::process::Child, u16) {
+    let mut child = std::process::Command::new(example_bin(name))
+        .args(["--port", "0"])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{name} does not start: {e}"));
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .trim()
+        .strip_prefix("listening on ws://127.0.0.1:")
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{name}: unexpected first line {line:?}"));
+    (child, port)
+}
