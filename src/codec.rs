@@ -175,6 +175,16 @@ impl Decoder {
         }
     }
 
+    /// Gives back the reassembly buffer when it grew past `keep` bytes and no fragmented
+    /// message is in progress (a connection that once got a large fragmented message does not
+    /// keep its size for life).
+    pub(crate) fn release_memory(&mut self, keep: usize) {
+        if self.partial_opcode.is_none() && self.partial.capacity() > keep {
+            self.partial = Vec::new();
+            self.partial_delivered = false;
+        }
+    }
+
     /// Decodes the next frame at the start of `buf` (the client's side: frames from a server,
     /// which must not be masked).
     ///

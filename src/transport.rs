@@ -77,6 +77,11 @@ impl SocketHandle {
         SocketHandle(sock)
     }
 
+    /// Ends our sending side (a FIN), keeping the receiving side open.
+    pub(crate) fn shutdown_write(&self) {
+        let _ = self.0.shutdown(Shutdown::Write);
+    }
+
     pub(crate) fn shutdown(&self) {
         // ENOTCONN after the peer already closed is expected and harmless.
         let _ = self.0.shutdown(Shutdown::Both);
@@ -298,6 +303,20 @@ impl WriteHalf {
     /// took (`WouldBlock` when none fit).
     pub(crate) fn send_raw_nonblocking(&mut self, raw: &[u8]) -> io::Result<usize> {
         crate::sys::send_nonblocking(&self.sock, raw)
+    }
+
+    /// Ends our side of the TLS stream: appends the `close_notify` alert's record to `spill`
+    /// (nothing on plain TCP). Nothing may be written after it.
+    pub(crate) fn queue_close_notify(&mut self, spill: &mut Vec<u8>) {
+        if let Some(tls) = &self.tls {
+            let mut conn = tls.lock();
+            conn.send_close_notify();
+            while conn.wants_write() {
+                if conn.write_tls(spill).is_err() {
+                    break;
+                }
+            }
+        }
     }
 
     /// Whether the stream is TLS (wire bytes differ from the frames' bytes).

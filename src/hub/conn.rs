@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use parking_lot::Mutex;
 
@@ -21,14 +22,6 @@ pub struct Identity {
     pub(crate) data: Option<Arc<dyn Any + Send + Sync>>,
 }
 
-/// A connection's own record of its rooms.
-#[derive(Default)]
-pub(crate) struct Membership {
-    /// The connection ended: it may join nothing more.
-    pub gone: bool,
-    pub rooms: HashSet<Arc<str>>,
-}
-
 /// What the hub keeps for each open connection.
 pub(crate) struct ConnShared {
     pub id: u64,
@@ -38,7 +31,13 @@ pub(crate) struct ConnShared {
     pub identity: Identity,
     pub outbound: Outbound,
     pub socket: SocketHandle,
-    pub membership: Mutex<Membership>,
+    /// Held across a whole join, leave or the end's departure from every room: a join racing
+    /// the connection's end cannot leave a dead member. Never taken by a read of `rooms`.
+    pub joining: Mutex<()>,
+    /// The rooms this connection is in (changed under `joining`).
+    pub rooms: Mutex<HashSet<Arc<str>>>,
+    /// The connection ended: it may join nothing more, and the flusher leaves it alone.
+    pub gone: AtomicBool,
     pub hub: Arc<HubShared>,
 }
 
@@ -108,8 +107,8 @@ impl Conn {
 
     /// The rooms this connection is in.
     pub fn rooms(&self) -> Vec<String> {
-        let m = self.shared.membership.lock();
-        m.rooms.iter().map(|r| r.to_string()).collect()
+        let rooms = self.shared.rooms.lock();
+        rooms.iter().map(|r| r.to_string()).collect()
     }
 
     /// The hub the connection belongs to.

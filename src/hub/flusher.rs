@@ -112,7 +112,7 @@ pub(crate) fn run(hub: Arc<HubShared>, jobs: Receiver<Job>, mut woken: UnixStrea
             if *at > now {
                 return true;
             }
-            if !conn.membership.lock().gone {
+            if !conn.gone.load(Acquire) {
                 log::debug!("connection {}: close handshake timed out", conn.id);
                 conn.socket.shutdown();
             }

@@ -85,14 +85,14 @@ mod rooms;
 mod serve;
 mod upgrade;
 
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -119,36 +119,17 @@ use crate::hub::rooms::Rooms;
 use crate::transport::SocketHandle;
 
 thread_local! {
-    /// The connections whose writes wait for the end of this thread's read batch.
-    static BATCH: RefCell<Option<Vec<Arc<ConnShared>>>> = const { RefCell::new(None) };
+    /// Set on the hub's connection threads (see [`mark_connection_thread`]).
+    static CONNECTION_THREAD: Cell<bool> = const { Cell::new(false) };
 }
 
-/// A bound on the deferred list; past it, writes go out at once.
-const MAX_DEFERRED: usize = 1 << 20;
-
-/// Write batching on a connection's thread: while it handles the messages one `read` brought,
-/// what its callbacks publish or send is queued, and written when the batch ends (before the
-/// thread reads again): a burst of 50 publications to 1,000 members costs 1,000 writes of 50
-/// frames each instead of 50,000 writes. Elsewhere (an application thread), writes go out at
-/// once.
-pub(crate) struct Batch<'a> {
-    hub: &'a HubShared,
-}
-
-impl<'a> Batch<'a> {
-    pub(crate) fn begin(hub: &'a HubShared) -> Self {
-        BATCH.with(|b| *b.borrow_mut() = Some(Vec::new()));
-        Batch { hub }
-    }
-}
-
-impl Drop for Batch<'_> {
-    fn drop(&mut self) {
-        let deferred = BATCH.with(|b| b.borrow_mut().take()).unwrap_or_default();
-        for conn in &deferred {
-            self.hub.flush(conn);
-        }
-    }
+/// Marks the calling thread as one of the hub's connection threads: a `publish` made on it (from
+/// a callback) queues for every member and leaves the writing to the flusher, so the callback
+/// returns at once and a callback that then blocks holds nobody's delivery back; several
+/// publications queued before the flusher comes round go out in one write per member.
+/// Elsewhere (an application thread) a `publish` writes to every member itself, at once.
+pub(crate) fn mark_connection_thread() {
+    CONNECTION_THREAD.with(|c| c.set(true));
 }
 
 /// Why a message did not reach a connection's socket or queue.
@@ -452,8 +433,13 @@ impl HubHandle {
                 }
             });
         })?;
+        let on_connection_thread = CONNECTION_THREAD.with(Cell::get);
         for member in &touched {
-            hub.flush_or_defer(member);
+            if on_connection_thread {
+                hub.hand_to_flusher(member);
+            } else {
+                hub.flush(member);
+            }
         }
         hub.counters.publications.fetch_add(1, Relaxed);
         hub.counters.record_fanout(started.elapsed());
@@ -480,11 +466,11 @@ impl HubHandle {
                 return Err(JoinError::NotAuthorized);
             }
         }
-        let mut membership = member.membership.lock();
-        if membership.gone {
+        let _joining = member.joining.lock();
+        if member.gone.load(Acquire) {
             return Err(JoinError::Closed);
         }
-        if membership.rooms.contains(room) {
+        if member.rooms.lock().contains(room) {
             return Err(JoinError::AlreadyMember);
         }
         let name: Arc<str> = Arc::from(room);
@@ -492,33 +478,40 @@ impl HubHandle {
         let mut joined = None;
         hub.broker
             .subscribe(room, since, &mut |recovery| {
-                let j = Joined {
+                let mut j = Joined {
                     position: recovery.position.clone(),
                     recovered: recovery.recovered,
                     replayed: recovery.missed.len(),
                 };
-                if let Some(first) = preamble.take().and_then(|p| p(&j)) {
-                    hub.push_or_slow(member, &first);
+                let first = preamble
+                    .take()
+                    .and_then(|p| guard::catch("join preamble", || p(&j)).ok().flatten());
+                if let Some(first) = first {
+                    member.outbound.push_unbounded(&first);
                 }
+                // The replay ignores the queue's bounds (history bounds it): cutting it would
+                // break the promise of no gap. An encoding that panics does break it: say so.
                 for publication in &recovery.missed {
-                    if let Some(m) = hub.encode(publication) {
-                        hub.push_or_slow(member, &m);
+                    match hub.encode(publication) {
+                        Some(m) => {
+                            member.outbound.push_unbounded(&m);
+                        }
+                        None => j.recovered = false,
                     }
                 }
                 hub.rooms.add(&name, member);
                 joined = Some(j);
             })
             .map_err(JoinError::Broker)?;
-        membership.rooms.insert(name);
-        drop(membership);
-        hub.flush_or_defer(member);
+        member.rooms.lock().insert(name);
+        hub.flush(member);
         joined.ok_or_else(|| JoinError::Broker(BrokerError("the broker did not join".into())))
     }
 
     /// Removes `conn` from `room`; false if it was not a member.
     pub fn leave(&self, conn: &Conn, room: &str) -> bool {
-        let mut membership = conn.shared.membership.lock();
-        if !membership.rooms.remove(room) {
+        let _joining = conn.shared.joining.lock();
+        if !conn.shared.rooms.lock().remove(room) {
             return false;
         }
         self.shared.rooms.remove(room, conn.shared.id);
@@ -634,21 +627,6 @@ impl HubShared {
         }
     }
 
-    /// Flushes now, or at the end of the current read batch when called from a connection's
-    /// thread while it handles what one read brought (see [`Batch`]).
-    fn flush_or_defer(&self, conn: &Arc<ConnShared>) {
-        let deferred = BATCH.with(|b| match &mut *b.borrow_mut() {
-            Some(list) if list.len() < MAX_DEFERRED => {
-                list.push(conn.clone());
-                true
-            }
-            _ => false,
-        });
-        if !deferred {
-            self.flush(conn);
-        }
-    }
-
     pub(crate) fn hand_to_flusher(&self, conn: &Arc<ConnShared>) {
         if conn.outbound.needs_flusher() {
             self.flusher.send(Job::Flush(conn.clone()));
@@ -706,16 +684,15 @@ impl HubShared {
 
     /// A connection ended: out of every room and map, once.
     pub(crate) fn unregister(&self, conn: &Arc<ConnShared>) {
-        let rooms = {
-            let mut m = conn.membership.lock();
-            if m.gone {
+        {
+            let _joining = conn.joining.lock();
+            if conn.gone.swap(true, AcqRel) {
                 return;
             }
-            m.gone = true;
-            std::mem::take(&mut m.rooms)
-        };
-        for room in rooms {
-            self.rooms.remove(&room, conn.id);
+            let rooms = std::mem::take(&mut *conn.rooms.lock());
+            for room in rooms {
+                self.rooms.remove(&room, conn.id);
+            }
         }
         self.conns.lock().remove(&conn.id);
         if let Some(user) = &conn.identity.user {

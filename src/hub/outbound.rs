@@ -2,21 +2,27 @@
 //!
 //! Every write to a hub connection is non-blocking, from whichever thread makes it (a publisher,
 //! the connection's own thread answering a ping, the flusher). What the kernel does not take at
-//! once waits here, in order:
+//! once waits here, and goes out in this order:
 //!
 //! 1. `spill`: bytes already committed to the wire (the rest of a frame the kernel took part of,
 //!    or TLS records already encrypted), always first;
-//! 2. `control`: pong, ping and close frames, which never wait behind queued data;
-//! 3. `data`: whole frames, shared [`Message`] buffers, bounded in count and bytes.
+//! 2. the pending pong, then the pending ping: control frames never wait behind queued data. At
+//!    most one of each is pending (a newer pong replaces an unsent one, as RFC 6455 §5.5.3
+//!    allows), so a client that pings and never reads cannot grow the queue;
+//! 3. `data`: whole frames, shared [`Message`] buffers, bounded in count and bytes;
+//! 4. our close frame, once `data` is empty: nothing follows it (RFC 6455 §5.5.1). A close for a
+//!    slow client drops the queued data first, so the close is next.
 //!
 //! A connection with anything waiting is handed to the [flusher](super::flusher), which writes
 //! as the socket drains. The lock here is the connection's own and is never held across a
-//! blocking call: a publisher that finds a connection's socket full queues and moves on.
+//! blocking call, except by [`Outbound::drain`], which the connection's own thread runs once,
+//! when the connection ends.
 
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -24,6 +30,7 @@ use parking_lot::Mutex;
 use crate::frame::CloseCode;
 use crate::hub::message::Message;
 use crate::hub::metrics::Counters;
+use crate::sys::{self, POLLOUT};
 use crate::transport::{Direct, WriteHalf};
 
 /// The most queued data copied into one write when a backlog drains (plain TCP).
@@ -36,9 +43,10 @@ pub(crate) enum Push {
     Written,
     /// Queued (or partly written): the flusher must be told if it does not know already.
     Queued,
-    /// The queue is full (in bytes or in messages): the slow-client policy decides.
+    /// The queue is full (in bytes or in messages) and the socket takes nothing more now: the
+    /// slow-client policy decides.
     Full,
-    /// The connection is closing or broken: nothing more is sent.
+    /// The connection is closing or gone: nothing more is sent.
     Closed,
 }
 
@@ -52,18 +60,39 @@ pub(crate) struct Bounds {
 struct State {
     write: WriteHalf,
     spill: Vec<u8>,
-    control: VecDeque<Bytes>,
+    pong: Option<Bytes>,
+    ping: Option<Bytes>,
     data: VecDeque<Bytes>,
-    /// Bytes in `data`; with `spill`, what counts against `max_bytes`.
+    /// Bytes in `data`.
     data_bytes: usize,
-    /// What this connection last added to the hub's queued-bytes gauge.
-    reported: usize,
+    /// Our close frame, waiting for `data` to empty.
+    close_frame: Option<Bytes>,
     /// The close we sent or queued: after it, no data frame is accepted.
     close: Option<(CloseCode, String)>,
-    /// A write failed: nothing more can go out.
+    /// A write failed, or the connection ended: nothing more can go out.
     broken: bool,
     /// The flusher holds this connection in its set.
     in_flusher: bool,
+    /// What this connection last added to the hub's queued-bytes gauge.
+    reported: usize,
+}
+
+impl State {
+    fn queued_bytes(&self) -> usize {
+        self.data_bytes
+            + self.spill.len()
+            + self.pong.as_ref().map_or(0, Bytes::len)
+            + self.ping.as_ref().map_or(0, Bytes::len)
+            + self.close_frame.as_ref().map_or(0, Bytes::len)
+    }
+
+    fn pending(&self) -> bool {
+        !self.broken && self.queued_bytes() > 0
+    }
+
+    fn idle(&self) -> bool {
+        self.queued_bytes() == 0
+    }
 }
 
 /// A connection's queue and writing half.
@@ -81,13 +110,15 @@ impl Outbound {
             state: Mutex::new(State {
                 write,
                 spill: Vec::new(),
-                control: VecDeque::new(),
+                pong: None,
+                ping: None,
                 data: VecDeque::new(),
                 data_bytes: 0,
-                reported: 0,
+                close_frame: None,
                 close: None,
                 broken: false,
                 in_flusher: false,
+                reported: 0,
             }),
             bounds,
             counters,
@@ -100,10 +131,24 @@ impl Outbound {
     }
 
     /// Queues a data frame without writing (a broadcast queues under the room's order, then
-    /// writes with [`flush`](Self::flush) once the room is released).
+    /// writes once the room is released). A full queue first tries to write what waits, so a
+    /// reader that keeps up is never called slow.
     pub(crate) fn push(&self, message: &Message) -> Push {
         let mut s = self.state.lock();
-        let push = self.push_locked(&mut s, message);
+        let mut push = self.push_locked(&mut s, message, true);
+        if push == Push::Full {
+            self.flush_locked(&mut s);
+            push = self.push_locked(&mut s, message, true);
+        }
+        self.report(&mut s);
+        push
+    }
+
+    /// Queues a data frame whatever the bounds (a recovery's replay, which the history already
+    /// bounds: cutting it would break the promise of no gap).
+    pub(crate) fn push_unbounded(&self, message: &Message) -> Push {
+        let mut s = self.state.lock();
+        let push = self.push_locked(&mut s, message, false);
         self.report(&mut s);
         push
     }
@@ -112,7 +157,12 @@ impl Outbound {
     /// what waits, then as much as the socket takes is written.
     pub(crate) fn send(&self, message: &Message) -> Push {
         let mut s = self.state.lock();
-        let push = match self.push_locked(&mut s, message) {
+        let mut push = self.push_locked(&mut s, message, true);
+        if push == Push::Full {
+            self.flush_locked(&mut s);
+            push = self.push_locked(&mut s, message, true);
+        }
+        let push = match push {
             Push::Queued if self.flush_locked(&mut s) => Push::Queued,
             Push::Queued => Push::Written,
             other => other,
@@ -121,14 +171,17 @@ impl Outbound {
         push
     }
 
-    fn push_locked(&self, s: &mut State, message: &Message) -> Push {
+    fn push_locked(&self, s: &mut State, message: &Message, bounded: bool) -> Push {
         if s.broken || s.close.is_some() {
             return Push::Closed;
         }
         let len = message.wire_len();
-        if s.data.len() >= self.bounds.max_messages
-            || (s.data_bytes + s.spill.len()).saturating_add(len) > self.bounds.max_bytes
-        {
+        // An empty queue takes any one message: a message larger than the byte bound is not a
+        // sign of a slow reader.
+        let over = !s.data.is_empty()
+            && (s.data.len() >= self.bounds.max_messages
+                || (s.data_bytes + s.spill.len()).saturating_add(len) > self.bounds.max_bytes);
+        if bounded && over {
             return Push::Full;
         }
         s.data.push_back(message.wire().clone());
@@ -136,26 +189,34 @@ impl Outbound {
         Push::Queued
     }
 
-    /// Queues a control frame (pong, ping) ahead of queued data and writes what the socket
-    /// takes. Ignored once a close is queued or the connection broke. Returns true if something
-    /// is left for the flusher.
-    pub(crate) fn control(&self, message: &Message) -> bool {
+    /// Queues a pong (replacing an unsent one) ahead of queued data and writes what the socket
+    /// takes. Ignored once a close is queued. Returns true if something is left for the flusher.
+    pub(crate) fn pong(&self, message: &Message) -> bool {
+        self.control(message, |s| &mut s.pong)
+    }
+
+    /// Queues a ping (replacing an unsent one), like [`pong`](Self::pong).
+    pub(crate) fn ping(&self, message: &Message) -> bool {
+        self.control(message, |s| &mut s.ping)
+    }
+
+    fn control(&self, message: &Message, slot: impl Fn(&mut State) -> &mut Option<Bytes>) -> bool {
         let mut s = self.state.lock();
         if s.broken || s.close.is_some() {
             return false;
         }
-        s.control.push_back(message.wire().clone());
+        *slot(&mut s) = Some(message.wire().clone());
         let pending = self.flush_locked(&mut s);
         self.report(&mut s);
         pending
     }
 
-    /// Queues our close frame ahead of queued data (dropping the queued data when `drop_data`,
-    /// as for a slow client, so the close is next on the wire) and writes what the socket takes.
-    /// Returns false if a close was already queued (the first close wins).
+    /// Queues our close frame behind the queued data (or instead of it, when `drop_data`, as for
+    /// a slow client) and writes what the socket takes. Returns false if a close was already
+    /// queued (the first close wins) or the connection is gone.
     pub(crate) fn close(&self, code: CloseCode, reason: &str, drop_data: bool) -> bool {
         let mut s = self.state.lock();
-        if s.close.is_some() {
+        if s.close.is_some() || s.broken {
             return false;
         }
         s.close = Some((code, reason.to_string()));
@@ -164,11 +225,8 @@ impl Outbound {
             s.data_bytes = 0;
             s.data.clear();
         }
-        if !s.broken {
-            s.control
-                .push_back(Message::close(code, reason).wire().clone());
-            self.flush_locked(&mut s);
-        }
+        s.close_frame = Some(Message::close(code, reason).wire().clone());
+        self.flush_locked(&mut s);
         self.report(&mut s);
         true
     }
@@ -190,8 +248,7 @@ impl Outbound {
     /// already; true if the caller must hand it over.
     pub(crate) fn needs_flusher(&self) -> bool {
         let mut s = self.state.lock();
-        let pending = !s.broken && Self::pending(&s);
-        if pending && !s.in_flusher {
+        if s.pending() && !s.in_flusher {
             s.in_flusher = true;
             return true;
         }
@@ -210,7 +267,41 @@ impl Outbound {
         pending
     }
 
-    /// The connection is gone: drops everything queued.
+    /// The connection is ending: writes what waits (our close frame included; under TLS then
+    /// `close_notify`), waiting for the socket until `deadline`, on the calling thread. Returns
+    /// true if everything went out. Only the connection's own thread calls this, once.
+    pub(crate) fn drain(&self, deadline: Instant) -> bool {
+        let mut notified = false;
+        loop {
+            let mut s = self.state.lock();
+            let pending = self.flush_locked(&mut s);
+            self.report(&mut s);
+            if s.broken {
+                return false;
+            }
+            if !pending {
+                if notified || !s.write.is_tls() || s.close_frame.is_some() {
+                    return true;
+                }
+                // Our close frame is out: end the TLS stream too.
+                let st = &mut *s;
+                st.write.queue_close_notify(&mut st.spill);
+                notified = true;
+                continue;
+            }
+            drop(s);
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let mut fds = [sys::interest(self.fd, POLLOUT)];
+            if sys::poll(&mut fds, Some(left)).is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// The connection is gone: drops everything queued; closes are refused from now on.
     pub(crate) fn discard(&self) {
         let mut s = self.state.lock();
         s.broken = true;
@@ -221,13 +312,15 @@ impl Outbound {
     fn clear(s: &mut State) {
         s.data_bytes = 0;
         s.spill.clear();
-        s.control.clear();
+        s.pong = None;
+        s.ping = None;
+        s.close_frame = None;
         s.data.clear();
     }
 
     /// Brings the hub's queued-bytes gauge up to date with this connection's queue.
     fn report(&self, s: &mut State) {
-        let now = s.data_bytes + s.spill.len();
+        let now = s.queued_bytes();
         if now > s.reported {
             self.counters.queued_bytes_add(now - s.reported);
         } else {
@@ -236,13 +329,10 @@ impl Outbound {
         s.reported = now;
     }
 
-    fn pending(s: &State) -> bool {
-        !(s.spill.is_empty() && s.control.is_empty() && s.data.is_empty())
-    }
-
-    /// Writes in order (spill, control, data) until the socket is full or nothing is left.
-    /// Returns true if something is still waiting. A write error breaks the connection: what
-    /// waits is dropped, and the connection's thread notices the dead socket on its next read.
+    /// Writes in order (spill, pong, ping, data, close) until the socket is full or nothing is
+    /// left. Returns true if something is still waiting. A write error breaks the connection:
+    /// what waits is dropped, and the connection's thread notices the dead socket on its next
+    /// read.
     fn flush_locked(&self, s: &mut State) -> bool {
         loop {
             if s.broken {
@@ -260,11 +350,24 @@ impl Outbound {
                     Err(e) => return self.broken(s, &e),
                 }
             }
-            if let Some(frame) = s.control.pop_front() {
-                if !self.write_frame(s, &frame, false) {
-                    s.control.push_front(frame);
-                    return !s.broken;
+            for slot in [0, 1] {
+                let frame = if slot == 0 {
+                    s.pong.take()
+                } else {
+                    s.ping.take()
+                };
+                if let Some(frame) = frame {
+                    if !self.write_frame(s, &frame) {
+                        if slot == 0 {
+                            s.pong = Some(frame);
+                        } else {
+                            s.ping = Some(frame);
+                        }
+                        return !s.broken;
+                    }
                 }
+            }
+            if !s.spill.is_empty() {
                 continue;
             }
             // Several queued frames on plain TCP: one write for the lot.
@@ -279,32 +382,38 @@ impl Outbound {
                 }
                 continue;
             }
-            let Some(frame) = s.data.pop_front() else {
-                return false;
-            };
-            if !self.write_frame(s, &frame, true) {
-                s.data.push_front(frame);
-                return !s.broken;
+            if let Some(frame) = s.data.pop_front() {
+                if !self.write_frame(s, &frame) {
+                    s.data.push_front(frame);
+                    return !s.broken;
+                }
+                s.data_bytes -= frame.len();
+                continue;
             }
+            // Data is empty: our close frame, last.
+            if let Some(frame) = s.close_frame.take() {
+                if !self.write_frame(s, &frame) {
+                    s.close_frame = Some(frame);
+                    return !s.broken;
+                }
+                continue;
+            }
+            return !s.idle();
         }
     }
 
     /// Writes one frame without blocking. True if it is gone (whole, or its rest in `spill`);
     /// false if nothing was taken (the caller puts it back) or the connection broke.
-    fn write_frame(&self, s: &mut State, frame: &Bytes, counted: bool) -> bool {
+    fn write_frame(&self, s: &mut State, frame: &Bytes) -> bool {
         if s.write.is_tls() {
             return match s.write.write_direct(frame, &mut s.spill) {
                 Direct::Declined => false,
-                Direct::Done | Direct::Spilled => {
-                    Self::account_sent(s, frame.len(), counted);
-                    true
-                }
+                Direct::Done | Direct::Spilled => true,
             };
         }
         match s.write.send_raw_nonblocking(frame) {
             Ok(n) => {
                 s.spill.extend_from_slice(&frame[n..]);
-                Self::account_sent(s, frame.len(), counted);
                 true
             }
             Err(e) if would_block(&e) => false,
@@ -312,13 +421,6 @@ impl Outbound {
                 self.broken(s, &e);
                 false
             }
-        }
-    }
-
-    /// A frame left the queue (whole, or with its rest in `spill`).
-    fn account_sent(s: &mut State, len: usize, counted: bool) {
-        if counted {
-            s.data_bytes -= len;
         }
     }
 

@@ -29,11 +29,13 @@ use crate::hub::message::Message;
 use crate::hub::outbound::Outbound;
 use crate::hub::rate::Bucket;
 use crate::hub::upgrade;
-use crate::hub::{Batch, HubShared};
+use crate::hub::{HubShared, mark_connection_thread};
 use crate::transport::ReadHalf;
 
 /// The read buffer's size while idle; it grows for a large frame and shrinks back after.
 const IDLE_BUFFER: usize = 4 * 1024;
+/// How long the end of a connection waits for more input from a client that went quiet.
+const LINGER_QUIET: Duration = Duration::from_millis(100);
 /// A buffer larger than this is given back once empty.
 const KEEP_BUFFER: usize = 64 * 1024;
 
@@ -47,15 +49,20 @@ pub(crate) fn run(
     accepted_at: Instant,
 ) {
     let _running = Running(&hub);
+    mark_connection_thread();
     let deadline = deadline::after(accepted_at, hub.config.handshake_timeout);
     hub.counters.handshaking.fetch_add(1, Relaxed);
+    let socket = sock.clone();
     let opened = upgrade::open(&hub, sock, peer, deadline);
     hub.counters.handshaking.fetch_sub(1, Relaxed);
     slot.handshake_done();
     let Some(opened) = opened else {
+        // Answered (or failed): the client reads the answer, then the end of the stream.
+        let _ = socket.shutdown(std::net::Shutdown::Write);
         return;
     };
-    let (read, write, socket) = match opened.stream.split() {
+    drop(socket);
+    let (mut read, write, socket) = match opened.stream.split() {
         Ok(halves) => halves,
         Err(e) => {
             log::debug!("{peer}: socket split failed: {e}");
@@ -72,7 +79,9 @@ pub(crate) fn run(
             identity: opened.identity,
             outbound,
             socket,
-            membership: Default::default(),
+            joining: Default::default(),
+            rooms: Default::default(),
+            gone: Default::default(),
             hub: hub.clone(),
         }),
     };
@@ -94,10 +103,21 @@ pub(crate) fn run(
             false,
         );
     }
-    let end = read_until_closed(&hub, &conn, read, opened.leftover);
-    hub.unregister(&conn.shared);
-    conn.shared.outbound.discard();
-    conn.shared.socket.shutdown();
+    let mut end = read_until_closed(&hub, &conn, &mut read, opened.leftover);
+    let shared = &conn.shared;
+    // Our close frame (if any) goes out before the socket is shut, within the close timeout;
+    // then the client gets the time left to close its side.
+    if shared.outbound.our_close().is_some() {
+        let by = deadline::after(Instant::now(), hub.config.close_timeout);
+        let written = shared.outbound.drain(by);
+        end.clean &= written;
+        if written {
+            linger(&mut read, shared, by);
+        }
+    }
+    shared.outbound.discard();
+    hub.unregister(shared);
+    shared.socket.shutdown();
     if guard::catch("on_close", || hub.handler.on_close(&conn, &end)).is_err() {
         hub.counters.callback_panics.fetch_add(1, Relaxed);
     }
@@ -142,7 +162,7 @@ impl Timers {
 fn read_until_closed(
     hub: &HubShared,
     conn: &Conn,
-    mut read: ReadHalf,
+    read: &mut ReadHalf,
     leftover: Vec<u8>,
 ) -> Disconnect {
     let config = &hub.config;
@@ -167,13 +187,10 @@ fn read_until_closed(
     let mut buf = leftover;
     let (mut start, mut end) = (0, buf.len());
     buf.resize(buf.len().max(IDLE_BUFFER), 0);
-    // Set once the stream can no longer be decoded (after a violation): read and discard.
-    let mut failed = false;
     let mut peer_close: Option<(Initiator, CloseCode, String)> = None;
     loop {
-        // Every whole frame in the buffer; what the callbacks send goes out when it ends.
-        let batch = Batch::begin(hub);
-        while !failed {
+        // Every whole frame in the buffer.
+        loop {
             let step = decoder.decode_masked(&mut buf[start..end]);
             let need = match step {
                 Ok(Step::Frame(used, decoded)) => {
@@ -218,7 +235,7 @@ fn read_until_closed(
                             }
                         }
                         Decoded::Ping(payload) => {
-                            if shared.outbound.control(&Message::pong(payload)) {
+                            if shared.outbound.pong(&Message::pong(payload)) {
                                 hub.hand_to_flusher(shared);
                             }
                         }
@@ -229,11 +246,11 @@ fn read_until_closed(
                                     (c, r.to_string())
                                 });
                             // Our close already went out: this is the answer. Else answer it
-                            // with the same code.
+                            // with the same code, dropping what data is still queued.
                             let initiator = if shared.outbound.our_close().is_some() {
                                 Initiator::Local
                             } else {
-                                hub.begin_close(shared, code, &reason, false);
+                                hub.begin_close(shared, code, &reason, true);
                                 Initiator::Remote
                             };
                             peer_close = Some((initiator, code, reason));
@@ -254,9 +271,10 @@ fn read_until_closed(
                         violation.code.0
                     );
                     hub.counters.protocol_errors.fetch_add(1, Relaxed);
+                    // The stream cannot be decoded any further: send the close and end (RFC
+                    // 6455 §7.1.7), without waiting for an answer that could not be read.
                     hub.begin_close(shared, violation.code, &violation.reason, false);
-                    failed = true;
-                    break;
+                    return ended(shared, "protocol violation");
                 }
             };
             // Make room for the rest of the frame: move what is unread to the front, and grow
@@ -267,27 +285,26 @@ fn read_until_closed(
                 if buf.len() > KEEP_BUFFER {
                     buf = vec![0; IDLE_BUFFER];
                 }
+                decoder.release_memory(KEEP_BUFFER);
             } else if start + need.max(end - start + 1) > buf.len() || end == buf.len() {
                 buf.copy_within(start..end, 0);
                 end -= start;
                 start = 0;
+                // Grow at most twofold per read, so memory follows the bytes that arrived, not
+                // what a header claims.
                 if need > buf.len() {
-                    buf.resize(need, 0);
+                    let grown = need.min(buf.len().saturating_mul(2));
+                    buf.resize(grown, 0);
                 }
             }
             break;
         }
-        drop(batch);
         if let Some((initiator, code, reason)) = peer_close {
             return Disconnect {
                 initiator,
                 clean: true,
                 ..our_or(shared, initiator, code, reason)
             };
-        }
-        if failed {
-            start = 0;
-            end = 0;
         }
         match read.read(&mut buf[end..]) {
             Ok(0) => return ended(shared, "the connection closed without a close frame"),
@@ -301,6 +318,27 @@ fn read_until_closed(
             Err(e) => return ended(shared, &format!("read failed: {e}")),
         }
         check_timers(hub, shared, &mut timers);
+    }
+}
+
+/// After our close went out: half-closes, then reads and discards what the client still sends
+/// until it closes its side, goes quiet for [`LINGER_QUIET`], or `by`. (Closing a socket with
+/// unread input resets the connection, which can destroy the close frame before the client
+/// reads it; a client that holds its socket open without sending costs only the quiet period.)
+fn linger(read: &mut ReadHalf, shared: &ConnShared, by: Instant) {
+    shared.socket.shutdown_write();
+    let mut sink = [0u8; 1024];
+    loop {
+        let left = by
+            .saturating_duration_since(Instant::now())
+            .min(LINGER_QUIET);
+        if left.is_zero() || read.set_timeout(Some(left)).is_err() {
+            return;
+        }
+        match read.read(&mut sink) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
     }
 }
 
@@ -320,7 +358,7 @@ fn check_timers(hub: &HubShared, shared: &Arc<ConnShared>, timers: &mut Timers) 
     } else if let Some(interval) = timers.ping_interval {
         if now.saturating_duration_since(timers.last_inbound) >= interval {
             timers.ping_sent = Some(now);
-            if shared.outbound.control(&Message::ping(b"syncws")) {
+            if shared.outbound.ping(&Message::ping(b"syncws")) {
                 hub.hand_to_flusher(shared);
             }
         }
