@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, unbounded};
 
-use crate::hub::HubShared;
 use crate::hub::conn::ConnShared;
+use crate::hub::{DeferredList, HubShared};
 use crate::sys::{self, POLLIN, POLLOUT};
 
 /// How often the housekeeping runs.
@@ -29,16 +29,20 @@ const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
 /// What the flusher is asked to do.
 pub(crate) enum Job {
-    /// Write this connection's queue as its socket drains.
-    Flush(Arc<ConnShared>),
+    /// Write these connections' queues as their sockets drain (one job for all the members a
+    /// publication left something queued for: one hand-over and one wake-up per publication).
+    Flush(Vec<Arc<ConnShared>>),
+    /// Write these deferred members at this time, unless the read batch that deferred them
+    /// ended first (and took the list).
+    FlushBy(Instant, DeferredList),
     /// Shut this connection's socket at this time unless its thread ended (a close handshake's
     /// deadline).
     CloseBy(Instant, Arc<ConnShared>),
 }
 
-/// The hub's side of the flusher: a channel and a wake-up. The channel holds at most one
-/// `Flush` per connection (see `needs_flusher`) and one `CloseBy` per close, so its length is
-/// bounded by the number of connections.
+/// The hub's side of the flusher: a channel and a wake-up. A connection is in at most one
+/// `Flush` job at a time (see `needs_flusher`) and one `CloseBy` per close, so what the channel
+/// holds is bounded by the number of connections.
 pub(crate) struct FlusherHandle {
     tx: Sender<Job>,
     wake: UnixStream,
@@ -70,13 +74,20 @@ impl FlusherHandle {
 pub(crate) fn run(hub: Arc<HubShared>, jobs: Receiver<Job>, mut woken: UnixStream) {
     let mut flushing: Vec<Arc<ConnShared>> = Vec::new();
     let mut closing: Vec<(Instant, Arc<ConnShared>)> = Vec::new();
+    let mut overdue: Vec<(Instant, DeferredList)> = Vec::new();
     let mut fds = Vec::new();
     let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
     loop {
         for job in jobs.try_iter() {
             match job {
-                Job::Flush(conn) => flushing.push(conn),
+                // Written at once where the socket has room; polled for the rest.
+                Job::Flush(conns) => flushing.extend(
+                    conns
+                        .into_iter()
+                        .filter(|conn| conn.outbound.flush_for_flusher()),
+                ),
                 Job::CloseBy(at, conn) => closing.push((at, conn)),
+                Job::FlushBy(at, list) => overdue.push((at, list)),
             }
         }
         if hub.stopped.load(Acquire) {
@@ -86,6 +97,7 @@ pub(crate) fn run(hub: Arc<HubShared>, jobs: Receiver<Job>, mut woken: UnixStrea
         let next = closing
             .iter()
             .map(|(at, _)| *at)
+            .chain(overdue.iter().map(|(at, _)| *at))
             .min()
             .unwrap_or(next_housekeeping)
             .min(next_housekeeping);
@@ -108,6 +120,24 @@ pub(crate) fn run(hub: Arc<HubShared>, jobs: Receiver<Job>, mut woken: UnixStrea
             fds[i].revents == 0 || conn.outbound.flush_for_flusher()
         });
         let now = Instant::now();
+        overdue.retain_mut(|(at, list)| {
+            let mut pending = list.lock();
+            if pending.members.is_none() {
+                return false; // the batch ended and wrote them
+            }
+            if pending.due > now {
+                *at = pending.due; // callbacks are still making progress
+                return true;
+            }
+            let members = pending.members.take().unwrap_or_default();
+            drop(pending);
+            for conn in members {
+                if conn.outbound.needs_flusher() && conn.outbound.flush_for_flusher() {
+                    flushing.push(conn);
+                }
+            }
+            false
+        });
         closing.retain(|(at, conn)| {
             if *at > now {
                 return true;

@@ -85,7 +85,7 @@ mod rooms;
 mod serve;
 mod upgrade;
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, Write};
@@ -119,17 +119,77 @@ use crate::hub::rooms::Rooms;
 use crate::transport::SocketHandle;
 
 thread_local! {
-    /// Set on the hub's connection threads (see [`mark_connection_thread`]).
-    static CONNECTION_THREAD: Cell<bool> = const { Cell::new(false) };
+    /// The publications' writes waiting for the end of this connection thread's read batch.
+    static BATCH: RefCell<Option<Deferred>> = const { RefCell::new(None) };
 }
 
-/// Marks the calling thread as one of the hub's connection threads: a `publish` made on it (from
-/// a callback) queues for every member and leaves the writing to the flusher, so the callback
-/// returns at once and a callback that then blocks holds nobody's delivery back; several
-/// publications queued before the flusher comes round go out in one write per member.
-/// Elsewhere (an application thread) a `publish` writes to every member itself, at once.
-pub(crate) fn mark_connection_thread() {
-    CONNECTION_THREAD.with(|c| c.set(true));
+/// How long deferred writes may wait for one callback that does not return before the flusher
+/// writes them instead.
+const BATCH_GRACE: Duration = Duration::from_millis(2);
+
+/// Members whose writes wait for the end of a read batch, shared with the flusher in case the
+/// batch does not end in time: whoever takes `members` writes them.
+pub(crate) struct Pending {
+    /// When the flusher may take the list: [`BATCH_GRACE`] after the latest callback started.
+    pub due: Instant,
+    pub members: Option<Vec<Arc<ConnShared>>>,
+}
+
+pub(crate) type DeferredList = Arc<Mutex<Pending>>;
+
+fn new_list() -> DeferredList {
+    Arc::new(Mutex::new(Pending {
+        due: Instant::now(),
+        members: Some(Vec::new()),
+    }))
+}
+
+struct Deferred {
+    list: DeferredList,
+    armed: bool,
+}
+
+/// Write batching on a connection's thread: while it handles the messages one `read` brought,
+/// the writes of what its callbacks publish are deferred to the end of the batch, so a burst of
+/// 50 publications costs each member one write instead of 50. A callback that blocks cannot hold
+/// them back: the first deferral asks the flusher to write them after [`BATCH_GRACE`] if the
+/// batch has not ended by then. Elsewhere (an application thread) a publication is written at
+/// once.
+pub(crate) struct Batch<'a> {
+    hub: &'a HubShared,
+}
+
+impl<'a> Batch<'a> {
+    pub(crate) fn begin(hub: &'a HubShared) -> Self {
+        BATCH.with(|b| {
+            *b.borrow_mut() = Some(Deferred {
+                list: new_list(),
+                armed: false,
+            })
+        });
+        Batch { hub }
+    }
+}
+
+impl Batch<'_> {
+    /// A callback is about to run: the deferred writes may wait another [`BATCH_GRACE`].
+    pub(crate) fn progress(&self) {
+        BATCH.with(|b| {
+            if let Some(d) = b.borrow().as_ref().filter(|d| d.armed) {
+                d.list.lock().due = deadline::after(Instant::now(), BATCH_GRACE);
+            }
+        });
+    }
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        let deferred = BATCH.with(|b| b.borrow_mut().take());
+        let taken = deferred.and_then(|d| d.list.lock().members.take());
+        for conn in taken.unwrap_or_default() {
+            self.hub.flush(&conn);
+        }
+    }
 }
 
 /// Why a message did not reach a connection's socket or queue.
@@ -433,11 +493,8 @@ impl HubHandle {
                 }
             });
         })?;
-        let on_connection_thread = CONNECTION_THREAD.with(Cell::get);
-        for member in &touched {
-            if on_connection_thread {
-                hub.hand_to_flusher(member);
-            } else {
+        if let Some(rest) = hub.defer(touched) {
+            for member in &rest {
                 hub.flush(member);
             }
         }
@@ -627,9 +684,39 @@ impl HubShared {
         }
     }
 
+    /// Defers the writes of `members` to the end of the current read batch (see [`Batch`]);
+    /// gives them back when there is no batch on this thread.
+    fn defer(&self, members: Vec<Arc<ConnShared>>) -> Option<Vec<Arc<ConnShared>>> {
+        BATCH.with(|b| {
+            let mut b = b.borrow_mut();
+            let Some(batch) = b.as_mut() else {
+                return Some(members);
+            };
+            let mut list = batch.list.lock();
+            if list.members.is_none() {
+                // The flusher took the list (a callback ran past the grace): start another.
+                drop(list);
+                batch.list = new_list();
+                batch.armed = false;
+                list = batch.list.lock();
+            }
+            if let Some(l) = list.members.as_mut() {
+                l.extend(members);
+            }
+            list.due = deadline::after(Instant::now(), BATCH_GRACE);
+            let due = list.due;
+            drop(list);
+            if !batch.armed {
+                batch.armed = true;
+                self.flusher.send(Job::FlushBy(due, batch.list.clone()));
+            }
+            None
+        })
+    }
+
     pub(crate) fn hand_to_flusher(&self, conn: &Arc<ConnShared>) {
         if conn.outbound.needs_flusher() {
-            self.flusher.send(Job::Flush(conn.clone()));
+            self.flusher.send(Job::Flush(vec![conn.clone()]));
         }
     }
 

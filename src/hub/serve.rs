@@ -29,7 +29,7 @@ use crate::hub::message::Message;
 use crate::hub::outbound::Outbound;
 use crate::hub::rate::Bucket;
 use crate::hub::upgrade;
-use crate::hub::{HubShared, mark_connection_thread};
+use crate::hub::{Batch, HubShared};
 use crate::transport::ReadHalf;
 
 /// The read buffer's size while idle; it grows for a large frame and shrinks back after.
@@ -49,7 +49,6 @@ pub(crate) fn run(
     accepted_at: Instant,
 ) {
     let _running = Running(&hub);
-    mark_connection_thread();
     let deadline = deadline::after(accepted_at, hub.config.handshake_timeout);
     hub.counters.handshaking.fetch_add(1, Relaxed);
     let socket = sock.clone();
@@ -189,7 +188,8 @@ fn read_until_closed(
     buf.resize(buf.len().max(IDLE_BUFFER), 0);
     let mut peer_close: Option<(Initiator, CloseCode, String)> = None;
     loop {
-        // Every whole frame in the buffer.
+        // Every whole frame in the buffer; what the callbacks publish is written when it ends.
+        let batch = Batch::begin(hub);
         loop {
             let step = decoder.decode_masked(&mut buf[start..end]);
             let need = match step {
@@ -228,6 +228,7 @@ fn read_until_closed(
                                     continue;
                                 }
                             }
+                            batch.progress();
                             if guard::catch("on_message", || hub.handler.on_message(conn, data))
                                 .is_err()
                             {
@@ -299,6 +300,7 @@ fn read_until_closed(
             }
             break;
         }
+        drop(batch);
         if let Some((initiator, code, reason)) = peer_close {
             return Disconnect {
                 initiator,
