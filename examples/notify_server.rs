@@ -199,7 +199,7 @@ fn subscribe(conn: &Conn, channel: &str, since: Option<&Value>) -> Option<Messag
             format!("already subscribed to {channel}"),
         )),
         Err(JoinError::NotAuthorized) => Some(error("not_authorized", "not allowed")),
-        Err(JoinError::Closed) => None,
+        Err(JoinError::Closed | JoinError::OtherHub) => None,
         Err(e) => Some(error("unavailable", e.to_string())),
     }
 }

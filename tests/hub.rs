@@ -803,3 +803,22 @@ fn send_to_user_reaches_each_of_its_connections() {
     });
     assert_eq!(hub.send_to_user("nobody", &Message::text("x")), 0);
 }
+
+#[test]
+fn a_connection_of_another_hub_cannot_join() {
+    let (a, _seen_a) = start(quiet());
+    let (b, seen_b) = start(quiet());
+    let mut client = ws(b.local_addr(), "/ws");
+    client.send(tungstenite::Message::text("x")).unwrap();
+    assert_eq!(read_text(&mut client), "x");
+    let Seen::Open(id) = next_seen(&seen_b, |s| matches!(s, Seen::Open(_))) else {
+        unreachable!()
+    };
+    let conn = b.conn(id).unwrap();
+    assert_eq!(
+        a.join(&conn, "r", None, |_| None),
+        Err(syncws::hub::JoinError::OtherHub)
+    );
+    assert!(a.members("r").is_empty());
+    assert!(!a.leave(&conn, "r"));
+}

@@ -228,6 +228,8 @@ pub enum JoinError {
     NotAuthorized,
     /// The connection is already a member of the room.
     AlreadyMember,
+    /// The connection belongs to another hub.
+    OtherHub,
     /// The broker failed.
     Broker(BrokerError),
 }
@@ -238,6 +240,7 @@ impl fmt::Display for JoinError {
             JoinError::Closed => f.write_str("the connection is closing or gone"),
             JoinError::NotAuthorized => f.write_str("not authorised to join this room"),
             JoinError::AlreadyMember => f.write_str("already a member of this room"),
+            JoinError::OtherHub => f.write_str("the connection belongs to another hub"),
             JoinError::Broker(e) => e.fmt(f),
         }
     }
@@ -515,6 +518,9 @@ impl HubHandle {
     ) -> Result<Joined, JoinError> {
         let hub = &self.shared;
         let member = &conn.shared;
+        if !Arc::ptr_eq(&member.hub, hub) {
+            return Err(JoinError::OtherHub);
+        }
         match guard::catch("authorize_join", || hub.handler.authorize_join(conn, room)) {
             Ok(true) => {}
             Ok(false) => return Err(JoinError::NotAuthorized),
@@ -567,6 +573,9 @@ impl HubHandle {
 
     /// Removes `conn` from `room`; false if it was not a member.
     pub fn leave(&self, conn: &Conn, room: &str) -> bool {
+        if !Arc::ptr_eq(&conn.shared.hub, &self.shared) {
+            return false;
+        }
         let _joining = conn.shared.joining.lock();
         if !conn.shared.rooms.lock().remove(room) {
             return false;
