@@ -5,6 +5,8 @@
 
 mod support;
 
+use support::read_head;
+
 use std::collections::HashSet;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -150,22 +152,6 @@ fn request(path: &str) -> String {
     )
 }
 
-/// Reads an HTTP response head one byte at a time (nothing after it is consumed).
-fn read_head(sock: &mut TcpStream) -> String {
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match sock.read(&mut b) {
-            Ok(1) => head.push(b[0]),
-            other => panic!(
-                "response head cut short ({other:?}): {:?}",
-                String::from_utf8_lossy(&head)
-            ),
-        }
-    }
-    String::from_utf8(head).unwrap()
-}
-
 /// A raw client: the upgrade request and `extra` bytes in one write, then the `101`.
 fn upgrade_on(mut sock: TcpStream, path: &str, extra: &[u8]) -> TcpStream {
     sock.set_read_timeout(Some(WAIT)).unwrap();
@@ -183,22 +169,7 @@ fn upgrade(addr: SocketAddr, extra: &[u8]) -> TcpStream {
 
 /// A masked client frame with first byte `b0`.
 fn frame(b0: u8, payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![b0];
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n <= 0xFFFF => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    let key = [0x37, 0xfa, 0x21, 0x3d];
-    out.extend_from_slice(&key);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-    out
+    support::client_frame(b0, payload, true)
 }
 
 fn close_frame(code: u16, reason: &str) -> Vec<u8> {

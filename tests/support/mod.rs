@@ -483,3 +483,44 @@ pub fn start_example_server(name: &str, args: &[&str]) -> (std::process::Child, 
         .unwrap_or_else(|| panic!("{name}: unexpected first line {line:?}"));
     (child, port)
 }
+
+/// A client frame, masked unless `mask` is false.
+pub fn client_frame(b0: u8, payload: &[u8], mask: bool) -> Vec<u8> {
+    let mut out = vec![b0];
+    let m = if mask { 0x80 } else { 0 };
+    match payload.len() {
+        n if n < 126 => out.push(m | n as u8),
+        n if n <= 0xFFFF => {
+            out.push(m | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(m | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    let key = [0x12, 0x34, 0x56, 0x78];
+    if mask {
+        out.extend_from_slice(&key);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    } else {
+        out.extend_from_slice(payload);
+    }
+    out
+}
+
+/// Reads an HTTP response head one byte at a time (nothing after it is consumed).
+pub fn read_head(sock: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match sock.read(&mut b) {
+            Ok(1) => head.push(b[0]),
+            other => panic!(
+                "response head cut short ({other:?}): {:?}",
+                String::from_utf8_lossy(&head)
+            ),
+        }
+    }
+    String::from_utf8(head).unwrap()
+}
