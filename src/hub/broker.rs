@@ -5,20 +5,22 @@
 //! publication, and a subscriber's join with what it missed. The hub keeps membership and does
 //! the writing; the broker decides what a subscriber gets so that nothing is missed or repeated.
 //!
-//! [`MemoryBroker`] (the default) keeps everything in this process. A broker shared by several
-//! hub processes (Redis) implements the same trait.
+//! [`MemoryBroker`] (the default) keeps everything in this process and delivers on the
+//! publisher's thread. A broker shared by several hub processes (Redis) implements the same
+//! trait and delivers from its subscription.
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
 
 use crate::hub::config::HistoryLimits;
+use crate::hub::fanout::Fanout;
 
 /// Where a publication sits in its room's stream.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -69,21 +71,21 @@ impl std::error::Error for BrokerError {}
 
 /// Numbering, history and per-room order of publications.
 ///
-/// Both calls must be ordered per room: every publication of a room reaches `fan_out` in offset
-/// order, and a `subscribe` on a room runs its `join` between two fan-outs, never during one. A
-/// publication is then either in the joiner's `missed` or fanned out after the join (and so to
-/// the new member), never both, never neither. `fan_out` and `join` must not call the broker.
+/// A broker gives each publication its position, keeps the bounded history, and hands every
+/// publication of a room that has local members to the hub's [`Fanout`], in offset order. A
+/// `subscribe` on a room must run its `join` between two deliveries of that room, never during
+/// one: a publication is then either in the joiner's `missed` or delivered after the join (and
+/// so to the new member), never both, never neither. `join` must not call the broker.
 pub trait Broker: Send + Sync + 'static {
-    /// Gives `data` the room's next position, stores it, and hands it to `fan_out`.
-    fn publish(
-        &self,
-        room: &str,
-        data: Bytes,
-        fan_out: &mut dyn FnMut(&Publication),
-    ) -> Result<Position, BrokerError>;
+    /// Called once, when the hub starts: where publications are delivered.
+    fn attach(&self, fanout: Fanout);
+
+    /// Gives `data` the room's next position and stores it; it reaches every node's local
+    /// members through their [`Fanout`].
+    fn publish(&self, room: &str, data: Bytes) -> Result<Position, BrokerError>;
 
     /// Works out what a subscriber that has everything up to `since` lacks, and calls `join`
-    /// with it, ordered with the room's fan-outs.
+    /// with it, ordered with the room's deliveries. One call per local member joining.
     fn subscribe(
         &self,
         room: &str,
@@ -91,7 +93,12 @@ pub trait Broker: Send + Sync + 'static {
         join: &mut dyn FnMut(&Recovery),
     ) -> Result<(), BrokerError>;
 
-    /// Called about once a second: drop expired history.
+    /// A local member left `room` (one call per member that joined).
+    fn unsubscribe(&self, room: &str) {
+        let _ = room;
+    }
+
+    /// Called about once a second: drop expired history, check connections.
     fn sweep(&self) {}
 }
 
@@ -101,6 +108,7 @@ pub trait Broker: Send + Sync + 'static {
 /// process (a room's epoch and last offset take a few dozen bytes once its history expired).
 pub struct MemoryBroker {
     limits: HistoryLimits,
+    fanout: OnceLock<Fanout>,
     rooms: Mutex<HashMap<Arc<str>, Arc<Mutex<Log>>>>,
     random: RandomState,
 }
@@ -124,6 +132,7 @@ impl MemoryBroker {
     pub fn new(limits: HistoryLimits) -> Self {
         MemoryBroker {
             limits,
+            fanout: OnceLock::new(),
             rooms: Mutex::new(HashMap::new()),
             random: RandomState::new(),
         }
@@ -203,12 +212,11 @@ impl Log {
 }
 
 impl Broker for MemoryBroker {
-    fn publish(
-        &self,
-        room: &str,
-        data: Bytes,
-        fan_out: &mut dyn FnMut(&Publication),
-    ) -> Result<Position, BrokerError> {
+    fn attach(&self, fanout: Fanout) {
+        let _ = self.fanout.set(fanout);
+    }
+
+    fn publish(&self, room: &str, data: Bytes) -> Result<Position, BrokerError> {
         let log = self.log(room);
         let mut log = log.lock();
         log.top += 1;
@@ -226,7 +234,10 @@ impl Broker for MemoryBroker {
             position: log.position(offset),
             data,
         };
-        fan_out(&publication);
+        // Queued for the members under the room's order; written once the order is released.
+        let delivered = self.fanout.get().map(|f| f.deliver(&publication));
+        drop(log);
+        drop(delivered);
         Ok(publication.position)
     }
 
@@ -288,8 +299,7 @@ mod tests {
     }
 
     fn publish(b: &MemoryBroker, room: &str, data: &'static str) -> Position {
-        b.publish(room, Bytes::from_static(data.as_bytes()), &mut |_| {})
-            .unwrap()
+        b.publish(room, Bytes::from_static(data.as_bytes())).unwrap()
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::frame::Initiator;
 use crate::frame::{CloseCode, Data};
-use crate::hub::broker::Publication;
+use crate::hub::broker::{Position, Publication};
 use crate::hub::conn::{Conn, Identity};
 use crate::hub::message::Message;
 
@@ -76,6 +76,14 @@ pub trait Handler: Send + Sync + 'static {
     fn authorize_join(&self, conn: &Conn, room: &str) -> bool {
         let _ = (conn, room);
         true
+    }
+
+    /// The room's stream was reset (its history lost: a new epoch, or a gap the broker could
+    /// not recover): the message every local member gets, such as an unprompted "subscribed"
+    /// with `recovered: false` and the new position. `None` (the default) closes them with 1011.
+    fn on_reset(&self, room: &str, position: &Position) -> Option<Message> {
+        let _ = (room, position);
+        None
     }
 
     /// The frame every member of the room receives for a publication: encoded once per

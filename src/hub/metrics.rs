@@ -28,6 +28,7 @@ pub(crate) struct Counters {
     pub protocol_errors: AtomicU64,
     pub callback_panics: AtomicU64,
     pub publications: AtomicU64,
+    pub resets: AtomicU64,
     pub rooms: AtomicUsize,
     pub memberships: AtomicUsize,
     queued_bytes: AtomicUsize,
@@ -50,6 +51,10 @@ impl Counters {
 
     pub(crate) fn queued_bytes_sub(&self, n: usize) {
         self.queued_bytes.fetch_sub(n, Relaxed);
+    }
+
+    pub(crate) fn resets_add(&self) {
+        self.resets.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn dropped_add(&self, n: u64) {
@@ -79,6 +84,7 @@ impl Counters {
             protocol_errors: self.protocol_errors.load(Relaxed),
             callback_panics: self.callback_panics.load(Relaxed),
             publications: self.publications.load(Relaxed),
+            resets: self.resets.load(Relaxed),
             rooms: self.rooms.load(Relaxed),
             memberships: self.memberships.load(Relaxed),
             queued_bytes: self.queued_bytes.load(Relaxed),
@@ -137,6 +143,8 @@ pub struct Metrics {
     pub callback_panics: u64,
     /// Publications fanned out.
     pub publications: u64,
+    /// Room streams reset under their members (history lost, or a gap not recovered).
+    pub resets: u64,
     /// Rooms with at least one member.
     pub rooms: usize,
     /// Room memberships (one connection in two rooms counts twice).

@@ -74,6 +74,7 @@ mod accept;
 mod broker;
 mod config;
 mod conn;
+mod fanout;
 mod flusher;
 mod handler;
 mod limits;
@@ -103,6 +104,7 @@ use parking_lot::{Condvar, Mutex};
 pub use broker::{Broker, BrokerError, MemoryBroker, Position, Publication, Recovery};
 pub use config::{HistoryLimits, HubConfig, RateLimit, RatePolicy, SLOW_CLOSE, SlowPolicy};
 pub use conn::{Conn, Identity};
+pub use fanout::{Delivered, Fanout};
 pub use handler::{Admission, Disconnect, Handler, Request, Response};
 pub use message::Message;
 pub use metrics::Metrics;
@@ -297,7 +299,7 @@ pub(crate) struct HubShared {
     pub broker: Arc<dyn Broker>,
     pub counters: Arc<Counters>,
     pub limits: Arc<Limits>,
-    rooms: Rooms,
+    pub rooms: Rooms,
     conns: Mutex<HashMap<u64, Arc<ConnShared>>>,
     users: Mutex<HashMap<Arc<str>, Vec<Arc<ConnShared>>>>,
     /// Every connection thread not joined yet, with its socket (to force it at shutdown).
@@ -359,6 +361,9 @@ impl Hub {
             stopping: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             local_addr,
+        });
+        shared.broker.attach(Fanout {
+            hub: Arc::downgrade(&shared),
         });
         let flusher = {
             let hub = shared.clone();
@@ -480,27 +485,14 @@ impl HubHandle {
     }
 
     /// Publishes `data` to `room`: the broker gives it the room's next position and keeps it
-    /// in history; every member on this hub gets it, encoded once by [`Handler::encode`]. Never
-    /// blocks on a socket. A member whose queue is full gets the slow policy.
+    /// in history; every member gets it, encoded once by [`Handler::encode`] on each hub. Never
+    /// blocks on a socket. A member whose queue is full gets the slow policy. With the memory
+    /// broker the members are written to before this returns; a shared broker delivers from
+    /// its subscription.
     pub fn publish(&self, room: &str, data: impl Into<Bytes>) -> Result<Position, BrokerError> {
         let hub = &self.shared;
         let started = Instant::now();
-        let mut touched: Vec<Arc<ConnShared>> = Vec::new();
-        let position = hub.broker.publish(room, data.into(), &mut |publication| {
-            let Some(message) = hub.encode(publication) else {
-                return;
-            };
-            hub.rooms.for_each(room, |member| {
-                if hub.push_or_slow(member, &message) {
-                    touched.push(member.clone());
-                }
-            });
-        })?;
-        if let Some(rest) = hub.defer(touched) {
-            for member in &rest {
-                hub.flush(member);
-            }
-        }
+        let position = hub.broker.publish(room, data.into())?;
         hub.counters.publications.fetch_add(1, Relaxed);
         hub.counters.record_fanout(started.elapsed());
         Ok(position)
@@ -581,6 +573,7 @@ impl HubHandle {
             return false;
         }
         self.shared.rooms.remove(room, conn.shared.id);
+        self.shared.broker.unsubscribe(room);
         true
     }
 
@@ -647,7 +640,7 @@ impl HubShared {
     }
 
     /// Encodes a publication with the handler; a panic is counted and the publication skipped.
-    fn encode(&self, publication: &Publication) -> Option<Message> {
+    pub(crate) fn encode(&self, publication: &Publication) -> Option<Message> {
         match guard::catch("encode", || self.handler.encode(publication)) {
             Ok(m) => Some(m),
             Err(_) => {
@@ -659,7 +652,7 @@ impl HubShared {
 
     /// Queues `message` for `conn` (no write); applies the slow policy to a full queue. True if
     /// the connection now has something to flush.
-    fn push_or_slow(&self, conn: &Arc<ConnShared>, message: &Message) -> bool {
+    pub(crate) fn push_or_slow(&self, conn: &Arc<ConnShared>, message: &Message) -> bool {
         match conn.outbound.push(message) {
             Push::Queued | Push::Written => true,
             Push::Closed => false,
@@ -687,7 +680,7 @@ impl HubShared {
     }
 
     /// Writes what the socket takes and hands the rest to the flusher.
-    fn flush(&self, conn: &Arc<ConnShared>) {
+    pub(crate) fn flush(&self, conn: &Arc<ConnShared>) {
         if conn.outbound.flush() {
             self.hand_to_flusher(conn);
         }
@@ -695,7 +688,7 @@ impl HubShared {
 
     /// Defers the writes of `members` to the end of the current read batch (see [`Batch`]);
     /// gives them back when there is no batch on this thread.
-    fn defer(&self, members: Vec<Arc<ConnShared>>) -> Option<Vec<Arc<ConnShared>>> {
+    pub(crate) fn defer(&self, members: Vec<Arc<ConnShared>>) -> Option<Vec<Arc<ConnShared>>> {
         BATCH.with(|b| {
             let mut b = b.borrow_mut();
             let Some(batch) = b.as_mut() else {
@@ -788,6 +781,7 @@ impl HubShared {
             let rooms = std::mem::take(&mut *conn.rooms.lock());
             for room in rooms {
                 self.rooms.remove(&room, conn.id);
+                self.broker.unsubscribe(&room);
             }
         }
         self.conns.lock().remove(&conn.id);
