@@ -100,6 +100,9 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Called about once a second: drop expired history, check connections.
     fn sweep(&self) {}
+
+    /// The hub is shutting down: stop and join the broker's threads, if any.
+    fn shutdown(&self) {}
 }
 
 /// The default broker: history in this process's memory, bounded by [`HistoryLimits`].
@@ -299,7 +302,8 @@ mod tests {
     }
 
     fn publish(b: &MemoryBroker, room: &str, data: &'static str) -> Position {
-        b.publish(room, Bytes::from_static(data.as_bytes())).unwrap()
+        b.publish(room, Bytes::from_static(data.as_bytes()))
+            .unwrap()
     }
 
     #[test]

@@ -82,6 +82,8 @@ mod message;
 mod metrics;
 mod outbound;
 mod rate;
+#[cfg(feature = "redis")]
+pub mod redis;
 mod rooms;
 mod serve;
 mod upgrade;
@@ -445,6 +447,7 @@ impl Hub {
         if let Some(f) = self.flusher.take() {
             let _ = f.join();
         }
+        hub.broker.shutdown();
         let report = DrainReport {
             ended: at_start.saturating_sub(forced),
             forced: forced - stuck.min(forced),
