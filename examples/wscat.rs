@@ -249,10 +249,10 @@ fn main() -> ExitCode {
     if let Some(p) = client.protocol() {
         eprintln!("wscat: subprotocol {p}");
     }
-    if let Some(text) = &opts.ping {
-        if let Err(e) = client.ping(text.as_bytes()) {
-            return fail(1, format!("ping: {e}"));
-        }
+    if let Some(text) = &opts.ping
+        && let Err(e) = client.ping(text.as_bytes())
+    {
+        return fail(1, format!("ping: {e}"));
     }
     let lines = match spawn_stdin_reader() {
         Ok(lines) => lines,

@@ -342,12 +342,11 @@ fn known_difference(
     let o = &ours.outcome;
     // tungstenite failed on the fragment that broke the text; syncws had delivered the same
     // messages by then (it may deliver more, and end any way, afterwards).
-    if theirs.end == End::Rejected(1007) {
-        if let Some(k) = ours.utf8_broken_after {
-            if o.msgs.get(..k) == Some(&theirs.msgs[..]) {
-                return Some(Known::EarlyUtf8);
-            }
-        }
+    if theirs.end == End::Rejected(1007)
+        && let Some(k) = ours.utf8_broken_after
+        && o.msgs.get(..k) == Some(&theirs.msgs[..])
+    {
+        return Some(Known::EarlyUtf8);
     }
     // syncws accepted a close 1014 that tungstenite answered as a protocol violation.
     if o.end == End::Closed
@@ -706,10 +705,10 @@ fn fragmented_frames(
         let op = if i == 0 { opcode } else { 0x0 };
         let fin = if i == last { 0x80 } else { 0 };
         stream.frames.push(WireFrame::new(fin | op, part));
-        if i < last {
-            if let Some(Some(control)) = between.next() {
-                stream = Stream::concat([stream, control]);
-            }
+        if i < last
+            && let Some(Some(control)) = between.next()
+        {
+            stream = Stream::concat([stream, control]);
         }
     }
     stream

@@ -225,12 +225,12 @@ fn check_101(
         }
     }
     let protocol = get("Sec-WebSocket-Protocol");
-    if let Some(p) = &protocol {
-        if !subprotocols.iter().any(|s| s == p) {
-            return Err(Error::InvalidHandshake(format!(
-                "server chose unrequested subprotocol {p:?}"
-            )));
-        }
+    if let Some(p) = &protocol
+        && !subprotocols.iter().any(|s| s == p)
+    {
+        return Err(Error::InvalidHandshake(format!(
+            "server chose unrequested subprotocol {p:?}"
+        )));
     }
     if get("Sec-WebSocket-Extensions").is_some() {
         return Err(Error::InvalidHandshake(

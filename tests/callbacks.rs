@@ -21,10 +21,10 @@ fn echo(connections: usize) -> TestServer {
     TestServer::start(None, connections, |_, conn| {
         let mut ws = accept_ws(conn);
         while let Ok(m) = ws.read() {
-            if let Message::Text(_) | Message::Binary(_) = m {
-                if ws.send(m).is_err() {
-                    return;
-                }
+            if let Message::Text(_) | Message::Binary(_) = m
+                && ws.send(m).is_err()
+            {
+                return;
             }
         }
     })
@@ -191,11 +191,11 @@ impl rustls::client::danger::ServerCertVerifier for PanicsOnSecondDial {
 fn a_panicking_dial_is_reported_not_left_connecting() {
     let pki = support::Pki::new("syncws-test-ca");
     let server = TestServer::start(Some(pki.server_config(&["localhost"])), 2, |i, conn| {
-        if let Ok(mut ws) = tungstenite::accept(conn) {
-            if i == 0 {
-                let _ = ws.close(None); // Connection 1 ends: the client reconnects.
-                while ws.read().is_ok() {}
-            }
+        if let Ok(mut ws) = tungstenite::accept(conn)
+            && i == 0
+        {
+            let _ = ws.close(None); // Connection 1 ends: the client reconnects.
+            while ws.read().is_ok() {}
         }
     });
     let provider = Arc::new(rustls::crypto::ring::default_provider());

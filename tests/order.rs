@@ -49,10 +49,10 @@ fn echo_server() -> TestServer {
     TestServer::start(None, 1, |_, conn| {
         let mut ws = accept_ws(conn);
         while let Ok(m) = ws.read() {
-            if let Message::Text(_) | Message::Binary(_) = m {
-                if ws.send(m).is_err() {
-                    return;
-                }
+            if let Message::Text(_) | Message::Binary(_) = m
+                && ws.send(m).is_err()
+            {
+                return;
             }
         }
     })

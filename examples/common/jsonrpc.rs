@@ -137,7 +137,11 @@ impl Order {
 /// A small test order: `side` 10 BTC-PERPETUAL at a price that depends on `n`.
 pub fn sample_order(n: u64) -> Order {
     Order {
-        side: if n % 2 == 0 { Side::Sell } else { Side::Buy },
+        side: if n.is_multiple_of(2) {
+            Side::Sell
+        } else {
+            Side::Buy
+        },
         instrument: "BTC-PERPETUAL".into(),
         amount: 10.0,
         price: 30_000.0 + (n % 100) as f64,

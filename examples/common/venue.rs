@@ -442,10 +442,8 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         // Forget connections whose thread has ended.
         st.conns.retain_mut(|c| {
             let done = c.thread.as_ref().is_none_or(|t| t.is_finished());
-            if done {
-                if let Some(t) = c.thread.take() {
-                    let _ = t.join();
-                }
+            if done && let Some(t) = c.thread.take() {
+                let _ = t.join();
             }
             !done
         });
@@ -605,15 +603,15 @@ impl Conn {
             let st = self.shared.lock();
             (st.knobs.tick_every, st.knobs.ping_every)
         };
-        if let Some(due) = self.next_tick {
-            if now >= due {
-                self.ticks += 1;
-                for channel in &self.channels {
-                    ws.write(Message::text(tick(channel, self.ticks)))?;
-                }
-                wrote = true;
-                self.next_tick = Some(now + tick_every);
+        if let Some(due) = self.next_tick
+            && now >= due
+        {
+            self.ticks += 1;
+            for channel in &self.channels {
+                ws.write(Message::text(tick(channel, self.ticks)))?;
             }
+            wrote = true;
+            self.next_tick = Some(now + tick_every);
         }
         match (ping_every, self.next_ping) {
             (None, _) => self.next_ping = None,
@@ -776,7 +774,10 @@ impl Conn {
             Answer::Unauthorized
         } else if !valid {
             Answer::Refused
-        } else if knobs.reject_every.is_some_and(|k| k > 0 && n % k == 0) {
+        } else if knobs
+            .reject_every
+            .is_some_and(|k| k > 0 && n.is_multiple_of(k))
+        {
             Answer::RateLimited
         } else {
             Answer::Accepted
@@ -796,10 +797,10 @@ impl Conn {
                 record.delay = record.delay.max(Duration::from_millis(ms));
             }
         }
-        if let Some((at, when)) = knobs.drop_at_order {
-            if at == n {
-                record.drop = Some(when);
-            }
+        if let Some((at, when)) = knobs.drop_at_order
+            && at == n
+        {
+            record.drop = Some(when);
         }
         let stall = knobs.stall_after_order == Some(n);
         if stall {

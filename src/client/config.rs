@@ -406,11 +406,10 @@ impl ClientBuilder {
         | Keepalive::App {
             interval, timeout, ..
         } = self.config.keepalive
+            && (interval.is_zero() || timeout.is_zero())
         {
-            if interval.is_zero() || timeout.is_zero() {
-                let msg = "keepalive interval and timeout must be above zero (use ServerDriven)";
-                return Err(Error::Config(msg.into()));
-            }
+            let msg = "keepalive interval and timeout must be above zero (use ServerDriven)";
+            return Err(Error::Config(msg.into()));
         }
         let target = Target::parse(&self.url)?;
         let tls_config = if target.tls {

@@ -484,10 +484,10 @@ impl Coordinator {
             }
             Input::Connected { epoch } => self.on_connected(now, epoch, out),
             Input::ConnectFailed { epoch, error } => {
-                if epoch == self.epoch + 1 {
-                    if let Phase::Connecting { attempt } = self.phase {
-                        self.on_connect_failed(now, attempt, error, out);
-                    }
+                if epoch == self.epoch + 1
+                    && let Phase::Connecting { attempt } = self.phase
+                {
+                    self.on_connect_failed(now, attempt, error, out);
                 }
             }
             Input::Link { epoch, event } => {
@@ -639,10 +639,10 @@ impl Coordinator {
             LinkEvent::CloseWritten => {
                 // A close after a violation is done once written: the reader is gone, so no
                 // reply can be read anyway.
-                if let Phase::Closing(c) = &self.phase {
-                    if c.reader_done {
-                        self.finish(now, out);
-                    }
+                if let Phase::Closing(c) = &self.phase
+                    && c.reader_done
+                {
+                    self.finish(now, out);
                 }
             }
             LinkEvent::CallbackPanicked(panicked) => self.on_panic(now, panicked, out),
@@ -693,10 +693,8 @@ impl Coordinator {
         self.health.rtt.record(rtt);
         self.health.dirty = true;
         let breached = self.latency.as_mut().is_some_and(|l| l.record(rtt));
-        if breached {
-            if let Phase::Open { since, .. } = self.phase {
-                self.abort(now, since, Initiator::Local, Cause::LatencyPolicy, out);
-            }
+        if breached && let Phase::Open { since, .. } = self.phase {
+            self.abort(now, since, Initiator::Local, Cause::LatencyPolicy, out);
         }
     }
 

@@ -82,10 +82,10 @@ impl Doorbell {
     /// Wakes the writer if it sleeps. Call after putting work where it looks.
     pub(crate) fn ring(&self) {
         fence(Ordering::SeqCst);
-        if self.sleeping.load(Ordering::Relaxed) {
-            if let Some(writer) = &*self.writer.lock() {
-                writer.unpark();
-            }
+        if self.sleeping.load(Ordering::Relaxed)
+            && let Some(writer) = &*self.writer.lock()
+        {
+            writer.unpark();
         }
     }
 

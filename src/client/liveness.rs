@@ -152,20 +152,20 @@ impl Liveness {
 
     /// Everything due at `now`, failures first.
     pub(crate) fn poll(&mut self, now: Instant) -> Option<Due> {
-        if let Some(window) = self.stale_after {
-            if now >= deadline::after(self.last_data, window) {
-                return Some(Due::Fail(LivenessFailure::Stale));
-            }
+        if let Some(window) = self.stale_after
+            && now >= deadline::after(self.last_data, window)
+        {
+            return Some(Due::Fail(LivenessFailure::Stale));
         }
         let (timeout, max_outstanding) = self.limits()?;
         let failure = match self.keepalive {
             Keepalive::App { .. } => LivenessFailure::AppPongTimeout,
             _ => LivenessFailure::PongTimeout,
         };
-        if let Some(&(_, sent)) = self.outstanding.front() {
-            if now >= deadline::after(sent, timeout) {
-                return Some(Due::Fail(failure));
-            }
+        if let Some(&(_, sent)) = self.outstanding.front()
+            && now >= deadline::after(sent, timeout)
+        {
+            return Some(Due::Fail(failure));
         }
         let next = self.next_ping?;
         if now < next {

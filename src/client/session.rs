@@ -138,11 +138,13 @@ impl Session {
     }
 
     fn check_ready(&mut self, out: &mut Vec<SessionOut>) {
-        if let Some(conn) = &mut self.conn {
-            if !conn.ready && matches!(conn.auth, Auth::Done) && conn.pending.is_empty() {
-                conn.ready = true;
-                out.push(SessionOut::Ready);
-            }
+        if let Some(conn) = &mut self.conn
+            && !conn.ready
+            && matches!(conn.auth, Auth::Done)
+            && conn.pending.is_empty()
+        {
+            conn.ready = true;
+            out.push(SessionOut::Ready);
         }
     }
 
@@ -186,10 +188,10 @@ impl Session {
         }
         if let Some(conn) = &mut self.conn {
             conn.pending.remove(topic);
-            if conn.sent.remove(topic) {
-                if let Some(frame) = endpoint.unsubscribe(topic) {
-                    out.push(SessionOut::Send(frame));
-                }
+            if conn.sent.remove(topic)
+                && let Some(frame) = endpoint.unsubscribe(topic)
+            {
+                out.push(SessionOut::Send(frame));
             }
         }
         self.check_ready(out);
@@ -241,11 +243,11 @@ impl Session {
     /// Fails the session if an acknowledgement is overdue.
     pub(crate) fn poll(&mut self, now: Instant, out: &mut Vec<SessionOut>) {
         let Some(conn) = &self.conn else { return };
-        if let Auth::Waiting(deadline) = conn.auth {
-            if now >= deadline {
-                out.push(SessionOut::Fail(Cause::AckTimeout(None)));
-                return;
-            }
+        if let Auth::Waiting(deadline) = conn.auth
+            && now >= deadline
+        {
+            out.push(SessionOut::Fail(Cause::AckTimeout(None)));
+            return;
         }
         if let Some((topic, _)) = conn.pending.iter().find(|(_, d)| now >= **d) {
             out.push(SessionOut::Fail(Cause::AckTimeout(Some(topic.clone()))));

@@ -183,17 +183,16 @@ impl State {
             .pending_close
             .as_ref()
             .is_some_and(|p| p.data_before == 0)
+            && let Some(p) = self.pending_close.take()
         {
-            if let Some(p) = self.pending_close.take() {
-                let mask = self.masks.next()?;
-                let close = p
-                    .frame
-                    .as_ref()
-                    .map(|(code, reason)| (*code, reason.as_str()));
-                codec::encode_close(close, mask, &mut self.batch);
-                self.close_sent = true;
-                self.close_notify_due = true;
-            }
+            let mask = self.masks.next()?;
+            let close = p
+                .frame
+                .as_ref()
+                .map(|(code, reason)| (*code, reason.as_str()));
+            codec::encode_close(close, mask, &mut self.batch);
+            self.close_sent = true;
+            self.close_notify_due = true;
         }
         Ok(())
     }

@@ -150,10 +150,10 @@ impl Core {
     /// Feeds one input to the coordinator, with the readings every step starts with; its
     /// outputs are appended to `out`.
     pub(crate) fn feed(&mut self, mut input: Input, out: &mut Vec<Output>) {
-        if let Input::Submit { waiter, reply, .. } = &mut input {
-            if let Some(tx) = reply.take() {
-                self.waiters.insert(*waiter, tx);
-            }
+        if let Input::Submit { waiter, reply, .. } = &mut input
+            && let Some(tx) = reply.take()
+        {
+            self.waiters.insert(*waiter, tx);
         }
         let now = Instant::now();
         if let Some(at) = self.counters.last_data() {
@@ -211,13 +211,13 @@ impl Core {
     }
 
     fn to_lanes(&self, send: impl FnOnce(&Lanes) -> Result<(), ()>) {
-        if let Some(lanes) = &self.lanes {
-            if send(lanes).is_err() {
-                log::warn!(
-                    "lane of connection {} full or closed; frame dropped",
-                    lanes.epoch
-                );
-            }
+        if let Some(lanes) = &self.lanes
+            && send(lanes).is_err()
+        {
+            log::warn!(
+                "lane of connection {} full or closed; frame dropped",
+                lanes.epoch
+            );
         }
     }
 

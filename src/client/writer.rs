@@ -330,10 +330,10 @@ impl Writer {
             }
         }
         // The lane ran dry: whatever the close was waiting for has been written.
-        if self.queued(sink) == 0 {
-            if let Some(p) = &mut sink.st.pending_close {
-                p.data_before = 0;
-            }
+        if self.queued(sink) == 0
+            && let Some(p) = &mut sink.st.pending_close
+        {
+            p.data_before = 0;
         }
         sink.st.encode_close_if_due().map_err(unsent)?;
         // Senders may encode into the outbox while this batch is written, unless a frame they

@@ -356,15 +356,15 @@ impl Outbound {
                 } else {
                     s.ping.take()
                 };
-                if let Some(frame) = frame {
-                    if !self.write_frame(s, &frame) {
-                        if slot == 0 {
-                            s.pong = Some(frame);
-                        } else {
-                            s.ping = Some(frame);
-                        }
-                        return !s.broken;
+                if let Some(frame) = frame
+                    && !self.write_frame(s, &frame)
+                {
+                    if slot == 0 {
+                        s.pong = Some(frame);
+                    } else {
+                        s.ping = Some(frame);
                     }
+                    return !s.broken;
                 }
             }
             if !s.spill.is_empty() {

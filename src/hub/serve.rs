@@ -203,30 +203,30 @@ fn read_until_closed(
                                 continue; // closing: data is no longer delivered
                             }
                             timers.last_data = now;
-                            if let Some(b) = &mut bucket {
-                                if !b.take(now) {
-                                    hub.counters.rate_limited.fetch_add(1, Relaxed);
-                                    match config.rate_limit.map(|r| r.policy) {
-                                        Some(RatePolicy::Drop) => {
-                                            if guard::catch("on_rate_limited", || {
-                                                hub.handler.on_rate_limited(conn)
-                                            })
-                                            .is_err()
-                                            {
-                                                callback_panicked(hub, shared);
-                                            }
-                                        }
-                                        _ => {
-                                            hub.begin_close(
-                                                shared,
-                                                CloseCode::POLICY,
-                                                "rate limit exceeded",
-                                                false,
-                                            );
+                            if let Some(b) = &mut bucket
+                                && !b.take(now)
+                            {
+                                hub.counters.rate_limited.fetch_add(1, Relaxed);
+                                match config.rate_limit.map(|r| r.policy) {
+                                    Some(RatePolicy::Drop) => {
+                                        if guard::catch("on_rate_limited", || {
+                                            hub.handler.on_rate_limited(conn)
+                                        })
+                                        .is_err()
+                                        {
+                                            callback_panicked(hub, shared);
                                         }
                                     }
-                                    continue;
+                                    _ => {
+                                        hub.begin_close(
+                                            shared,
+                                            CloseCode::POLICY,
+                                            "rate limit exceeded",
+                                            false,
+                                        );
+                                    }
                                 }
+                                continue;
                             }
                             batch.progress();
                             if guard::catch("on_message", || hub.handler.on_message(conn, data))
@@ -357,18 +357,18 @@ fn check_timers(hub: &HubShared, shared: &Arc<ConnShared>, timers: &mut Timers) 
             );
             timers.ping_sent = None;
         }
-    } else if let Some(interval) = timers.ping_interval {
-        if now.saturating_duration_since(timers.last_inbound) >= interval {
-            timers.ping_sent = Some(now);
-            if shared.outbound.ping(&Message::ping(b"syncws")) {
-                hub.hand_to_flusher(shared);
-            }
+    } else if let Some(interval) = timers.ping_interval
+        && now.saturating_duration_since(timers.last_inbound) >= interval
+    {
+        timers.ping_sent = Some(now);
+        if shared.outbound.ping(&Message::ping(b"syncws")) {
+            hub.hand_to_flusher(shared);
         }
     }
-    if let Some(idle) = timers.idle_timeout {
-        if now.saturating_duration_since(timers.last_data) >= idle {
-            hub.begin_close(shared, CloseCode::GOING_AWAY, "idle timeout", false);
-        }
+    if let Some(idle) = timers.idle_timeout
+        && now.saturating_duration_since(timers.last_data) >= idle
+    {
+        hub.begin_close(shared, CloseCode::GOING_AWAY, "idle timeout", false);
     }
 }
 

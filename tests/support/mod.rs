@@ -172,10 +172,10 @@ impl TestServer {
 
     /// Waits for the handler to finish; panics from the handler fail the test here.
     pub fn join(mut self) {
-        if let Some(h) = self.handle.take() {
-            if let Err(e) = h.join() {
-                std::panic::resume_unwind(e);
-            }
+        if let Some(h) = self.handle.take()
+            && let Err(e) = h.join()
+        {
+            std::panic::resume_unwind(e);
         }
     }
 }

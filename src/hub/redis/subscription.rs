@@ -157,11 +157,11 @@ fn serve(
             Ok(msg) => {
                 heard = Instant::now();
                 let channel = msg.get_channel_name();
-                if channel != s.probe {
-                    if let Some(room) = room_of(&s.config.prefix, channel) {
-                        let room = room.to_string();
-                        live(s, &room, msg.get_payload_bytes());
-                    }
+                if channel != s.probe
+                    && let Some(room) = room_of(&s.config.prefix, channel)
+                {
+                    let room = room.to_string();
+                    live(s, &room, msg.get_payload_bytes());
                 }
             }
             Err(e) if e.is_timeout() => {}
