@@ -100,11 +100,29 @@ impl Commands {
     }
 
     /// Runs `f` on the connection, opening it first if needed; a failure drops the connection
-    /// so the next call opens a fresh one.
+    /// so the next call opens a fresh one. A read (`f` has no effect that a retry could
+    /// repeat) is tried once more on a fresh connection when the kept one turns out to be
+    /// stale (Redis restarted since it was opened).
     fn with<T>(
         &self,
         what: &str,
-        f: impl FnOnce(&mut Connection) -> redis::RedisResult<T>,
+        f: impl Fn(&mut Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, BrokerError> {
+        self.attempt(what, &f)
+    }
+
+    fn read<T>(
+        &self,
+        what: &str,
+        f: impl Fn(&mut Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, BrokerError> {
+        self.attempt(what, &f).or_else(|_| self.attempt(what, &f))
+    }
+
+    fn attempt<T>(
+        &self,
+        what: &str,
+        f: &dyn Fn(&mut Connection) -> redis::RedisResult<T>,
     ) -> Result<T, BrokerError> {
         let mut slot = self.conn.lock();
         if slot.is_none() {
@@ -167,7 +185,7 @@ impl Commands {
         delivered: u64,
         new_epoch: &str,
     ) -> Result<Position, BrokerError> {
-        let (epoch, top): (String, u64) = self.with("head", |c| {
+        let (epoch, top): (String, u64) = self.read("head", |c| {
             self.rewound
                 .key(&keys.meta)
                 .key(&keys.stream)
@@ -201,7 +219,7 @@ impl Commands {
         if from > to {
             return Ok((true, Vec::new()));
         }
-        let reply: Value = self.with("range", |c| {
+        let reply: Value = self.read("range", |c| {
             redis::cmd("XRANGE")
                 .arg(&keys.stream)
                 .arg(format!("0-{from}"))

@@ -219,6 +219,18 @@ impl Drop for RedisBroker {
 }
 
 impl RedisBroker {
+    /// Asks the subscription thread to subscribe to `room` and waits for Redis to confirm.
+    fn confirm_subscription(&self, room: &str) -> Result<(), BrokerError> {
+        let s = &self.shared;
+        let (ack, acked) = bounded(1);
+        s.control
+            .send(Control::Subscribe(room.to_string(), ack))
+            .map_err(|_| BrokerError("redis subscription thread is gone".into()))?;
+        acked
+            .recv_timeout((s.config.timeout * 3).max(Duration::from_secs(5)))
+            .map_err(|_| BrokerError("redis subscription not confirmed in time".into()))?
+    }
+
     fn stop(&self) {
         self.shared.stop.store(true, Relaxed);
         if let Some(t) = self.thread.lock().take() {
@@ -303,15 +315,21 @@ impl Broker for RedisBroker {
     ) -> Result<(), BrokerError> {
         let s = &self.shared;
         let state = s.room(room);
+        // Counted first, so that a last member leaving meanwhile does not unsubscribe the room.
+        let needs_subscription = {
+            let mut st = state.lock();
+            st.refs += 1;
+            !st.subscribed
+        };
+        if needs_subscription {
+            // Without the room's lock: the subscription thread may need it meanwhile.
+            if let Err(e) = self.confirm_subscription(room) {
+                state.lock().refs -= 1;
+                return Err(e);
+            }
+        }
         let mut st = state.lock();
         if !st.subscribed {
-            let (ack, acked) = bounded(1);
-            s.control
-                .send(Control::Subscribe(room.to_string(), ack))
-                .map_err(|_| BrokerError("redis subscription thread is gone".into()))?;
-            acked
-                .recv_timeout(s.config.timeout * 3)
-                .map_err(|_| BrokerError("redis subscription not confirmed in time".into()))??;
             st.subscribed = true;
             st.epoch = None;
         }
@@ -360,7 +378,6 @@ impl Broker for RedisBroker {
             recovered,
             missed,
         });
-        st.refs += 1;
         Ok(())
     }
 

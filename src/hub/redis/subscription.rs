@@ -121,7 +121,9 @@ fn serve(
     }
     if rebuilt {
         for room in &rooms {
-            recover(s, room);
+            if let Err(e) = recover(s, room) {
+                return Lost::Broken(format!("{room} not recovered: {e}"));
+            }
         }
     }
     if let Err(e) = pubsub.set_read_timeout(Some(POLL)) {
@@ -246,24 +248,18 @@ fn reset(s: &Shared, room: &str, st: &mut RoomState, epoch: Arc<str>, top: u64) 
     }
 }
 
-/// After a rebuild: what was published while the link was down, from the stream.
-fn recover(s: &Shared, room: &str) {
+/// After a rebuild: what was published while the link was down, from the stream. A failure
+/// gives up the new link (the next rebuild tries again).
+fn recover(s: &Shared, room: &str) -> Result<(), BrokerError> {
     let state = s.room(room);
     let mut st = state.lock();
-    if !st.subscribed {
-        return;
+    if !st.subscribed || st.epoch.is_none() {
+        return Ok(());
     }
     let k = keys(&s.config.prefix, room);
-    let head = match s
+    let head = s
         .commands
-        .head(&k, st.epoch.as_deref(), st.last, &s.new_epoch())
-    {
-        Ok(h) => h,
-        Err(e) => {
-            log::warn!("redis: {room} not recovered after a rebuild ({e})");
-            return;
-        }
-    };
+        .head(&k, st.epoch.as_deref(), st.last, &s.new_epoch())?;
     let mut written = Vec::new();
     if st.epoch.as_deref() != Some(&*head.epoch) {
         reset(s, room, &mut st, head.epoch.clone(), head.offset);
@@ -272,6 +268,7 @@ fn recover(s: &Shared, room: &str) {
     }
     drop(st);
     drop(written);
+    Ok(())
 }
 
 fn parse(payload: &[u8]) -> Option<(&str, u64, &[u8])> {
