@@ -9,7 +9,8 @@
 //!
 //! Options: `--port P` (default 9001; 0 for a free port), `--host H` (default 127.0.0.1),
 //! `--max-connections N` (default 10,000), `--max-per-ip N` (default 1,000), `--tokens
-//! user:token,...` (default `alice:s1,bob:s2`). The first line on stdout is
+//! user:token,...` (default `alice:s1,bob:s2`), `--redis redis://HOST:PORT` (share channels,
+//! history and recovery with every other node on that Redis; needs `--features redis`). The first line on stdout is
 //! `listening on ws://HOST:PORT/ws`. SIGINT or SIGTERM drains: every client gets close 1001,
 //! and the process exits within 5 s.
 //!
@@ -37,6 +38,18 @@
 //! covers the gap, when the epoch is unknown, or when no `since` was given. Error codes:
 //! `bad_json`, `bad_request`, `unknown_op`, `already_subscribed`, `not_subscribed`,
 //! `not_authorized`, `unavailable`.
+//!
+//! Two nodes on one machine sharing one Redis (a client may reconnect to either and recover):
+//!
+//! ```text
+//! redis-server --port 6379 &
+//! cargo run --features redis --example notify_server -- --port 9001 --redis redis://127.0.0.1:6379 &
+//! cargo run --features redis --example notify_server -- --port 9002 --redis redis://127.0.0.1:6379 &
+//! ```
+//!
+//! If a channel's history is lost (Redis restarted without persistence), its subscribers get an
+//! unprompted `{"op":"subscribed",...,"recovered":false}` with the new epoch: an epoch never
+//! changes silently.
 //!
 //! Limits (the hub's defaults): 200 inbound messages/s per connection with bursts of 500 (past
 //! it: close 1008), 2,048 queued messages or 4 MiB per connection (past it: close 4008), history
@@ -142,6 +155,17 @@ impl Handler for Notify {
         }
     }
 
+    /// A channel's stream was reset: an unprompted `subscribed` with the new position.
+    fn on_reset(&self, channel: &str, position: &Position) -> Option<Message> {
+        Some(Message::text(object(&[
+            ("op", json!("subscribed")),
+            ("channel", json!(channel)),
+            ("epoch", json!(&*position.epoch)),
+            ("offset", json!(position.offset)),
+            ("recovered", json!(false)),
+        ])))
+    }
+
     /// `{"op":"message",...}` spliced around the stored `{"from":...,"data":...}`: one
     /// allocation per publication, whatever the number of subscribers.
     fn encode(&self, p: &Publication) -> Message {
@@ -204,6 +228,40 @@ fn subscribe(conn: &Conn, channel: &str, since: Option<&Value>) -> Option<Messag
     }
 }
 
+#[cfg(feature = "redis")]
+fn bind_redis(
+    addr: (&str, u16),
+    config: HubConfig,
+    notify: Notify,
+    url: String,
+) -> Result<Hub, Box<dyn std::error::Error>> {
+    use syncws::hub::redis::{RedisBroker, RedisConfig};
+    let broker = RedisBroker::new(RedisConfig {
+        url,
+        history: config.history,
+        ..RedisConfig::default()
+    })?;
+    Ok(Hub::bind_with_broker(
+        addr,
+        config,
+        notify,
+        std::sync::Arc::new(broker),
+    )?)
+}
+
+#[cfg(not(feature = "redis"))]
+fn bind_redis(
+    _addr: (&str, u16),
+    _config: HubConfig,
+    _notify: Notify,
+    _url: String,
+) -> Result<Hub, Box<dyn std::error::Error>> {
+    Err(
+        "--redis needs the redis feature: cargo run --features redis --example notify_server"
+            .into(),
+    )
+}
+
 /// Blocks SIGINT and SIGTERM in every thread (call before any thread starts), so that
 /// [`wait_for_signal`] receives them.
 fn block_signals() -> libc::sigset_t {
@@ -240,6 +298,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut host = "127.0.0.1".to_string();
     let mut config = HubConfig::default();
     let mut tokens = "alice:s1,bob:s2".to_string();
+    let mut redis_url: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or(format!("{arg} needs a value"));
@@ -249,6 +308,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--max-connections" => config.max_connections = value()?.parse()?,
             "--max-per-ip" => config.max_per_ip = value()?.parse()?,
             "--tokens" => tokens = value()?,
+            "--redis" => redis_url = Some(value()?),
             other => return Err(format!("unknown option {other}").into()),
         }
     }
@@ -260,7 +320,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         map.insert(token.to_string(), user.to_string());
     }
     let signals = block_signals();
-    let hub = Hub::bind((host.as_str(), port), config, Notify { tokens: map })?;
+    let notify = Notify { tokens: map };
+    let hub = match redis_url {
+        None => Hub::bind((host.as_str(), port), config, notify)?,
+        Some(url) => bind_redis((host.as_str(), port), config, notify, url)?,
+    };
     println!("listening on ws://{}/ws", hub.local_addr());
     std::io::stdout().flush()?;
     let sig = wait_for_signal(&signals);

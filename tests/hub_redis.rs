@@ -51,7 +51,8 @@ mod real {
         if let (true, Err(why)) = (ignore, &status) {
             eprintln!("ignored: {why}; see .ci/run");
         }
-        let tests: [(&str, fn()); 6] = [
+        let tests: [(&str, fn()); 7] = [
+            ("two_notify_server_processes_share_a_channel", two_processes),
             (
                 "a_publication_on_either_node_reaches_both_once_in_order",
                 two_nodes,
@@ -548,6 +549,91 @@ mod real {
         assert_eq!(seen.len(), 20, "{seen:?}");
         assert!(stalled.elapsed() < Duration::from_secs(15) + Duration::from_secs(2));
         assert!(broker.status().probe_failures >= 1, "{:?}", broker.status());
+    }
+
+    /// `notify_server --redis` twice: a message published on one node reaches a subscriber on
+    /// the other, and a client that moves to the other node recovers by `(epoch, offset)`.
+    fn two_processes() {
+        let redis = Redis::start(false);
+        // The example with the feature (a plain `cargo test` built it without).
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let built = Command::new(cargo)
+            .args(["build", "--features", "redis", "--example", "notify_server"])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            built,
+            "could not build notify_server with the redis feature"
+        );
+        let url = format!("redis://{}", redis.addr());
+        let (mut one, p1) = support::start_example_server("notify_server", &["--redis", &url]);
+        let (mut two, p2) = support::start_example_server("notify_server", &["--redis", &url]);
+        let ws = |port: u16, token: &str| {
+            let sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            sock.set_read_timeout(Some(WAIT)).unwrap();
+            tungstenite::client(format!("ws://127.0.0.1:{port}/ws?token={token}"), sock)
+                .unwrap()
+                .0
+        };
+        let mut sub = ws(p1, "s1");
+        sub.send(tungstenite::Message::text(
+            r#"{"op":"subscribe","channel":"x"}"#,
+        ))
+        .unwrap();
+        let subscribed = text(&mut sub);
+        assert!(subscribed.contains(r#""offset":0"#), "{subscribed}");
+        let mut publisher = ws(p2, "s2");
+        for n in 1..=3 {
+            publisher
+                .send(tungstenite::Message::text(format!(
+                    r#"{{"op":"publish","channel":"x","data":{n}}}"#
+                )))
+                .unwrap();
+        }
+        for n in 1..=3 {
+            let m = text(&mut sub);
+            assert!(
+                m.contains(&format!(r#""offset":{n},"from":"bob","data":{n}}}"#)),
+                "{m}"
+            );
+        }
+        let epoch = subscribed
+            .split(r#""epoch":""#)
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap()
+            .to_string();
+        // Node one goes away; two more are published; the client resumes on node two.
+        drop(sub);
+        let _ = one.kill();
+        let _ = one.wait();
+        for n in 4..=5 {
+            publisher
+                .send(tungstenite::Message::text(format!(
+                    r#"{{"op":"publish","channel":"x","data":{n}}}"#
+                )))
+                .unwrap();
+        }
+        // The node handles a connection's messages in order: once it answers an unknown op,
+        // both publications are stored.
+        publisher
+            .send(tungstenite::Message::text(r#"{"op":"sync"}"#))
+            .unwrap();
+        assert!(text(&mut publisher).contains(r#""op":"error""#));
+        let mut moved = ws(p2, "s1");
+        moved
+            .send(tungstenite::Message::text(format!(
+                r#"{{"op":"subscribe","channel":"x","since":{{"epoch":"{epoch}","offset":3}}}}"#
+            )))
+            .unwrap();
+        let again = text(&mut moved);
+        assert!(again.contains(r#""recovered":true"#), "{again}");
+        for n in 4..=5 {
+            let m = text(&mut moved);
+            assert!(m.contains(&format!(r#""offset":{n},"#)), "{m}");
+        }
+        let _ = two.kill();
+        let _ = two.wait();
     }
 
     fn paused_redis() {
