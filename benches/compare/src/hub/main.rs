@@ -6,7 +6,9 @@
 //!    every delivery (the send time travels in the payload);
 //! 3. **slow clients**: one more round of 1. and 2. with 10 extra subscribers that never read;
 //!    the healthy subscribers' figures beside each server's clean median;
-//! 4. **idle memory** (syncws only): `N` idle upgraded connections from a child process; the
+//! 4. **cross-node**: publish on node A, the 1,000 subscribers on node B, both hubs on one
+//!    `redis-server` the bench starts (skipped without one), beside the single-node median;
+//! 5. **idle memory** (syncws only): `N` idle upgraded connections from a child process; the
 //!    hub process's RSS and the kernel's thread stacks and slab grow by how much per connection.
 //!
 //! Rounds alternate the order of the two servers; a ratio is the median of per-round ratios.
@@ -91,6 +93,69 @@ fn measure(subs: &Subscribers, publisher: &mut Publisher, plan: &Plan) -> Figure
         p50_us: us(50.0),
         p99_us: us(99.0),
     }
+}
+
+/// Publish on node A, 1,000 subscribers on node B, both on one `redis-server` started here:
+/// the same measure as the single-node one, printed beside its median.
+fn cross_node(plan: &Plan, single: &[Figures], mode: &str) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let mut redis = match Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            println!("# cross-node via Redis: skipped (no redis-server: {e})");
+            return;
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "redis-server did not start");
+        std::thread::sleep(Duration::from_millis(20)); // polling a starting server
+    }
+    let url = format!("redis://127.0.0.1:{port}");
+    let a = servers::start_redis_node(&url);
+    let b = servers::start_redis_node(&url);
+    let subs = Subscribers::connect(b.local_addr(), SUBSCRIBERS).expect("subscribers");
+    let mut publisher = Publisher::connect(a.local_addr(), SIZE).expect("publisher");
+    let rounds: Vec<Figures> = (0..plan.rounds.min(3))
+        .map(|_| measure(&subs, &mut publisher, plan))
+        .collect();
+    let med = |f: &dyn Fn(&Figures) -> f64, v: &[Figures]| {
+        stats::median(&v.iter().map(f).collect::<Vec<_>>())
+    };
+    println!(
+        "# cross-node via Redis: publish on node A, {SUBSCRIBERS} subscribers on node B ({mode})"
+    );
+    println!("# setup      deliveries/s   p50 us   p99 us");
+    for (name, v) in [("one node", single), ("two nodes", &rounds[..])] {
+        println!(
+            "  {name:<10} {:>12.0} {:>8.0} {:>8.0}",
+            med(&|f| f.rate, v),
+            med(&|f| f.p50_us, v),
+            med(&|f| f.p99_us, v)
+        );
+    }
+    drop(subs);
+    drop(publisher);
+    a.shutdown(Duration::from_secs(5));
+    b.shutdown(Duration::from_secs(5));
+    let _ = redis.kill();
+    let _ = redis.wait();
 }
 
 fn idle_memory(n: usize) -> f64 {
@@ -267,6 +332,7 @@ fn main() {
     }
     drop(loads);
     hub.shutdown(Duration::from_secs(5));
+    cross_node(&plan, &figures[0], &mode);
     println!("RATIO hub_fanout_msgs_per_s_1000 {mode} {rate_ratio:.2}");
     println!("RATIO hub_fanout_p99_us_1000 {mode} {p99_ratio:.2}");
     println!("HUB_IDLE_KIB_PER_CONN {} {per_conn:.1}", plan.idle);

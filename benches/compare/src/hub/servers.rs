@@ -42,15 +42,30 @@ impl Handler for Fanout {
     }
 }
 
-pub fn start_syncws() -> Hub {
-    let config = HubConfig {
+fn config() -> HubConfig {
+    HubConfig {
         max_connections: 50_000,
         max_per_ip: 50_000,
         ping_interval: None,
         rate_limit: None,
         ..HubConfig::default()
-    };
-    Hub::bind("127.0.0.1:0", config, Fanout).expect("hub binds")
+    }
+}
+
+pub fn start_syncws() -> Hub {
+    Hub::bind("127.0.0.1:0", config(), Fanout).expect("hub binds")
+}
+
+/// A hub node sharing its rooms through the Redis at `url`.
+pub fn start_redis_node(url: &str) -> Hub {
+    use syncws::hub::redis::{RedisBroker, RedisConfig};
+    let broker = RedisBroker::new(RedisConfig {
+        url: url.to_string(),
+        ..RedisConfig::default()
+    })
+    .expect("redis broker");
+    Hub::bind_with_broker("127.0.0.1:0", config(), Fanout, std::sync::Arc::new(broker))
+        .expect("hub binds")
 }
 
 /// A running tokio broadcast server (its runtime runs until the process ends).
