@@ -439,6 +439,11 @@ mod real {
         let (resets, _) = follow(&mut ws, (&epoch, 5), &published[5..], WAIT);
         assert!(resets >= 1, "the lost history was not announced");
         assert!(broker.status().reconnects >= 1);
+        let m = a.metrics().broker.expect("the hub reports its broker");
+        assert!(
+            m.connected && m.reconnects >= 1 && m.gaps_unrecovered >= 1,
+            "{m:?}"
+        );
     }
 
     fn restart_persistent() {

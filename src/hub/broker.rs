@@ -103,6 +103,27 @@ pub trait Broker: Send + Sync + 'static {
 
     /// The hub is shutting down: stop and join the broker's threads, if any.
     fn shutdown(&self) {}
+
+    /// The broker's connection state and counters, for [`Metrics`](super::Metrics) (`None`
+    /// for a broker without a connection, such as the memory broker).
+    fn status(&self) -> Option<BrokerStatus> {
+        None
+    }
+}
+
+/// A shared broker's state and counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BrokerStatus {
+    /// The subscription connection is up.
+    pub connected: bool,
+    /// Times the subscription connection was rebuilt.
+    pub reconnects: u64,
+    /// Rebuilds caused by a probe that was not heard back (a silent link).
+    pub probe_failures: u64,
+    /// Gaps filled from the stream (a jump in offsets, or what a rebuild missed).
+    pub gaps_recovered: u64,
+    /// Gaps the stream no longer covered, and new epochs: announced as resets.
+    pub gaps_unrecovered: u64,
 }
 
 /// The default broker: history in this process's memory, bounded by [`HistoryLimits`].

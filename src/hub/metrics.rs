@@ -8,6 +8,8 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
+use crate::hub::broker::BrokerStatus;
+
 /// Number of power-of-two latency buckets: up to 2^39 µs, far beyond any real fan-out.
 const BUCKETS: usize = 40;
 
@@ -90,6 +92,7 @@ impl Counters {
             queued_bytes: self.queued_bytes.load(Relaxed),
             fanout_p50: percentile(&buckets, 0.50),
             fanout_p99: percentile(&buckets, 0.99),
+            broker: None,
         }
     }
 }
@@ -155,6 +158,8 @@ pub struct Metrics {
     pub fanout_p50: Duration,
     /// 99th percentile fan-out time (bucket upper bound).
     pub fanout_p99: Duration,
+    /// A shared broker's connection state and counters (`None` with the memory broker).
+    pub broker: Option<BrokerStatus>,
 }
 
 #[cfg(test)]

@@ -103,7 +103,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex};
 
-pub use broker::{Broker, BrokerError, MemoryBroker, Position, Publication, Recovery};
+pub use broker::{
+    Broker, BrokerError, BrokerStatus, MemoryBroker, Position, Publication, Recovery,
+};
 pub use config::{HistoryLimits, HubConfig, RateLimit, RatePolicy, SLOW_CLOSE, SlowPolicy};
 pub use conn::{Conn, Identity};
 pub use fanout::{Delivered, Fanout};
@@ -484,7 +486,9 @@ impl HubHandle {
 
     /// The hub's figures, read without stopping anything.
     pub fn metrics(&self) -> Metrics {
-        self.shared.counters.snapshot()
+        let mut m = self.shared.counters.snapshot();
+        m.broker = self.shared.broker.status();
+        m
     }
 
     /// Publishes `data` to `room`: the broker gives it the room's next position and keeps it

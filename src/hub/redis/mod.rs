@@ -19,7 +19,7 @@
 //!   quiet is probed (the node publishes to its own probe channel and must hear it back) and
 //!   rebuilt when the probe is not heard within [`RedisConfig::probe_timeout`]: a PUB/SUB link
 //!   that silently stops delivering (a proxy, a paused server) is caught.
-//!   [`RedisBroker::status`] has the broker's state and counters.
+//!   [`RedisBroker::status`] (and the hub's metrics) has the broker's state and counters.
 //!
 //! ## Scaling past one Redis
 //!
@@ -51,7 +51,7 @@ use crossbeam_channel::{Sender, bounded, unbounded};
 use parking_lot::Mutex;
 
 use crate::backoff::Backoff;
-use crate::hub::broker::{Broker, BrokerError, Position, Publication, Recovery};
+use crate::hub::broker::{Broker, BrokerError, BrokerStatus, Position, Publication, Recovery};
 use crate::hub::config::HistoryLimits;
 use crate::hub::fanout::Fanout;
 use commands::{Commands, keys};
@@ -93,21 +93,6 @@ impl Default for RedisConfig {
             reconnect: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
         }
     }
-}
-
-/// The broker's state and counters.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RedisStatus {
-    /// The subscription connection is up.
-    pub connected: bool,
-    /// Times the subscription connection was rebuilt.
-    pub reconnects: u64,
-    /// Rebuilds caused by a probe that was not heard back (a silent link).
-    pub probe_failures: u64,
-    /// Gaps filled from the stream (a jump in offsets, or what a rebuild missed).
-    pub gaps_recovered: u64,
-    /// Gaps the stream no longer covered, and new epochs: announced as resets.
-    pub gaps_unrecovered: u64,
 }
 
 /// What a node knows of one room it subscribes to.
@@ -199,10 +184,10 @@ impl RedisBroker {
         })
     }
 
-    /// The broker's state and counters.
-    pub fn status(&self) -> RedisStatus {
+    /// The broker's state and counters (also in the hub's [`Metrics`](crate::hub::Metrics)).
+    pub fn status(&self) -> BrokerStatus {
         let s = &self.shared;
-        RedisStatus {
+        BrokerStatus {
             connected: s.connected.load(Relaxed),
             reconnects: s.reconnects.load(Relaxed),
             probe_failures: s.probe_failures.load(Relaxed),
@@ -383,6 +368,10 @@ impl Broker for RedisBroker {
 
     fn shutdown(&self) {
         self.stop();
+    }
+
+    fn status(&self) -> Option<BrokerStatus> {
+        Some(RedisBroker::status(self))
     }
 
     fn unsubscribe(&self, room: &str) {
