@@ -57,13 +57,34 @@ pub struct Recovery {
     pub missed: Vec<Publication>,
 }
 
-/// Why a broker could not do what was asked.
+/// Why a broker could not do what was asked, and whether it may have happened anyway.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BrokerError(pub String);
+#[non_exhaustive]
+pub enum BrokerError {
+    /// Nothing was done: the broker could not be reached, or refused before acting. Retrying
+    /// cannot duplicate anything.
+    Unavailable(String),
+    /// The request was sent and its answer lost (the connection failed or timed out after
+    /// sending): a publication may still be stored and delivered. Retrying may publish it
+    /// twice; a subscriber learns the truth from the offsets it receives.
+    Unknown(String),
+}
+
+impl BrokerError {
+    /// The description, whichever the case.
+    pub fn message(&self) -> &str {
+        match self {
+            BrokerError::Unavailable(m) | BrokerError::Unknown(m) => m,
+        }
+    }
+}
 
 impl fmt::Display for BrokerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "broker: {}", self.0)
+        match self {
+            BrokerError::Unavailable(m) => write!(f, "broker unavailable, nothing done: {m}"),
+            BrokerError::Unknown(m) => write!(f, "broker outcome unknown: {m}"),
+        }
     }
 }
 

@@ -567,7 +567,9 @@ impl HubHandle {
             .map_err(JoinError::Broker)?;
         member.rooms.lock().insert(name);
         hub.flush(member);
-        joined.ok_or_else(|| JoinError::Broker(BrokerError("the broker did not join".into())))
+        joined.ok_or_else(|| {
+            JoinError::Broker(BrokerError::Unavailable("the broker did not join".into()))
+        })
     }
 
     /// Removes `conn` from `room`; false if it was not a member.

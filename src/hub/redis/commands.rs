@@ -84,8 +84,19 @@ pub(crate) struct Commands {
     rewound: Script,
 }
 
-fn err(what: &str, e: impl std::fmt::Display) -> BrokerError {
-    BrokerError(format!("redis {what}: {e}"))
+/// Not reached: nothing was sent.
+fn unavailable(what: &str, e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Unavailable(format!("redis {what}: {e}"))
+}
+
+/// A call that failed after it was sent: an I/O failure (a timeout, a dropped connection)
+/// leaves the outcome unknown; an error reply from Redis means it did not act.
+fn failed(what: &str, e: &redis::RedisError) -> BrokerError {
+    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
+        BrokerError::Unknown(format!("redis {what}: {e}"))
+    } else {
+        BrokerError::Unavailable(format!("redis {what}: {e}"))
+    }
 }
 
 impl Commands {
@@ -129,20 +140,20 @@ impl Commands {
             let c = self
                 .client
                 .get_connection_with_timeout(self.timeout)
-                .map_err(|e| err("connect", e))?;
+                .map_err(|e| unavailable("connect", e))?;
             c.set_read_timeout(Some(self.timeout))
                 .and_then(|()| c.set_write_timeout(Some(self.timeout)))
-                .map_err(|e| err("connect", e))?;
+                .map_err(|e| unavailable("connect", e))?;
             *slot = Some(c);
         }
         let Some(conn) = slot.as_mut() else {
-            return Err(err(what, "no connection"));
+            return Err(unavailable(what, "no connection"));
         };
         match f(conn) {
             Ok(v) => Ok(v),
             Err(e) => {
                 *slot = None;
-                Err(err(what, e))
+                Err(failed(what, &e))
             }
         }
     }

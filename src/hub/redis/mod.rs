@@ -153,8 +153,8 @@ impl RedisBroker {
     /// with the hub; commands connect on first use), so a Redis that is down now is not an
     /// error here.
     pub fn new(config: RedisConfig) -> Result<Self, BrokerError> {
-        let client =
-            redis::Client::open(config.url.as_str()).map_err(|e| BrokerError(e.to_string()))?;
+        let client = redis::Client::open(config.url.as_str())
+            .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
         let (control, receiver) = unbounded();
         let random = RandomState::new();
         let probe = format!(
@@ -210,10 +210,12 @@ impl RedisBroker {
         let (ack, acked) = bounded(1);
         s.control
             .send(Control::Subscribe(room.to_string(), ack))
-            .map_err(|_| BrokerError("redis subscription thread is gone".into()))?;
+            .map_err(|_| BrokerError::Unavailable("redis subscription thread is gone".into()))?;
         acked
             .recv_timeout((s.config.timeout * 3).max(Duration::from_secs(5)))
-            .map_err(|_| BrokerError("redis subscription not confirmed in time".into()))?
+            .map_err(|_| {
+                BrokerError::Unavailable("redis subscription not confirmed in time".into())
+            })?
     }
 
     fn stop(&self) {

@@ -80,7 +80,9 @@ pub(crate) fn run(s: &Arc<Shared>, control: &Receiver<Control>) {
 fn refuse_pending(control: &Receiver<Control>, why: &str) {
     for c in control.try_iter() {
         if let Control::Subscribe(_, ack) = c {
-            let _ = ack.send(Err(BrokerError(format!("redis unreachable: {why}"))));
+            let _ = ack.send(Err(BrokerError::Unavailable(format!(
+                "redis unreachable: {why}"
+            ))));
         }
     }
 }
@@ -143,7 +145,7 @@ fn serve(
                         .and_then(|()| pubsub.subscribe(keys(&s.config.prefix, &room).channel))
                         .and_then(|()| pubsub.set_read_timeout(Some(POLL)));
                     let failed = r.as_ref().err().map(ToString::to_string);
-                    let _ = ack.send(r.map_err(|e| BrokerError(e.to_string())));
+                    let _ = ack.send(r.map_err(|e| BrokerError::Unavailable(e.to_string())));
                     failed
                 }
                 Control::Unsubscribe(room) => pubsub
