@@ -10,9 +10,9 @@ use std::sync::{Arc, Weak};
 
 use crate::frame::CloseCode;
 use crate::guard;
-use crate::hub::HubShared;
 use crate::hub::broker::{Position, Publication};
 use crate::hub::conn::ConnShared;
+use crate::hub::{Batch, HubShared};
 
 /// The hub's delivery handle, given to its broker by [`Broker::attach`](super::Broker::attach).
 #[derive(Clone)]
@@ -49,6 +49,13 @@ impl Fanout {
             hub: Some(hub),
             touched,
         }
+    }
+
+    /// Starts a write batch on this thread (for a broker's delivery thread): what is delivered
+    /// until it is dropped is written then, one write per member (or by the flusher if the
+    /// batch sees no progress for a couple of milliseconds).
+    pub(crate) fn batch(&self) -> Option<Batch> {
+        self.hub.upgrade().map(Batch::begin)
     }
 
     /// The room's stream was reset: its history is gone (a new epoch) or a gap could not be

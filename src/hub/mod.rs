@@ -161,12 +161,12 @@ struct Deferred {
 /// them back: the first deferral asks the flusher to write them after [`BATCH_GRACE`] if the
 /// batch has not ended by then. Elsewhere (an application thread) a publication is written at
 /// once.
-pub(crate) struct Batch<'a> {
-    hub: &'a HubShared,
+pub(crate) struct Batch {
+    hub: Arc<HubShared>,
 }
 
-impl<'a> Batch<'a> {
-    pub(crate) fn begin(hub: &'a HubShared) -> Self {
+impl Batch {
+    pub(crate) fn begin(hub: Arc<HubShared>) -> Self {
         BATCH.with(|b| {
             *b.borrow_mut() = Some(Deferred {
                 list: new_list(),
@@ -177,7 +177,7 @@ impl<'a> Batch<'a> {
     }
 }
 
-impl Batch<'_> {
+impl Batch {
     /// A callback is about to run: the deferred writes may wait another [`BATCH_GRACE`].
     pub(crate) fn progress(&self) {
         BATCH.with(|b| {
@@ -188,7 +188,7 @@ impl Batch<'_> {
     }
 }
 
-impl Drop for Batch<'_> {
+impl Drop for Batch {
     fn drop(&mut self) {
         let deferred = BATCH.with(|b| b.borrow_mut().take());
         let taken = deferred.and_then(|d| d.list.lock().members.take());

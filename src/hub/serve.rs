@@ -159,7 +159,7 @@ impl Timers {
 
 /// Reads and handles frames until the connection ends; says how it ended.
 fn read_until_closed(
-    hub: &HubShared,
+    hub: &Arc<HubShared>,
     conn: &Conn,
     read: &mut ReadHalf,
     leftover: Vec<u8>,
@@ -189,7 +189,7 @@ fn read_until_closed(
     let mut peer_close: Option<(Initiator, CloseCode, String)> = None;
     loop {
         // Every whole frame in the buffer; what the callbacks publish is written when it ends.
-        let batch = Batch::begin(hub);
+        let batch = Batch::begin(hub.clone());
         loop {
             let step = decoder.decode_masked(&mut buf[start..end]);
             let need = match step {

@@ -16,6 +16,8 @@ use crate::hub::redis::{RoomState, Shared};
 
 /// How long one wait for a message lasts before the thread looks at its controls and probe.
 const POLL: Duration = Duration::from_millis(50);
+/// While a write batch is open: how long to wait for the next message before writing.
+const BATCH_WAIT: Duration = Duration::from_micros(200);
 
 /// What the hub's threads ask of the subscription thread.
 pub(crate) enum Control {
@@ -133,6 +135,9 @@ fn serve(
     }
     let mut heard = Instant::now();
     let mut probed = Instant::now();
+    // Messages that arrive back to back are written as one batch per member; the batch ends
+    // (and is written) when no message follows within BATCH_WAIT.
+    let mut batch = None;
     loop {
         if s.stop.load(Relaxed) {
             return Lost::Stop;
@@ -160,6 +165,15 @@ fn serve(
         match pubsub.get_message() {
             Ok(msg) => {
                 heard = Instant::now();
+                if batch.is_none() {
+                    batch = s.fanout.get().and_then(|f| f.batch());
+                    if let Err(e) = pubsub.set_read_timeout(Some(BATCH_WAIT)) {
+                        return Lost::Broken(e.to_string());
+                    }
+                }
+                if let Some(b) = &batch {
+                    b.progress();
+                }
                 let channel = msg.get_channel_name();
                 if channel != s.probe
                     && let Some(room) = room_of(&s.config.prefix, channel)
@@ -168,7 +182,13 @@ fn serve(
                     live(s, &room, msg.get_payload_bytes());
                 }
             }
-            Err(e) if e.is_timeout() => {}
+            Err(e) if e.is_timeout() => {
+                if batch.take().is_some()
+                    && let Err(e) = pubsub.set_read_timeout(Some(POLL))
+                {
+                    return Lost::Broken(e.to_string());
+                }
+            }
             Err(e) => return Lost::Broken(e.to_string()),
         }
         // A quiet link is probed through the command connection; one that hears nothing for
