@@ -64,6 +64,21 @@ pub enum Error {
         /// The error of the last address tried.
         source: io::Error,
     },
+    /// The proxy refused to open the tunnel: `code` is its HTTP status (407: credentials
+    /// wanted or wrong; 403: not allowed; 502/503/504: it could not reach the server), or for
+    /// SOCKS5 its reply code (1–8; `0x100 | status` for a failed username/password check,
+    /// `0xFF` when it accepts none of our authentication methods); 0 when its answer was not
+    /// understood. Transient for 5xx, 408, 429 and SOCKS5 codes 1, 3, 4, 5 and 6.
+    ProxyRefused {
+        /// `host:port` of the proxy.
+        proxy: String,
+        /// Which protocol it speaks.
+        kind: crate::ProxyKind,
+        /// The HTTP status or SOCKS5 reply code.
+        code: u16,
+        /// The proxy's reason (or what was wrong with its answer).
+        reason: String,
+    },
     /// A socket read or write failed after the connection was established.
     Io(io::Error),
     /// The TLS layer failed: certificate not valid for the host, unknown issuer, bad record, ...
@@ -134,6 +149,10 @@ impl Error {
             | Error::NotConnected
             | Error::Timeout(_) => true,
             Error::HandshakeRejected { status, .. } => matches!(status, 408 | 429 | 500..=599),
+            Error::ProxyRefused { kind, code, .. } => match kind {
+                crate::ProxyKind::Http => matches!(code, 408 | 429 | 500..=599),
+                crate::ProxyKind::Socks5 => matches!(code, 1 | 3..=6),
+            },
             Error::Closed { .. } | Error::Protocol { .. } => true,
             Error::Url(_)
             | Error::Config(_)
@@ -149,6 +168,15 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Url(msg) => write!(f, "invalid URL: {msg}"),
+            Error::ProxyRefused {
+                proxy,
+                kind,
+                code,
+                reason,
+            } => write!(
+                f,
+                "the {kind:?} proxy {proxy} refused the tunnel ({code}: {reason})"
+            ),
             Error::Config(msg) => write!(f, "invalid setting: {msg}"),
             Error::InvalidHeader { name, reason } => {
                 write!(f, "invalid upgrade request header {name:?}: {reason}")

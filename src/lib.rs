@@ -105,6 +105,7 @@ pub use client::event::{CloseInfo, Event};
 pub use client::health::LatencyPolicy;
 pub use client::ingress::{ForwardAll, Ingress, Verdict};
 pub use client::liveness::Keepalive;
+pub use client::proxy::{Proxy, ProxyKind};
 pub use client::requests::{ConfirmMode, Outcome, Request, Response, Undelivered, Unknown};
 pub use client::stats::Stats;
 pub use client::stepper::Dispatch;

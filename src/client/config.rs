@@ -15,6 +15,7 @@ use crate::client::endpoint::{Endpoint, NoSession};
 use crate::client::health::LatencyPolicy;
 use crate::client::ingress::{ForwardAll, Ingress};
 use crate::client::liveness::Keepalive;
+use crate::client::proxy::Proxy;
 use crate::client::stepper::Dispatch;
 use crate::client::target::Target;
 use crate::error::{Error, Result};
@@ -162,8 +163,18 @@ pub struct ClientBuilder {
     endpoint: Box<dyn Endpoint>,
     reconnect: Option<Box<dyn Reconnect>>,
     topics: Vec<String>,
+    proxy: ProxySetting,
     /// The first invalid setting, reported by `connect`.
     invalid: Option<Error>,
+}
+
+/// Where the proxy comes from.
+#[derive(Clone, Debug, Default)]
+enum ProxySetting {
+    #[default]
+    None,
+    Fixed(Proxy),
+    FromEnv,
 }
 
 impl std::fmt::Debug for ClientBuilder {
@@ -188,6 +199,7 @@ impl ClientBuilder {
             endpoint: Box::new(NoSession),
             reconnect: None,
             topics: Vec::new(),
+            proxy: ProxySetting::None,
             invalid: None,
         }
     }
@@ -366,6 +378,21 @@ impl ClientBuilder {
         self
     }
 
+    /// Connects through `proxy` (HTTP `CONNECT` or SOCKS5), on every attempt. The proxy leg is
+    /// part of the handshake deadline.
+    pub fn proxy(mut self, proxy: Proxy) -> Self {
+        self.proxy = ProxySetting::Fixed(proxy);
+        self
+    }
+
+    /// Takes the proxy from the environment at `connect`: `HTTPS_PROXY` (for `wss://`) or
+    /// `HTTP_PROXY` (for `ws://`), else `ALL_PROXY`, unless `NO_PROXY` names the host (see
+    /// [`Proxy::from_env`]). Off unless called.
+    pub fn proxy_from_env(mut self) -> Self {
+        self.proxy = ProxySetting::FromEnv;
+        self
+    }
+
     /// Uses this rustls configuration as is (client certificates, custom verifiers, pinned
     /// roots). Extra root certificates and the verification opt-out are then ignored.
     pub fn tls_config(mut self, config: Arc<ClientConfig>) -> Self {
@@ -417,7 +444,13 @@ impl ClientBuilder {
         } else {
             None
         };
+        let proxy = match self.proxy {
+            ProxySetting::None => None,
+            ProxySetting::Fixed(p) => Some(p),
+            ProxySetting::FromEnv => Proxy::from_env(target.tls, &target.host)?,
+        };
         let dialer = Dialer {
+            proxy,
             target,
             tls_config,
             tls: self.tls,

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use rustls::{ClientConfig, ClientConnection, Connection};
 
+use crate::client::proxy::Proxy;
 use crate::client::target::Target;
 use crate::deadline;
 use crate::error::{Error, Result};
@@ -32,6 +33,8 @@ pub(crate) struct Dialer {
     pub nodelay: bool,
     pub headers: Vec<(String, String)>,
     pub subprotocols: Vec<String>,
+    /// Through which proxy, if any (resolved once, at `connect`).
+    pub proxy: Option<Proxy>,
 }
 
 impl Dialer {
@@ -84,6 +87,14 @@ impl Dialer {
     }
 
     fn tcp_connect(&self, deadline: Instant) -> Result<TcpStream> {
+        if let Some(proxy) = &self.proxy {
+            return proxy.tunnel(
+                &self.target.host,
+                self.target.port,
+                deadline,
+                self.connect_timeout,
+            );
+        }
         let target = format!("{}:{}", self.target.host, self.target.port);
         let addrs: Vec<SocketAddr> = (self.target.host.as_str(), self.target.port)
             .to_socket_addrs()

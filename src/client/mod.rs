@@ -20,6 +20,7 @@ pub(crate) mod link;
 pub(crate) mod liveness;
 pub(crate) mod masks;
 pub(crate) mod outbox;
+pub(crate) mod proxy;
 pub(crate) mod reader;
 pub(crate) mod requests;
 pub(crate) mod session;

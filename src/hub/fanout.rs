@@ -54,6 +54,7 @@ impl Fanout {
     /// Starts a write batch on this thread (for a broker's delivery thread): what is delivered
     /// until it is dropped is written then, one write per member (or by the flusher if the
     /// batch sees no progress for a couple of milliseconds).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn batch(&self) -> Option<Batch> {
         self.hub.upgrade().map(Batch::begin)
     }
