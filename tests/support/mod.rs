@@ -7,6 +7,7 @@
 
 pub mod proxy;
 pub mod redis;
+pub mod tunnel;
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
