@@ -58,6 +58,8 @@ options:
   -H, --header 'Name: value'  add a header to the upgrade request (repeatable)
       --ca-file PATH          trust the PEM certificates in PATH (in addition to webpki roots)
       --insecure              DO NOT verify the server certificate (testing only)
+      --proxy URL             connect through a proxy: http://[user:pass@]host:port (CONNECT)
+                              or socks5://[user:pass@]host:port (names resolved by the proxy)
       --subprotocol P         offer subprotocol P (repeatable, in preference order)
       --max-frame BYTES       largest accepted inbound frame
       --max-message BYTES     largest accepted inbound message
@@ -85,6 +87,7 @@ struct Options {
     headers: Vec<(String, String)>,
     ca_file: Option<String>,
     insecure: bool,
+    proxy: Option<String>,
     subprotocols: Vec<String>,
     max_frame: Option<usize>,
     max_message: Option<usize>,
@@ -128,6 +131,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
             }
             "--ca-file" => o.ca_file = Some(value()?),
             "--insecure" => o.insecure = true,
+            "--proxy" => o.proxy = Some(value()?),
             "--subprotocol" => o.subprotocols.push(value()?),
             "--max-frame" => o.max_frame = Some(number(&name, &value()?)?),
             "--max-message" => o.max_message = Some(number(&name, &value()?)?),
@@ -216,6 +220,12 @@ fn main() -> ExitCode {
                     .fold(builder, |b, c| b.add_root_certificate(c))
             }
             Err(e) => return fail(2, e),
+        }
+    }
+    if let Some(url) = &opts.proxy {
+        match syncws::Proxy::parse(url) {
+            Ok(p) => builder = builder.proxy(p),
+            Err(e) => return fail(2, format!("--proxy: {e}")),
         }
     }
     if opts.insecure {

@@ -620,3 +620,29 @@ fn wait_zero_closes_at_end_of_input_at_once() {
     assert!(status.success(), "{status:?}; stderr: {stderr}");
     server.join();
 }
+
+#[test]
+fn proxy_option_tunnels_through_socks5_and_http() {
+    use support::tunnel::{Mode, TestProxy};
+    for (proxy, scheme) in [
+        (
+            TestProxy::socks5(Mode::Open(Some(("u".into(), "p".into())))),
+            "socks5",
+        ),
+        (TestProxy::http(Mode::Open(None)), "http"),
+    ] {
+        let server = echo_server(None);
+        let url = match scheme {
+            "socks5" => format!("socks5://u:p@{}", proxy.addr),
+            _ => format!("http://{}", proxy.addr),
+        };
+        let mut wscat = Wscat::spawn(&["--proxy", &url, &server.url("/echo")]);
+        wscat.send_line("via proxy");
+        assert_eq!(wscat.next_line(), "via proxy");
+        wscat.close_stdin();
+        let (status, _, stderr) = wscat.finish();
+        assert!(status.success(), "{status:?}; stderr: {stderr}");
+        assert_eq!(proxy.targets().len(), 1, "{scheme}");
+        server.join();
+    }
+}
