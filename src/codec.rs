@@ -7,6 +7,7 @@
 //! the client must enforce on server frames is checked here, and a violation is reported with the
 //! close code the connection must be failed with; nothing in here can panic on input.
 
+use crate::deflate::Inflater;
 use crate::frame::{CloseCode, Data};
 
 const OP_CONTINUATION: u8 = 0x0;
@@ -163,6 +164,10 @@ pub(crate) struct Decoder {
     partial_opcode: Option<u8>,
     /// Set when `partial` holds a delivered message that must be cleared on the next call.
     partial_delivered: bool,
+    /// The message being reassembled is compressed.
+    partial_compressed: bool,
+    /// permessage-deflate, when negotiated.
+    inflater: Option<Inflater>,
 }
 
 impl Decoder {
@@ -172,7 +177,15 @@ impl Decoder {
             partial: Vec::new(),
             partial_opcode: None,
             partial_delivered: false,
+            partial_compressed: false,
+            inflater: None,
         }
+    }
+
+    /// Accepts compressed messages (RSV1) from now on: permessage-deflate was negotiated.
+    /// `peer_no_context_takeover`: the peer compresses each message on its own.
+    pub(crate) fn enable_deflate(&mut self, peer_no_context_takeover: bool) {
+        self.inflater = Some(Inflater::new(peer_no_context_takeover));
     }
 
     /// Gives back the reassembly buffer when it grew past `keep` bytes and no fragmented
@@ -223,6 +236,17 @@ impl Decoder {
         let Some((header, header_len)) = parse_header(buf, masked)? else {
             return Ok(Extent::Need(0));
         };
+        if header.rsv1 && (self.inflater.is_none() || !matches!(header.opcode, OP_TEXT | OP_BINARY))
+        {
+            return Err(violation(
+                CloseCode::PROTOCOL_ERROR,
+                if self.inflater.is_none() {
+                    "reserved bits set without an extension"
+                } else {
+                    "RSV1 on a control or continuation frame"
+                },
+            ));
+        }
         if header.len > self.limits.max_frame as u64 {
             return Err(violation(
                 CloseCode::TOO_BIG,
@@ -286,7 +310,13 @@ impl Decoder {
                         "new data frame while a fragmented message was in progress",
                     ));
                 }
-                Decoded::Data(to_data(header.opcode, payload)?)
+                if header.rsv1 {
+                    let limit = self.limits.max_message;
+                    let inflated = self.inflate(payload, limit)?;
+                    Decoded::Data(to_data(header.opcode, inflated)?)
+                } else {
+                    Decoded::Data(to_data(header.opcode, payload)?)
+                }
             }
             OP_TEXT | OP_BINARY => {
                 if self.partial_opcode.is_some() {
@@ -296,6 +326,7 @@ impl Decoder {
                     ));
                 }
                 self.partial_opcode = Some(header.opcode);
+                self.partial_compressed = header.rsv1;
                 self.append_fragment(payload)?;
                 Decoded::Fragment
             }
@@ -311,13 +342,37 @@ impl Decoder {
                 if header.fin {
                     self.partial_opcode = None;
                     self.partial_delivered = true;
-                    Decoded::Data(to_data(opcode, &self.partial)?)
+                    if std::mem::take(&mut self.partial_compressed) {
+                        let limit = self.limits.max_message;
+                        let Some(inflater) = self.inflater.as_mut() else {
+                            return Err(violation(
+                                CloseCode::PROTOCOL_ERROR,
+                                "compressed message without deflate",
+                            ));
+                        };
+                        let inflated = inflater
+                            .inflate(&self.partial, limit)
+                            .map_err(inflate_error)?;
+                        Decoded::Data(to_data(opcode, inflated)?)
+                    } else {
+                        Decoded::Data(to_data(opcode, &self.partial)?)
+                    }
                 } else {
                     Decoded::Fragment
                 }
             }
         };
         Ok(Step::Frame(total, decoded))
+    }
+
+    fn inflate<'a>(&'a mut self, payload: &[u8], limit: usize) -> Result<&'a [u8], Violation> {
+        match self.inflater.as_mut() {
+            Some(inflater) => inflater.inflate(payload, limit).map_err(inflate_error),
+            None => Err(violation(
+                CloseCode::PROTOCOL_ERROR,
+                "compressed message without deflate",
+            )),
+        }
     }
 
     fn append_fragment(&mut self, payload: &[u8]) -> Result<(), Violation> {
@@ -332,6 +387,21 @@ impl Decoder {
         }
         self.partial.extend_from_slice(payload);
         Ok(())
+    }
+}
+
+/// A message that would inflate past the limit is 1009; one that is not DEFLATE is 1007.
+fn inflate_error(too_big: bool) -> Violation {
+    if too_big {
+        violation(
+            CloseCode::TOO_BIG,
+            "compressed message inflates past the size limit",
+        )
+    } else {
+        violation(
+            CloseCode::INVALID_PAYLOAD,
+            "compressed message is not valid DEFLATE",
+        )
     }
 }
 
@@ -372,6 +442,8 @@ fn parse_close(payload: &[u8]) -> Result<Option<(CloseCode, &str)>, Violation> {
 
 struct Header {
     fin: bool,
+    /// RSV1: a compressed message (permessage-deflate), on its first frame only.
+    rsv1: bool,
     opcode: u8,
     len: u64,
     /// The masking key (all zeros for an unmasked frame, which leaves the payload as it is).
@@ -394,12 +466,15 @@ fn parse_header(buf: &[u8], masked: bool) -> Result<Option<(Header, usize)>, Vio
         return Ok(None);
     };
     let (fin, rsv, opcode) = (b0 & 0x80 != 0, b0 & 0x70, b0 & 0x0F);
-    if rsv != 0 {
+    // RSV1 may mean "compressed" (checked by the decoder, which knows whether
+    // permessage-deflate was negotiated); RSV2 and RSV3 never mean anything here.
+    if rsv & 0x30 != 0 {
         return Err(violation(
             CloseCode::PROTOCOL_ERROR,
             "reserved bits set without an extension",
         ));
     }
+    let rsv1 = rsv & 0x40 != 0;
     if !matches!(
         opcode,
         OP_CONTINUATION | OP_TEXT | OP_BINARY | OP_CLOSE | OP_PING | OP_PONG
@@ -460,6 +535,7 @@ fn parse_header(buf: &[u8], masked: bool) -> Result<Option<(Header, usize)>, Vio
     Ok(Some((
         Header {
             fin,
+            rsv1,
             opcode,
             len,
             mask,

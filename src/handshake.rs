@@ -10,6 +10,7 @@ use std::time::Duration;
 use tungstenite::handshake::derive_accept_key;
 
 use crate::client::target::Target;
+use crate::deflate::DeflateParams;
 use crate::error::{Error, MAX_RETRY_AFTER, Result};
 
 /// Upper bound on the size of the response head.
@@ -27,6 +28,8 @@ pub(crate) struct Upgraded {
     pub leftover: Vec<u8>,
     /// The subprotocol the server selected, if any.
     pub protocol: Option<String>,
+    /// permessage-deflate, when offered and accepted.
+    pub deflate: Option<DeflateParams>,
 }
 
 /// Checks a header before it is written: the name must be an HTTP token (RFC 9110 §5.1) and the
@@ -129,10 +132,15 @@ pub(crate) fn upgrade<S: Read + Write>(
     target: &Target,
     headers: &[(String, String)],
     subprotocols: &[String],
+    deflate: Option<&DeflateParams>,
 ) -> Result<Upgraded> {
     check_request(headers, subprotocols)?;
     let key = tungstenite::handshake::client::generate_key();
-    let req = request(target, &key, headers, subprotocols);
+    let mut headers = headers.to_vec();
+    if let Some(offer) = deflate {
+        headers.push(("Sec-WebSocket-Extensions".into(), offer.offer()));
+    }
+    let req = request(target, &key, &headers, subprotocols);
     stream
         .write_all(&req)
         .and_then(|()| stream.flush())
@@ -182,18 +190,24 @@ pub(crate) fn upgrade<S: Read + Write>(
                 retry_after_clamped_from,
             });
         }
-        let protocol = check_101(response.headers, &key, subprotocols)?;
+        let (protocol, deflate) = check_101(response.headers, &key, subprotocols, deflate)?;
         let leftover = buf[head_len..].to_vec();
-        return Ok(Upgraded { leftover, protocol });
+        return Ok(Upgraded {
+            leftover,
+            protocol,
+            deflate,
+        });
     }
 }
 
-/// Validates the headers of a `101` response; returns the selected subprotocol.
+/// Validates the headers of a `101` response; returns the selected subprotocol and the
+/// accepted permessage-deflate parameters.
 fn check_101(
     headers: &[httparse::Header<'_>],
     key: &str,
     subprotocols: &[String],
-) -> Result<Option<String>> {
+    deflate: Option<&DeflateParams>,
+) -> Result<(Option<String>, Option<DeflateParams>)> {
     let get = |name: &str| {
         headers
             .iter()
@@ -232,12 +246,20 @@ fn check_101(
             "server chose unrequested subprotocol {p:?}"
         )));
     }
-    if get("Sec-WebSocket-Extensions").is_some() {
-        return Err(Error::InvalidHandshake(
-            "server enabled an extension we did not offer".into(),
-        ));
-    }
-    Ok(protocol)
+    let extensions = match (get("Sec-WebSocket-Extensions"), deflate) {
+        (None, _) => None,
+        (Some(answer), Some(offer)) => {
+            Some(DeflateParams::accept(&answer, offer).map_err(|e| {
+                Error::InvalidHandshake(format!("server's permessage-deflate answer: {e}"))
+            })?)
+        }
+        (Some(_), None) => {
+            return Err(Error::InvalidHandshake(
+                "server enabled an extension we did not offer".into(),
+            ));
+        }
+    };
+    Ok((protocol, extensions))
 }
 
 /// A numeric header value (`Content-Length`).
@@ -359,7 +381,7 @@ mod tests {
             ),
             written: Vec::new(),
         };
-        match upgrade(&mut fake, &target(), &[], &[]) {
+        match upgrade(&mut fake, &target(), &[], &[], None) {
             Err(Error::HandshakeRejected {
                 status,
                 headers,
@@ -382,7 +404,7 @@ mod tests {
             input: Cursor::new(head.as_bytes().to_vec()),
             written: Vec::new(),
         };
-        upgrade(&mut fake, &target(), &[], &[]).unwrap_err()
+        upgrade(&mut fake, &target(), &[], &[], None).unwrap_err()
     }
 
     #[test]
@@ -461,7 +483,7 @@ mod tests {
                 written: Vec::new(),
             };
             let headers = [(name.to_string(), value.to_string())];
-            let result = upgrade(&mut fake, &target(), &headers, &[]);
+            let result = upgrade(&mut fake, &target(), &headers, &[], None);
             assert!(
                 matches!(result, Err(Error::InvalidHeader { .. })),
                 "{result:?}"
@@ -500,7 +522,7 @@ mod tests {
             written: Vec::new(),
         };
         assert!(matches!(
-            upgrade(&mut fake, &target(), &[], &[]),
+            upgrade(&mut fake, &target(), &[], &[], None),
             Err(Error::InvalidHandshake(_))
         ));
     }

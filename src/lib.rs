@@ -83,6 +83,7 @@ mod backoff;
 mod client;
 mod codec;
 mod deadline;
+mod deflate;
 mod error;
 mod frame;
 mod guard;
@@ -110,6 +111,7 @@ pub use client::requests::{ConfirmMode, Outcome, Request, Response, Undelivered,
 pub use client::stats::Stats;
 pub use client::stepper::Dispatch;
 pub use client::ticket::{DEADLINE_GRACE, Ticket};
+pub use deflate::DeflateParams;
 pub use error::{Error, MAX_RETRY_AFTER, Result};
 pub use frame::{CloseCode, CloseFrame, Data, Frame, Initiator, PreparedFrame};
 pub use tls::certificates_from_pem;

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use python_peer::{PyServer, TlsFiles, Transport, python_ready, setup};
 use support::{Pki, next_event, payload};
-use syncws::{Cause, Client, CloseCode, CloseInfo, Error, Event, Frame, Initiator};
+use syncws::{Cause, Client, CloseCode, CloseInfo, DeflateParams, Error, Event, Frame, Initiator};
 
 /// Bound on every single wait in these tests.
 const WAIT: Duration = Duration::from_secs(5);
@@ -545,15 +545,16 @@ fn close_with_reserved_code_does_not_send_it() {
     }
 }
 
-/// permessage-deflate is not supported: a server with compression enabled (the websockets
-/// default) negotiates none when the client offers none, and a server accepting an extension
-/// the user forced into the request is refused.
+/// permessage-deflate stays off unless asked for: a server with compression enabled (the
+/// websockets default) negotiates none when the client offers none, and a server accepting an
+/// extension the user forced into the request (without `.deflate`) is refused.
 fn compression_is_never_negotiated() {
     if !python_ready() {
         return;
     }
-    let (_server, builder) = setup(Transport::Plain, &["echo-deflate"], "/");
+    let (server, builder) = setup(Transport::Plain, &["echo-deflate"], "/");
     let client = builder.connect().unwrap();
+    assert_eq!(server.expect_line("EXT "), "none");
     let text = "compressible ".repeat(1000);
     client.send(Frame::text(text.clone())).unwrap();
     assert_eq!(next_frame(&client), Frame::text(text));
@@ -571,6 +572,73 @@ fn compression_is_never_negotiated() {
             panic!("accepted a server that enabled permessage-deflate");
         }
     }
+}
+
+/// permessage-deflate asked for, with every combination of its parameters, plain and TLS:
+/// negotiated as offered (the server's answer printed), and large repetitive messages that the
+/// server sends compressed arrive intact, text and binary, many in a row (context takeover).
+fn deflate_with_each_parameter_combination() {
+    if !python_ready() {
+        return;
+    }
+    let json = r#"{"channel":"trades","price":101.25,"qty":3,"side":"buy"}"#.repeat(200);
+    for transport in [Transport::Plain, Transport::Tls] {
+        for bits in 0..16u8 {
+            let params = DeflateParams {
+                server_no_context_takeover: bits & 1 != 0,
+                client_no_context_takeover: bits & 2 != 0,
+                server_max_window_bits: (bits & 4 != 0).then_some(10),
+                client_max_window_bits: (bits & 8 != 0).then_some(12),
+            };
+            let (server, builder) = setup(transport, &["echo-deflate"], "/");
+            let client = builder.deflate(params).connect().unwrap();
+            let ext = server.expect_line("EXT ");
+            assert!(ext.starts_with("permessage-deflate"), "{params:?}: {ext}");
+            assert_eq!(
+                ext.contains("server_no_context_takeover"),
+                params.server_no_context_takeover,
+                "{ext}"
+            );
+            if params.server_max_window_bits.is_some() {
+                assert!(ext.contains("server_max_window_bits=10"), "{ext}");
+            }
+            for i in 0..5 {
+                let text = format!("{i}{json}");
+                client.send(Frame::text(text.clone())).unwrap();
+                assert_eq!(next_frame(&client), Frame::text(text), "{params:?}");
+            }
+            let binary = json.as_bytes().repeat(3);
+            client.send(Frame::binary(binary.clone())).unwrap();
+            assert_eq!(next_frame(&client), Frame::binary(binary), "{params:?}");
+            client.shutdown(SHUTDOWN);
+        }
+    }
+}
+
+/// A compression bomb: the server sends a message that inflates past the client's limit; the
+/// client closes with 1009 instead of allocating it.
+fn deflate_bomb_is_a_1009_close() {
+    if !python_ready() {
+        return;
+    }
+    let (server, builder) = setup(Transport::Plain, &["echo-deflate"], "/");
+    let client = builder
+        .deflate(DeflateParams::default())
+        .max_message_size(64 * 1024)
+        .connect()
+        .unwrap();
+    assert!(server.expect_line("EXT ").starts_with("permessage-deflate"));
+    // The client sends 1 MiB (its limit is on what it receives); the server echoes it
+    // compressed to about a kilobyte, which inflates past the client's 64 KiB.
+    let big = vec![b'a'; 1 << 20];
+    client.send(Frame::binary(big)).unwrap();
+    let info = next_closed(&client);
+    assert_eq!(info.code, CloseCode::TOO_BIG, "{info:?}");
+    assert_eq!(
+        server.expect_line("CLOSED "),
+        "1009 compressed message inflates past the size limit"
+    );
+    client.shutdown(SHUTDOWN);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -836,6 +904,11 @@ fn main() {
             "compression_is_never_negotiated",
             compression_is_never_negotiated,
         ),
+        (
+            "deflate_with_each_parameter_combination",
+            deflate_with_each_parameter_combination,
+        ),
+        ("deflate_bomb_is_a_1009_close", deflate_bomb_is_a_1009_close),
         ("handshake_rejected_401_plain", handshake_rejected_401_plain),
         ("handshake_rejected_503_plain", handshake_rejected_503_plain),
         ("handshake_rejected_401_tls", handshake_rejected_401_tls),

@@ -18,6 +18,7 @@ use crate::client::liveness::Keepalive;
 use crate::client::proxy::Proxy;
 use crate::client::stepper::Dispatch;
 use crate::client::target::Target;
+use crate::deflate::DeflateParams;
 use crate::error::{Error, Result};
 use crate::tls::TlsOptions;
 
@@ -164,6 +165,7 @@ pub struct ClientBuilder {
     reconnect: Option<Box<dyn Reconnect>>,
     topics: Vec<String>,
     proxy: ProxySetting,
+    deflate: Option<DeflateParams>,
     /// The first invalid setting, reported by `connect`.
     invalid: Option<Error>,
 }
@@ -200,6 +202,7 @@ impl ClientBuilder {
             reconnect: None,
             topics: Vec::new(),
             proxy: ProxySetting::None,
+            deflate: None,
             invalid: None,
         }
     }
@@ -385,6 +388,16 @@ impl ClientBuilder {
         self
     }
 
+    /// Offers permessage-deflate (RFC 7692) with these parameters (`DeflateParams::default()`
+    /// offers plain permessage-deflate). Off unless called. A server that accepts sends
+    /// compressed messages, which are inflated on the reader thread under the message size
+    /// limit (a message inflating past it closes with 1009); syncws sends uncompressed, which
+    /// RFC 7692 allows. The negotiated parameters are logged at debug level.
+    pub fn deflate(mut self, params: DeflateParams) -> Self {
+        self.deflate = Some(params);
+        self
+    }
+
     /// Takes the proxy from the environment at `connect`: `HTTPS_PROXY` (for `wss://`) or
     /// `HTTP_PROXY` (for `ws://`), else `ALL_PROXY`, unless `NO_PROXY` names the host (see
     /// [`Proxy::from_env`]). Off unless called.
@@ -450,6 +463,7 @@ impl ClientBuilder {
             ProxySetting::FromEnv => Proxy::from_env(target.tls, &target.host)?,
         };
         let dialer = Dialer {
+            deflate: self.deflate,
             proxy,
             target,
             tls_config,

@@ -17,6 +17,7 @@ use rustls::{ClientConfig, ClientConnection, Connection};
 use crate::client::proxy::Proxy;
 use crate::client::target::Target;
 use crate::deadline;
+use crate::deflate::DeflateParams;
 use crate::error::{Error, Result};
 use crate::handshake::{self, Upgraded};
 use crate::opening::OpeningIo;
@@ -35,6 +36,8 @@ pub(crate) struct Dialer {
     pub subprotocols: Vec<String>,
     /// Through which proxy, if any (resolved once, at `connect`).
     pub proxy: Option<Proxy>,
+    /// permessage-deflate to offer, if any.
+    pub deflate: Option<DeflateParams>,
 }
 
 impl Dialer {
@@ -74,7 +77,13 @@ impl Dialer {
         io.complete_tls_handshake().map_err(tls_handshake_error)?;
         let headers: Vec<(String, String)> =
             self.headers.iter().chain(extra_headers).cloned().collect();
-        let upgraded = handshake::upgrade(&mut io, &self.target, &headers, &self.subprotocols)?;
+        let upgraded = handshake::upgrade(
+            &mut io,
+            &self.target,
+            &headers,
+            &self.subprotocols,
+            self.deflate.as_ref(),
+        )?;
         log::debug!(
             "connected to {}:{} (tls: {}, protocol: {:?}, {} early bytes)",
             self.target.host,

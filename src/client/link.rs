@@ -33,6 +33,7 @@ use crate::client::stats::Counters;
 use crate::client::stepper::Inbox;
 use crate::client::writer::Writer;
 use crate::codec::{Decoder, Limits};
+use crate::deflate::DeflateParams;
 use crate::error::{Error, Result};
 use crate::frame::Frame;
 use crate::read_buffer::ReadBuffer;
@@ -243,8 +244,11 @@ impl<T: Send + 'static> LinkFactory<T> {
             Ok(ok) => ok,
             Err(e) => return Err((e, Some(ingress))),
         };
+        if let Some(p) = &upgraded.deflate {
+            log::debug!("permessage-deflate negotiated: {p:?}");
+        }
         let link = self
-            .start(epoch, stream, upgraded.leftover, ingress)
+            .start(epoch, stream, upgraded.leftover, upgraded.deflate, ingress)
             .map_err(|e| (e, None))?;
         Ok((link, upgraded.protocol))
     }
@@ -255,8 +259,13 @@ impl<T: Send + 'static> LinkFactory<T> {
         epoch: u64,
         stream: Stream,
         leftover: Vec<u8>,
+        deflate: Option<DeflateParams>,
         ingress: I,
     ) -> Result<Link<I>> {
+        let mut decoder = Decoder::new(self.limits);
+        if let Some(p) = deflate {
+            decoder.enable_deflate(p.server_no_context_takeover);
+        }
         let (read_half, write_half, socket) = stream.split().map_err(Error::Io)?;
         let control_capacity = self.control_queue.max(2 * CONTROL_HEADROOM);
         let (control_tx, control_rx) = bounded(control_capacity);
@@ -269,7 +278,7 @@ impl<T: Send + 'static> LinkFactory<T> {
         let (go_tx, go_rx) = bounded::<()>(1);
         let reader = Reader {
             half: read_half,
-            decoder: Decoder::new(self.limits),
+            decoder,
             buf: ReadBuffer::new(self.read_buffer, &leftover),
             go: go_rx,
             out: Outlets {

@@ -32,7 +32,8 @@ Usage:
 
 Modes:
     echo                 echo every text and binary message (no size limit)
-    echo-deflate         echo, with permessage-deflate enabled (websockets' default)
+    echo-deflate         echo, with permessage-deflate enabled (websockets' default); prints
+                         `EXT <negotiated Sec-WebSocket-Extensions, or none>` per connection
     fragments            send a fragmented text and a fragmented binary message, then echo
     ping                 ping the client with known payloads, wait for each pong, send each
                          result as a text message `pong-ok:<payload>` / `pong-timeout:<payload>`
@@ -108,6 +109,12 @@ def report(line):
 async def echo(ws):
     async for message in ws:
         await ws.send(message)
+
+
+async def echo_with_extensions(ws):
+    """Echo, after printing the negotiated extensions (`EXT <header or none>`)."""
+    print("EXT", ws.response.headers.get("Sec-WebSocket-Extensions", "none"), flush=True)
+    await echo(ws)
 
 
 async def ping_and_wait(ws, data):
@@ -360,7 +367,7 @@ def parse_mode(parser, words):
     elif mode == "send-then-close" and len(rest) == 3:
         handler = handle_send_then_close(int(rest[0]), int(rest[1]), rest[2])
     elif mode == "echo-deflate" and not rest:
-        handler = echo
+        handler = echo_with_extensions
         options["compression"] = "deflate"
     elif mode == "max-size" and len(rest) == 1:
         handler = echo

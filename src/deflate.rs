@@ -1,0 +1,263 @@
+//! permessage-deflate (RFC 7692): the negotiation's parameters and inflating messages under a
+//! hard limit, for both halves.
+//!
+//! A message whose first frame has RSV1 set is compressed: its payload (all fragments, added
+//! up) plus the four bytes `00 00 ff ff` is one raw DEFLATE stream segment. The decompressor
+//! keeps its window between messages unless the peer said it would not
+//! (`*_no_context_takeover`). Whatever the compressed size, output past the message limit is a
+//! 1009 close, never an allocation: a compression bomb costs at most the limit.
+//!
+//! Sending compressed is optional under RFC 7692 (an endpoint may send any message
+//! uncompressed); syncws inflates what it receives and sends uncompressed.
+
+use flate2::{Decompress, FlushDecompress, Status};
+
+/// The negotiated parameters, as the two sides agreed on them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeflateParams {
+    /// The server starts every message with an empty window.
+    pub server_no_context_takeover: bool,
+    /// The client starts every message with an empty window.
+    pub client_no_context_takeover: bool,
+    /// The server's LZ77 window, in bits (8–15; `None`: 15).
+    pub server_max_window_bits: Option<u8>,
+    /// The client's LZ77 window, in bits (8–15; `None`: 15).
+    pub client_max_window_bits: Option<u8>,
+}
+
+impl DeflateParams {
+    /// The `Sec-WebSocket-Extensions` value that offers these parameters (a client's offer:
+    /// `client_max_window_bits` without a value says we accept any).
+    pub(crate) fn offer(&self) -> String {
+        let mut s = String::from("permessage-deflate");
+        if self.server_no_context_takeover {
+            s.push_str("; server_no_context_takeover");
+        }
+        if self.client_no_context_takeover {
+            s.push_str("; client_no_context_takeover");
+        }
+        if let Some(bits) = self.server_max_window_bits {
+            s.push_str(&format!("; server_max_window_bits={bits}"));
+        }
+        match self.client_max_window_bits {
+            Some(bits) => s.push_str(&format!("; client_max_window_bits={bits}")),
+            None => s.push_str("; client_max_window_bits"),
+        }
+        s
+    }
+
+    /// Parses a server's answer (one `permessage-deflate` element); `Err` names what is wrong.
+    /// `offered` is what we asked for: the server may not ask more of us than we allowed.
+    pub(crate) fn accept(answer: &str, offered: &DeflateParams) -> Result<DeflateParams, String> {
+        let mut parts = answer.split(';').map(str::trim);
+        if parts.next() != Some("permessage-deflate") {
+            return Err(format!("unexpected extension {answer:?}"));
+        }
+        let mut p = DeflateParams::default();
+        let mut seen = Vec::new();
+        for param in parts.filter(|p| !p.is_empty()) {
+            let (name, value) = match param.split_once('=') {
+                Some((n, v)) => (n.trim(), Some(v.trim().trim_matches('"'))),
+                None => (param, None),
+            };
+            if seen.contains(&name) {
+                return Err(format!("parameter {name} twice"));
+            }
+            seen.push(name);
+            let bits = |v: Option<&str>| -> Result<u8, String> {
+                v.and_then(|v| v.parse::<u8>().ok())
+                    .filter(|b| (8..=15).contains(b))
+                    .ok_or_else(|| format!("{name} needs a value from 8 to 15"))
+            };
+            match name {
+                "server_no_context_takeover" if value.is_none() => {
+                    p.server_no_context_takeover = true
+                }
+                "client_no_context_takeover" if value.is_none() => {
+                    p.client_no_context_takeover = true
+                }
+                "server_max_window_bits" => p.server_max_window_bits = Some(bits(value)?),
+                "client_max_window_bits" => {
+                    p.client_max_window_bits = Some(bits(value)?);
+                }
+                other => return Err(format!("unknown or malformed parameter {other:?}")),
+            }
+        }
+        // A server may decline `server_no_context_takeover`: then it takes its context over,
+        // which the inflater follows (it resets only when told).
+        if let (Some(asked), Some(got)) = (offered.server_max_window_bits, p.server_max_window_bits)
+            && got > asked
+        {
+            return Err(format!(
+                "server_max_window_bits {got} above the {asked} offered"
+            ));
+        }
+        if let (Some(allowed), Some(got)) =
+            (offered.client_max_window_bits, p.client_max_window_bits)
+            && got > allowed
+        {
+            return Err(format!(
+                "client_max_window_bits {got} above the {allowed} offered"
+            ));
+        }
+        Ok(p)
+    }
+}
+
+/// Inflates the peer's compressed messages.
+pub(crate) struct Inflater {
+    z: Decompress,
+    /// Reset before every message (the peer does not take its context over).
+    reset_each: bool,
+    out: Vec<u8>,
+}
+
+/// The tail RFC 7692 §7.2.2 strips from every compressed message.
+const TAIL: [u8; 4] = [0, 0, 0xff, 0xff];
+
+impl std::fmt::Debug for Inflater {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inflater")
+            .field("reset_each", &self.reset_each)
+            .finish()
+    }
+}
+
+impl Inflater {
+    /// `peer_no_context_takeover`: the peer compresses every message on its own.
+    pub(crate) fn new(peer_no_context_takeover: bool) -> Self {
+        Inflater {
+            z: Decompress::new(false),
+            reset_each: peer_no_context_takeover,
+            out: Vec::new(),
+        }
+    }
+
+    /// Inflates one message; `Err(true)` when it exceeds `limit` bytes, `Err(false)` when it
+    /// is not valid DEFLATE.
+    pub(crate) fn inflate(&mut self, compressed: &[u8], limit: usize) -> Result<&[u8], bool> {
+        if self.reset_each {
+            self.z.reset(false);
+        }
+        self.out.clear();
+        for input in [compressed, &TAIL[..]] {
+            let mut input = input;
+            loop {
+                if self.out.len() == self.out.capacity() {
+                    if self.out.len() > limit {
+                        return Err(true);
+                    }
+                    // Grow with what arrives, at most to one byte past the limit.
+                    let more = self.out.capacity().clamp(4096, 1 << 20);
+                    self.out
+                        .reserve(more.min(limit + 1 - self.out.len().min(limit)).max(1));
+                }
+                let before_in = self.z.total_in();
+                let before_out = self.z.total_out();
+                let status = self
+                    .z
+                    .decompress_vec(input, &mut self.out, FlushDecompress::Sync)
+                    .map_err(|_| false)?;
+                let used = (self.z.total_in() - before_in) as usize;
+                let made = (self.z.total_out() - before_out) as usize;
+                input = &input[used..];
+                if self.out.len() > limit {
+                    return Err(true);
+                }
+                if status == Status::StreamEnd
+                    || (input.is_empty() && self.out.len() < self.out.capacity())
+                {
+                    break;
+                }
+                if used == 0 && made == 0 && self.out.len() < self.out.capacity() {
+                    break; // needs more input than there is
+                }
+            }
+        }
+        // A shrink when a large message left a large buffer behind.
+        if self.out.capacity() > (1 << 20) && self.out.len() < (1 << 16) {
+            let keep = self.out.len();
+            self.out.shrink_to(keep.max(4096));
+        }
+        Ok(&self.out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flate2::{Compress, Compression, FlushCompress};
+
+    /// Compresses like a peer: raw deflate, sync flush, the tail stripped.
+    fn compress(z: &mut Compress, data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(data.len() + 64);
+        z.compress_vec(data, &mut out, FlushCompress::Sync).unwrap();
+        while out.len() == out.capacity() {
+            out.reserve(1024);
+            z.compress_vec(&[], &mut out, FlushCompress::Sync).unwrap();
+        }
+        assert!(out.ends_with(&TAIL));
+        out.truncate(out.len() - 4);
+        out
+    }
+
+    #[test]
+    fn messages_inflate_with_and_without_context_takeover() {
+        for no_takeover in [false, true] {
+            let mut peer = Compress::new(Compression::default(), false);
+            let mut inflater = Inflater::new(no_takeover);
+            for i in 0..5 {
+                if no_takeover {
+                    peer.reset();
+                }
+                let msg = format!("{{\"price\":{i},\"qty\":100,\"side\":\"buy\"}}").repeat(50);
+                let wire = compress(&mut peer, msg.as_bytes());
+                assert!(wire.len() < msg.len() / 5);
+                assert_eq!(inflater.inflate(&wire, 1 << 20).unwrap(), msg.as_bytes());
+            }
+        }
+    }
+
+    #[test]
+    fn a_bomb_stops_at_the_limit() {
+        let mut peer = Compress::new(Compression::best(), false);
+        let zeros = vec![0u8; 10 << 20];
+        let wire = compress(&mut peer, &zeros);
+        assert!(wire.len() < 20_000, "{}", wire.len());
+        let mut inflater = Inflater::new(false);
+        assert_eq!(inflater.inflate(&wire, 1 << 20), Err(true));
+        assert!(inflater.out.capacity() <= (1 << 20) + (1 << 20) + 1);
+        assert_eq!(
+            Inflater::new(false).inflate(b"\xff\xff\xff garbage", 1 << 20),
+            Err(false)
+        );
+    }
+
+    #[test]
+    fn answers_are_checked_against_the_offer() {
+        let offer = DeflateParams {
+            server_no_context_takeover: true,
+            server_max_window_bits: Some(12),
+            ..DeflateParams::default()
+        };
+        assert_eq!(
+            offer.offer(),
+            "permessage-deflate; server_no_context_takeover; server_max_window_bits=12; client_max_window_bits"
+        );
+        let p = DeflateParams::accept(
+            "permessage-deflate; server_no_context_takeover; server_max_window_bits=10; client_max_window_bits=9",
+            &offer,
+        )
+        .unwrap();
+        assert_eq!(p.server_max_window_bits, Some(10));
+        assert_eq!(p.client_max_window_bits, Some(9));
+        assert!(
+            DeflateParams::accept("permessage-deflate; server_max_window_bits=14", &offer).is_err()
+        );
+        assert!(
+            DeflateParams::accept("permessage-deflate; server_max_window_bits=7", &offer).is_err()
+        );
+        assert!(DeflateParams::accept("permessage-deflate; mystery", &offer).is_err());
+        assert!(DeflateParams::accept("x-webkit-deflate-frame", &offer).is_err());
+    }
+}
