@@ -10,7 +10,8 @@
 //! Options: `--port P` (default 9001; 0 for a free port), `--host H` (default 127.0.0.1),
 //! `--max-connections N` (default 10,000), `--max-per-ip N` (default 1,000), `--tokens
 //! user:token,...` (default `alice:s1,bob:s2`), `--redis redis://HOST:PORT` (share channels,
-//! history and recovery with every other node on that Redis; needs `--features redis`). The first line on stdout is
+//! history and recovery with every other node on that Redis; needs `--features redis`),
+//! `--deflate` (accept permessage-deflate from clients that offer it). The first line on stdout is
 //! `listening on ws://HOST:PORT/ws`. SIGINT or SIGTERM drains: every client gets close 1001,
 //! and the process exits within 5 s.
 //!
@@ -308,6 +309,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--max-connections" => config.max_connections = value()?.parse()?,
             "--max-per-ip" => config.max_per_ip = value()?.parse()?,
             "--tokens" => tokens = value()?,
+            "--deflate" => config.deflate = true,
             "--redis" => redis_url = Some(value()?),
             other => return Err(format!("unknown option {other}").into()),
         }

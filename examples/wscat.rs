@@ -58,6 +58,7 @@ options:
   -H, --header 'Name: value'  add a header to the upgrade request (repeatable)
       --ca-file PATH          trust the PEM certificates in PATH (in addition to webpki roots)
       --insecure              DO NOT verify the server certificate (testing only)
+      --deflate               offer permessage-deflate; the negotiated parameters go to stderr
       --proxy URL             connect through a proxy: http://[user:pass@]host:port (CONNECT)
                               or socks5://[user:pass@]host:port (names resolved by the proxy)
       --subprotocol P         offer subprotocol P (repeatable, in preference order)
@@ -88,6 +89,7 @@ struct Options {
     ca_file: Option<String>,
     insecure: bool,
     proxy: Option<String>,
+    deflate: bool,
     subprotocols: Vec<String>,
     max_frame: Option<usize>,
     max_message: Option<usize>,
@@ -132,6 +134,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
             "--ca-file" => o.ca_file = Some(value()?),
             "--insecure" => o.insecure = true,
             "--proxy" => o.proxy = Some(value()?),
+            "--deflate" => o.deflate = true,
             "--subprotocol" => o.subprotocols.push(value()?),
             "--max-frame" => o.max_frame = Some(number(&name, &value()?)?),
             "--max-message" => o.max_message = Some(number(&name, &value()?)?),
@@ -222,6 +225,9 @@ fn main() -> ExitCode {
             Err(e) => return fail(2, e),
         }
     }
+    if opts.deflate {
+        builder = builder.deflate(syncws::DeflateParams::default());
+    }
     if let Some(url) = &opts.proxy {
         match syncws::Proxy::parse(url) {
             Ok(p) => builder = builder.proxy(p),
@@ -258,6 +264,18 @@ fn main() -> ExitCode {
     };
     if let Some(p) = client.protocol() {
         eprintln!("wscat: subprotocol {p}");
+    }
+    if opts.deflate {
+        match client.deflate() {
+            Some(p) => eprintln!(
+                "wscat: permessage-deflate server_no_context_takeover={} client_no_context_takeover={} server_max_window_bits={} client_max_window_bits={}",
+                p.server_no_context_takeover,
+                p.client_no_context_takeover,
+                p.server_max_window_bits.unwrap_or(15),
+                p.client_max_window_bits.unwrap_or(15)
+            ),
+            None => eprintln!("wscat: permessage-deflate not accepted by the server"),
+        }
     }
     if let Some(text) = &opts.ping
         && let Err(e) = client.ping(text.as_bytes())

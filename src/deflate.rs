@@ -104,6 +104,66 @@ impl DeflateParams {
     }
 }
 
+/// The server's side: the first acceptable `permessage-deflate` offer of a client's
+/// `Sec-WebSocket-Extensions` header, and the answer to send. The server inflates what the client
+/// compresses and sends uncompressed, so it can grant every parameter as asked: it echoes
+/// `server_no_context_takeover`, `client_no_context_takeover` and `server_max_window_bits`, and
+/// leaves the client's window at what the client chose. Offers it cannot parse are declined.
+pub(crate) fn answer(header: &str) -> Option<(DeflateParams, String)> {
+    for offer in header.split(',') {
+        let mut parts = offer.split(';').map(str::trim);
+        if parts.next() != Some("permessage-deflate") {
+            continue;
+        }
+        let mut p = DeflateParams::default();
+        let mut ok = true;
+        let mut seen = Vec::new();
+        for param in parts.filter(|x| !x.is_empty()) {
+            let (name, value) = match param.split_once('=') {
+                Some((n, v)) => (n.trim(), Some(v.trim().trim_matches('"'))),
+                None => (param, None),
+            };
+            if seen.contains(&name) {
+                ok = false;
+            }
+            seen.push(name);
+            let bits = value
+                .and_then(|v| v.parse::<u8>().ok())
+                .filter(|b| (8..=15).contains(b));
+            match (name, value) {
+                ("server_no_context_takeover", None) => p.server_no_context_takeover = true,
+                ("client_no_context_takeover", None) => p.client_no_context_takeover = true,
+                ("server_max_window_bits", Some(_)) if bits.is_some() => {
+                    p.server_max_window_bits = bits;
+                }
+                ("client_max_window_bits", None) => {}
+                ("client_max_window_bits", Some(_)) if bits.is_some() => {
+                    p.client_max_window_bits = bits;
+                }
+                _ => ok = false,
+            }
+        }
+        if !ok {
+            continue;
+        }
+        let mut reply = String::from("permessage-deflate");
+        if p.server_no_context_takeover {
+            reply.push_str("; server_no_context_takeover");
+        }
+        if p.client_no_context_takeover {
+            reply.push_str("; client_no_context_takeover");
+        }
+        if let Some(b) = p.server_max_window_bits {
+            reply.push_str(&format!("; server_max_window_bits={b}"));
+        }
+        if let Some(b) = p.client_max_window_bits {
+            reply.push_str(&format!("; client_max_window_bits={b}"));
+        }
+        return Some((p, reply));
+    }
+    None
+}
+
 /// Inflates the peer's compressed messages.
 pub(crate) struct Inflater {
     z: Decompress,
@@ -231,6 +291,23 @@ mod tests {
             Inflater::new(false).inflate(b"\xff\xff\xff garbage", 1 << 20),
             Err(false)
         );
+    }
+
+    #[test]
+    fn a_server_answers_the_first_offer_it_understands() {
+        let (p, reply) = answer(
+            "x-unknown, permessage-deflate; mystery, permessage-deflate; client_no_context_takeover; client_max_window_bits; server_max_window_bits=11",
+        )
+        .unwrap();
+        assert!(p.client_no_context_takeover && !p.server_no_context_takeover);
+        assert_eq!(
+            reply,
+            "permessage-deflate; client_no_context_takeover; server_max_window_bits=11"
+        );
+        assert!(answer("permessage-deflate; server_max_window_bits=99").is_none());
+        assert!(answer("x-webkit-deflate-frame").is_none());
+        // Our own client's offer is answered.
+        assert!(answer(&DeflateParams::default().offer()).is_some());
     }
 
     #[test]

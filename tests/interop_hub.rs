@@ -26,7 +26,11 @@ struct NotifyServer {
 
 impl NotifyServer {
     fn start() -> NotifyServer {
-        let (child, port) = support::start_example_server("notify_server", &[]);
+        Self::start_with(&[])
+    }
+
+    fn start_with(args: &[&str]) -> NotifyServer {
+        let (child, port) = support::start_example_server("notify_server", args);
         NotifyServer { child, port }
     }
 
@@ -78,6 +82,17 @@ fn python_protocol() {
         "/tests/python/notify_client.py"
     ))
     .args([server.url().as_str(), "protocol"]);
+    run_peer(cmd);
+}
+
+fn python_deflate() {
+    let server = NotifyServer::start_with(&["--deflate"]);
+    let mut cmd = Command::new(python_peer::python());
+    cmd.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/notify_client.py"
+    ))
+    .args([server.url().as_str(), "deflate"]);
     run_peer(cmd);
 }
 
@@ -210,10 +225,15 @@ type PeerTest = (&'static str, fn(), Result<(), String>);
 fn main() {
     let args = libtest_mimic::Arguments::from_args();
     let python = python_peer::websockets_status().clone();
-    let tests: [PeerTest; 3] = [
+    let tests: [PeerTest; 4] = [
         (
             "python_websockets_speaks_the_notify_protocol",
             python_protocol,
+            python.clone(),
+        ),
+        (
+            "python_websockets_compresses_to_a_deflate_hub",
+            python_deflate,
             python,
         ),
         (

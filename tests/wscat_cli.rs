@@ -646,3 +646,40 @@ fn proxy_option_tunnels_through_socks5_and_http() {
         server.join();
     }
 }
+
+/// `--deflate` against a hub that accepts permessage-deflate: the negotiated parameters are
+/// printed on stderr, and messages flow.
+#[test]
+fn deflate_option_prints_the_negotiated_parameters() {
+    struct Echo;
+    impl syncws::hub::Handler for Echo {
+        fn on_message(&self, conn: &syncws::hub::Conn, message: syncws::Data<'_>) {
+            let _ = conn.send(&syncws::hub::Message::binary(message.as_bytes()));
+        }
+    }
+    let hub = syncws::hub::Hub::bind(
+        "127.0.0.1:0",
+        syncws::hub::HubConfig {
+            deflate: true,
+            ping_interval: None,
+            ..syncws::hub::HubConfig::default()
+        },
+        Echo,
+    )
+    .unwrap();
+    let url = format!("ws://{}/", hub.local_addr());
+    let mut wscat = Wscat::spawn(&["--deflate", &url]);
+    wscat.send_line("squeeze");
+    let echoed = wscat.next_line();
+    assert!(
+        echoed.contains("squeeze") || echoed.contains("73717565657a65"),
+        "{echoed}"
+    );
+    wscat.close_stdin();
+    let (status, _, stderr) = wscat.finish();
+    assert!(status.success(), "{status:?}; stderr: {stderr}");
+    assert!(
+        stderr.contains("wscat: permessage-deflate server_no_context_takeover=false client_no_context_takeover=false server_max_window_bits=15 client_max_window_bits=15"),
+        "{stderr}"
+    );
+}

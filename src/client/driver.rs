@@ -327,7 +327,7 @@ impl<I: Ingress> Driver<I> {
         let dial = self.dial.take()?;
         let epoch = dial.epoch;
         match dial.handle.join() {
-            Ok(Ok((link, _protocol))) => {
+            Ok(Ok((link, _agreed))) => {
                 self.link = Some(link);
                 Some(Input::Connected { epoch })
             }

@@ -200,7 +200,16 @@ pub(crate) enum Directly {
 
 /// What opening a link gives: the link and the negotiated subprotocol, or the error and (when
 /// it was not lost to a failed thread spawn) the ingress back.
-pub(crate) type Opened<I> = std::result::Result<(Link<I>, Option<String>), (Error, Option<I>)>;
+pub(crate) type Opened<I> = std::result::Result<(Link<I>, Agreed), (Error, Option<I>)>;
+
+/// What the server agreed to at the upgrade.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Agreed {
+    /// The subprotocol it selected.
+    pub protocol: Option<String>,
+    /// permessage-deflate, when offered and accepted.
+    pub deflate: Option<DeflateParams>,
+}
 
 /// Where a dial in progress publishes its socket, so it can be aborted from another thread.
 pub(crate) type AbortSlot = Arc<Mutex<Option<TcpStream>>>;
@@ -250,7 +259,11 @@ impl<T: Send + 'static> LinkFactory<T> {
         let link = self
             .start(epoch, stream, upgraded.leftover, upgraded.deflate, ingress)
             .map_err(|e| (e, None))?;
-        Ok((link, upgraded.protocol))
+        let agreed = Agreed {
+            protocol: upgraded.protocol,
+            deflate: upgraded.deflate,
+        };
+        Ok((link, agreed))
     }
 
     /// Starts the reader and writer of an upgraded stream.

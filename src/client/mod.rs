@@ -58,6 +58,7 @@ use crate::client::stepper::{Core, Dispatch, Inbox, Shared};
 use crate::client::ticket::Ticket;
 use crate::codec::Limits;
 use crate::deadline;
+use crate::deflate::DeflateParams;
 use crate::error::{Error, Result};
 use crate::frame::{CloseCode, Frame, PreparedFrame};
 
@@ -103,6 +104,7 @@ pub struct Client<T> {
     coordinator: Option<JoinHandle<()>>,
     close_timeout: Duration,
     protocol: Option<String>,
+    deflate: Option<DeflateParams>,
     next_waiter: AtomicU64,
     /// The endpoint can recognise responses (it has a precheck).
     can_confirm: bool,
@@ -185,7 +187,7 @@ impl<T: Send + 'static> Client<T> {
             outbox: outbox.clone(),
             counters: counters.clone(),
         });
-        let (link, protocol) = factory
+        let (link, agreed) = factory
             .open(1, &headers, ingress, &AbortSlot::default())
             .map_err(|(e, _)| e)?;
         let mut driver = Driver::new(
@@ -223,7 +225,8 @@ impl<T: Send + 'static> Client<T> {
             done: done_rx,
             coordinator: Some(coordinator),
             close_timeout: config.close_timeout,
-            protocol,
+            protocol: agreed.protocol,
+            deflate: agreed.deflate,
             next_waiter: AtomicU64::new(1),
             can_confirm,
             wait: config.wait,
@@ -481,6 +484,13 @@ impl<T> Client<T> {
     /// True while a connection is open and its session restored: data frames go out.
     pub fn is_ready(&self) -> bool {
         self.counters.state() == State::Ready
+    }
+
+    /// The permessage-deflate parameters the server accepted on the first connection, if
+    /// [`ClientBuilder::deflate`](crate::ClientBuilder::deflate) offered it and the server
+    /// agreed.
+    pub fn deflate(&self) -> Option<DeflateParams> {
+        self.deflate
     }
 
     /// The subprotocol the server selected on the first connection, if any.

@@ -140,6 +140,10 @@ pub struct HubConfig {
     pub nodelay: bool,
     /// Serve TLS with this rustls configuration (default `None`: plain TCP).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Accept permessage-deflate when a client offers it (default false): the client's
+    /// compressed messages are inflated under `max_message` (a bomb is a 1009 close); the hub
+    /// sends uncompressed, which RFC 7692 allows.
+    pub deflate: bool,
 }
 
 impl Default for HubConfig {
@@ -166,6 +170,7 @@ impl Default for HubConfig {
             stack_size: 256 * 1024,
             nodelay: true,
             tls: None,
+            deflate: false,
         }
     }
 }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::codec::{Decoded, Decoder, Limits, Step};
 use crate::deadline;
+use crate::deflate::DeflateParams;
 use crate::frame::CloseCode;
 use crate::frame::Initiator;
 use crate::guard;
@@ -102,7 +103,7 @@ pub(crate) fn run(
             false,
         );
     }
-    let mut end = read_until_closed(&hub, &conn, &mut read, opened.leftover);
+    let mut end = read_until_closed(&hub, &conn, &mut read, opened.leftover, opened.deflate);
     let shared = &conn.shared;
     // Our close frame (if any) goes out before the socket is shut, within the close timeout;
     // then the client gets the time left to close its side.
@@ -163,6 +164,7 @@ fn read_until_closed(
     conn: &Conn,
     read: &mut ReadHalf,
     leftover: Vec<u8>,
+    deflate: Option<DeflateParams>,
 ) -> Disconnect {
     let config = &hub.config;
     let shared = &conn.shared;
@@ -183,6 +185,9 @@ fn read_until_closed(
         max_frame: config.max_message,
         max_message: config.max_message,
     });
+    if let Some(p) = deflate {
+        decoder.enable_deflate(p.client_no_context_takeover);
+    }
     let mut buf = leftover;
     let (mut start, mut end) = (0, buf.len());
     buf.resize(buf.len().max(IDLE_BUFFER), 0);

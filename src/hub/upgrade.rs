@@ -15,6 +15,7 @@ use std::time::Instant;
 use rustls::{Connection, ServerConnection};
 use tungstenite::handshake::derive_accept_key;
 
+use crate::deflate::DeflateParams;
 use crate::guard;
 use crate::handshake::check_header;
 use crate::hub::HubShared;
@@ -32,6 +33,8 @@ pub(crate) struct Opened {
     pub identity: Identity,
     pub path: String,
     pub protocol: Option<String>,
+    /// permessage-deflate, when the client offered it and the hub accepts it.
+    pub deflate: Option<DeflateParams>,
 }
 
 /// Runs the opening handshake. `None` when the connection was answered with something other
@@ -146,6 +149,16 @@ pub(crate) fn open(
         if let Some(p) = &protocol {
             head.push_str(&format!("Sec-WebSocket-Protocol: {p}\r\n"));
         }
+        let deflate = if config.deflate {
+            request
+                .header("Sec-WebSocket-Extensions")
+                .and_then(crate::deflate::answer)
+        } else {
+            None
+        };
+        if let Some((_, reply)) = &deflate {
+            head.push_str(&format!("Sec-WebSocket-Extensions: {reply}\r\n"));
+        }
         head.push_str("\r\n");
         let path = request.path().to_string();
         if let Err(e) = io.write_all(head.as_bytes()).and_then(|()| io.flush()) {
@@ -160,6 +173,7 @@ pub(crate) fn open(
             identity,
             path,
             protocol,
+            deflate: deflate.map(|(p, _)| p),
         });
     }
 }

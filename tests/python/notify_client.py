@@ -109,5 +109,23 @@ def protocol():
         ws.close()
 
 
-{"protocol": protocol}[SCENARIO]()
+def deflate():
+    """The server runs with --deflate: websockets' default offer is accepted, and a large
+    repetitive message the client sends compressed is inflated and published."""
+    a = open_ws("s1")
+    b = open_ws("s2")
+    ext = b.response.headers.get("Sec-WebSocket-Extensions", "")
+    assert ext.startswith("permessage-deflate"), ext
+    subscribe(a, "z")
+    data = {"rows": [{"sym": "BTC-USD", "px": 101.25, "qty": i} for i in range(500)]}
+    for _ in range(3):
+        send(b, {"op": "publish", "channel": "z", "data": data})
+    for i in range(1, 4):
+        m = recv(a)
+        assert (m["offset"], m["data"]) == (i, data), m["offset"]
+    for ws in (a, b):
+        ws.close()
+
+
+{"protocol": protocol, "deflate": deflate}[SCENARIO]()
 print("OK", flush=True)
