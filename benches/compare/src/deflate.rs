@@ -44,7 +44,7 @@ fn message(i: usize) -> String {
         (i * 7919) % 1_000_000,
         prices.join(","),
         sizes.join(","),
-        if i % 2 == 0 { "buy" } else { "sell" }
+        if i.is_multiple_of(2) { "buy" } else { "sell" }
     )
 }
 
