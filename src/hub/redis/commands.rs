@@ -15,8 +15,10 @@ use redis::{Client, Connection, Script, Value};
 
 use crate::hub::broker::{BrokerError, Position};
 
-/// Publishes atomically: the room's epoch (created if missing), the next offset, the entry in
-/// the capped stream (and its time to live), then the PUBLISH. Returns `{epoch, offset}`.
+/// Publishes atomically: the room's epoch (created if missing, with an empty stream), the next
+/// offset, the entry in the capped stream (with Redis's clock, for the age limit), then the
+/// PUBLISH. The stream is written before `top` moves, so a failing XADD changes nothing.
+/// Returns `{epoch, offset}`.
 const PUBLISH: &str = r"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
@@ -24,29 +26,40 @@ if not epoch then
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'top', 0)
   redis.call('DEL', KEYS[2])
 end
-local offset = redis.call('HINCRBY', KEYS[1], 'top', 1)
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], '0-' .. offset, 'd', ARGV[2])
+local offset = tonumber(redis.call('HGET', KEYS[1], 'top') or '0') + 1
+local t = redis.call('TIME')
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], '0-' .. offset, 'd', ARGV[2], 't', ms)
+redis.call('HSET', KEYS[1], 'top', offset)
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 redis.call('PUBLISH', ARGV[1], epoch .. ':' .. offset .. ':' .. ARGV[2])
 return {epoch, offset}
 ";
 
-/// Gives a room a new epoch if its stream went back (Redis restarted from an older snapshot):
-/// `top` is below what this node already delivered. Returns the (possibly new) `{epoch, top}`.
-const REWOUND: &str = r"
+/// A room's head for a node that knows epoch `ARGV[1]` up to offset `ARGV[2]`: creates the
+/// epoch if missing (with an empty stream and the epoch's time to live), and gives the room a
+/// new epoch when its stream went back below what the node delivered, or when `ARGV[5]` is
+/// `1` (the node proved the stream was rewritten). Returns `{epoch, top}`.
+const HEAD: &str = r"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 local top = tonumber(redis.call('HGET', KEYS[1], 'top') or '0')
-if (not epoch) or (epoch == ARGV[1] and top < tonumber(ARGV[2])) then
+local known = (epoch ~= false) and (epoch == ARGV[1])
+if (not epoch) or (known and (top < tonumber(ARGV[2]) or ARGV[5] == '1')) then
   epoch = ARGV[3]
-  redis.call('HSET', KEYS[1], 'epoch', epoch)
-  if top < tonumber(ARGV[2]) then
-    redis.call('HSET', KEYS[1], 'top', 0)
-    redis.call('DEL', KEYS[2])
-    top = 0
-  end
+  top = 0
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'top', 0)
+  redis.call('DEL', KEYS[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
 end
 return {epoch, top}
+";
+
+/// Stored entries `0-FROM..0-TO` and Redis's clock in milliseconds.
+const RANGE: &str = r"
+local t = redis.call('TIME')
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return {ms, redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[2])}
 ";
 
 /// The keys and channel of a room.
@@ -81,7 +94,11 @@ pub(crate) struct Commands {
     timeout: Duration,
     conn: Mutex<Option<Connection>>,
     publish: Script,
-    rewound: Script,
+    head: Script,
+    range: Script,
+    /// History older than this is not served.
+    max_age: Duration,
+    epoch_ttl: Duration,
 }
 
 /// Not reached: nothing was sent.
@@ -100,13 +117,21 @@ fn failed(what: &str, e: &redis::RedisError) -> BrokerError {
 }
 
 impl Commands {
-    pub(crate) fn new(client: Client, timeout: Duration) -> Self {
+    pub(crate) fn new(
+        client: Client,
+        timeout: Duration,
+        max_age: Duration,
+        epoch_ttl: Duration,
+    ) -> Self {
         Commands {
             client,
             timeout,
             conn: Mutex::new(None),
             publish: Script::new(PUBLISH),
-            rewound: Script::new(REWOUND),
+            head: Script::new(HEAD),
+            range: Script::new(RANGE),
+            max_age,
+            epoch_ttl,
         }
     }
 
@@ -187,22 +212,26 @@ impl Commands {
         })
     }
 
-    /// The room's epoch and newest offset (`None` for a room never published to), after
-    /// replacing the epoch if the stream went back below `delivered` in `known` epoch.
+    /// The room's epoch and newest offset, after creating the epoch if missing, or replacing
+    /// it when the stream went back below `delivered` in the `known` epoch or `rewritten` says
+    /// the node proved it was rewritten.
     pub(crate) fn head(
         &self,
         keys: &Keys,
         known: Option<&str>,
         delivered: u64,
         new_epoch: &str,
+        rewritten: bool,
     ) -> Result<Position, BrokerError> {
         let (epoch, top): (String, u64) = self.read("head", |c| {
-            self.rewound
+            self.head
                 .key(&keys.meta)
                 .key(&keys.stream)
                 .arg(known.unwrap_or(""))
                 .arg(delivered)
                 .arg(new_epoch)
+                .arg(self.epoch_ttl.as_millis().max(1) as u64)
+                .arg(if rewritten { "1" } else { "0" })
                 .invoke(c)
         })?;
         Ok(Position {
@@ -220,7 +249,8 @@ impl Commands {
     }
 
     /// The stored publications with offsets in `from..=to`, oldest first, and whether they
-    /// are all there (false when the stream was trimmed or expired past `from`).
+    /// are all there (false when the stream was trimmed or expired past `from`, or when one of
+    /// them is older than the history's age limit).
     pub(crate) fn range(
         &self,
         keys: &Keys,
@@ -231,24 +261,43 @@ impl Commands {
             return Ok((true, Vec::new()));
         }
         let reply: Value = self.read("range", |c| {
-            redis::cmd("XRANGE")
-                .arg(&keys.stream)
+            self.range
+                .key(&keys.stream)
                 .arg(format!("0-{from}"))
                 .arg(format!("0-{to}"))
-                .query(c)
+                .invoke(c)
         })?;
+        let Value::Array(mut parts) = reply else {
+            return Ok((false, Vec::new()));
+        };
+        let items = match parts.pop() {
+            Some(Value::Array(items)) => items,
+            _ => Vec::new(),
+        };
+        let now = match parts.pop() {
+            Some(Value::Int(ms)) => ms,
+            _ => 0,
+        };
+        let oldest =
+            now.saturating_sub(i64::try_from(self.max_age.as_millis()).unwrap_or(i64::MAX));
         let mut entries = Vec::new();
-        if let Value::Array(items) = reply {
-            entries.extend(items.into_iter().filter_map(parse_entry));
+        let mut too_old = false;
+        for item in items {
+            if let Some((offset, data, at)) = parse_entry(item) {
+                too_old |= at < oldest;
+                entries.push((offset, data));
+            }
         }
-        let covered = entries.len() as u64 == to - from + 1
+        let covered = !too_old
+            && entries.len() as u64 == to - from + 1
             && entries.first().is_some_and(|(o, _)| *o == from);
         Ok((covered, entries))
     }
 }
 
-/// One XRANGE entry: `[id "0-OFFSET", [field, value, ...]]` with the field `d`.
-fn parse_entry(item: Value) -> Option<Entry> {
+/// One XRANGE entry: `[id "0-OFFSET", [field, value, ...]]` with the fields `d` (data) and
+/// `t` (Redis's clock in milliseconds when it was stored).
+fn parse_entry(item: Value) -> Option<(u64, Bytes, i64)> {
     let Value::Array(mut parts) = item else {
         return None;
     };
@@ -263,11 +312,19 @@ fn parse_entry(item: Value) -> Option<Entry> {
         .strip_prefix("0-")?
         .parse()
         .ok()?;
+    let (mut data, mut at) = (None, 0);
     let mut it = fields.into_iter();
     while let (Some(Value::BulkString(k)), Some(Value::BulkString(v))) = (it.next(), it.next()) {
-        if k == b"d" {
-            return Some((offset, Bytes::from(v)));
+        match k.as_slice() {
+            b"d" => data = Some(Bytes::from(v)),
+            b"t" => {
+                at = std::str::from_utf8(&v)
+                    .ok()
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or(0)
+            }
+            _ => {}
         }
     }
-    None
+    Some((offset, data?, at))
 }

@@ -104,6 +104,17 @@ pub(crate) struct RoomState {
     /// The epoch and last offset delivered to local members.
     epoch: Option<Arc<str>>,
     last: u64,
+    /// A digest of the last delivered publication's data (0: unknown), to prove after a
+    /// rebuild that the stream still holds the same publication at `last`.
+    digest: u64,
+}
+
+/// A digest of a publication's data (SipHash with fixed keys: the same in every run).
+pub(crate) fn digest(data: &[u8]) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::hash::DefaultHasher::new();
+    h.write(data);
+    h.finish().max(1)
 }
 
 pub(crate) struct Shared {
@@ -164,7 +175,12 @@ impl RedisBroker {
         );
         Ok(RedisBroker {
             shared: Arc::new(Shared {
-                commands: Commands::new(client.clone(), config.timeout),
+                commands: Commands::new(
+                    client.clone(),
+                    config.timeout,
+                    config.history.max_age,
+                    config.epoch_ttl.max(config.history.max_age),
+                ),
                 client,
                 config,
                 fanout: OnceLock::new(),
@@ -265,6 +281,72 @@ impl Shared {
     }
 }
 
+impl RedisBroker {
+    /// The part of a join that runs under the room's state lock (see `subscribe`).
+    fn join_locked(
+        &self,
+        room: &str,
+        state: &Arc<Mutex<RoomState>>,
+        since: Option<&Position>,
+        join: &mut dyn FnMut(&Recovery),
+    ) -> Result<(), BrokerError> {
+        let s = &self.shared;
+        let mut st = state.lock();
+        if !st.subscribed {
+            st.subscribed = true;
+            st.epoch = None;
+        }
+        let k = keys(&s.config.prefix, room);
+        let head = s
+            .commands
+            .head(&k, st.epoch.as_deref(), st.last, &s.new_epoch(), false)?;
+        match &st.epoch {
+            None => {
+                st.epoch = Some(head.epoch.clone());
+                st.last = head.offset;
+                st.digest = 0;
+            }
+            Some(e) if **e != *head.epoch => {
+                // The stream was reset and this node has not heard of it yet.
+                st.epoch = Some(head.epoch.clone());
+                st.last = head.offset;
+                st.digest = 0;
+                s.gaps_unrecovered.fetch_add(1, Relaxed);
+                if let Some(f) = s.fanout.get() {
+                    f.reset(room, &head);
+                }
+            }
+            Some(_) => {}
+        }
+        let epoch = st.epoch.clone().unwrap_or_else(|| head.epoch.clone());
+        let position = Position {
+            epoch: epoch.clone(),
+            offset: st.last,
+        };
+        let (recovered, missed) = match since {
+            Some(p) if *p.epoch == *epoch && p.offset <= st.last => {
+                let (covered, entries) = s.commands.range(&k, p.offset + 1, st.last)?;
+                if covered {
+                    let missed = entries
+                        .into_iter()
+                        .map(|(o, d)| s.publication(room, &epoch, o, d))
+                        .collect();
+                    (true, missed)
+                } else {
+                    (false, Vec::new())
+                }
+            }
+            _ => (false, Vec::new()),
+        };
+        join(&Recovery {
+            position,
+            recovered,
+            missed,
+        });
+        Ok(())
+    }
+}
+
 impl Broker for RedisBroker {
     fn attach(&self, fanout: Fanout) {
         let _ = self.shared.fanout.set(fanout);
@@ -315,57 +397,13 @@ impl Broker for RedisBroker {
                 return Err(e);
             }
         }
-        let mut st = state.lock();
-        if !st.subscribed {
-            st.subscribed = true;
-            st.epoch = None;
+        let joined = self.join_locked(room, &state, since, join);
+        if joined.is_err() {
+            // Nothing was joined: the member is not counted, and the room's subscription goes
+            // when no member is left.
+            self.unsubscribe(room);
         }
-        let k = keys(&s.config.prefix, room);
-        let head = s
-            .commands
-            .head(&k, st.epoch.as_deref(), st.last, &s.new_epoch())?;
-        match &st.epoch {
-            None => {
-                st.epoch = Some(head.epoch.clone());
-                st.last = head.offset;
-            }
-            Some(e) if **e != *head.epoch => {
-                // The stream was reset and this node has not heard of it yet.
-                st.epoch = Some(head.epoch.clone());
-                st.last = head.offset;
-                s.gaps_unrecovered.fetch_add(1, Relaxed);
-                if let Some(f) = s.fanout.get() {
-                    f.reset(room, &head);
-                }
-            }
-            Some(_) => {}
-        }
-        let epoch = st.epoch.clone().unwrap_or_else(|| head.epoch.clone());
-        let position = Position {
-            epoch: epoch.clone(),
-            offset: st.last,
-        };
-        let (recovered, missed) = match since {
-            Some(p) if *p.epoch == *epoch && p.offset <= st.last => {
-                let (covered, entries) = s.commands.range(&k, p.offset + 1, st.last)?;
-                if covered {
-                    let missed = entries
-                        .into_iter()
-                        .map(|(o, d)| s.publication(room, &epoch, o, d))
-                        .collect();
-                    (true, missed)
-                } else {
-                    (false, Vec::new())
-                }
-            }
-            _ => (false, Vec::new()),
-        };
-        join(&Recovery {
-            position,
-            recovered,
-            missed,
-        });
-        Ok(())
+        joined
     }
 
     fn shutdown(&self) {

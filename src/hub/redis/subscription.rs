@@ -12,12 +12,16 @@ use crate::backoff::Reconnect;
 use crate::hub::broker::{BrokerError, Position};
 use crate::hub::fanout::Delivered;
 use crate::hub::redis::commands::{keys, room_of};
-use crate::hub::redis::{RoomState, Shared};
+use crate::hub::redis::{RoomState, Shared, digest};
 
 /// How long one wait for a message lasts before the thread looks at its controls and probe.
 const POLL: Duration = Duration::from_millis(50);
 /// While a write batch is open: how long to wait for the next message before writing.
 const BATCH_WAIT: Duration = Duration::from_micros(200);
+/// A write batch ends after this many messages or this long, whatever the traffic: members
+/// never wait for a pause in a sustained stream.
+const BATCH_MAX: usize = 64;
+const BATCH_MAX_AGE: Duration = Duration::from_millis(1);
 
 /// What the hub's threads ask of the subscription thread.
 pub(crate) enum Control {
@@ -125,8 +129,10 @@ fn serve(
     }
     if rebuilt {
         for room in &rooms {
+            // A room that cannot be recovered now does not hold the others back: its next
+            // live message finds the gap and fills it (or announces a reset).
             if let Err(e) = recover(s, room) {
-                return Lost::Broken(format!("{room} not recovered: {e}"));
+                log::warn!("redis: {room} not recovered after a rebuild ({e})");
             }
         }
     }
@@ -138,6 +144,8 @@ fn serve(
     // Messages that arrive back to back are written as one batch per member; the batch ends
     // (and is written) when no message follows within BATCH_WAIT.
     let mut batch = None;
+    let mut batch_started = Instant::now();
+    let mut batched = 0usize;
     loop {
         if s.stop.load(Relaxed) {
             return Lost::Stop;
@@ -153,8 +161,14 @@ fn serve(
                     let _ = ack.send(r.map_err(|e| BrokerError::Unavailable(e.to_string())));
                     failed
                 }
+                // Redis's answer may take up to the command timeout, like a subscribe's.
                 Control::Unsubscribe(room) => pubsub
-                    .unsubscribe(keys(&s.config.prefix, &room).channel)
+                    .set_read_timeout(Some(s.config.timeout))
+                    .and_then(|()| pubsub.unsubscribe(keys(&s.config.prefix, &room).channel))
+                    .and_then(|()| {
+                        let wait = if batch.is_some() { BATCH_WAIT } else { POLL };
+                        pubsub.set_read_timeout(Some(wait))
+                    })
                     .err()
                     .map(|e| e.to_string()),
             };
@@ -167,10 +181,13 @@ fn serve(
                 heard = Instant::now();
                 if batch.is_none() {
                     batch = s.fanout.get().and_then(|f| f.batch());
+                    batch_started = Instant::now();
+                    batched = 0;
                     if let Err(e) = pubsub.set_read_timeout(Some(BATCH_WAIT)) {
                         return Lost::Broken(e.to_string());
                     }
                 }
+                batched += 1;
                 if let Some(b) = &batch {
                     b.progress();
                 }
@@ -180,6 +197,12 @@ fn serve(
                 {
                     let room = room.to_string();
                     live(s, &room, msg.get_payload_bytes());
+                }
+                if (batched >= BATCH_MAX || batch_started.elapsed() >= BATCH_MAX_AGE)
+                    && batch.take().is_some()
+                    && let Err(e) = pubsub.set_read_timeout(Some(POLL))
+                {
+                    return Lost::Broken(e.to_string());
                 }
             }
             Err(e) if e.is_timeout() => {
@@ -232,6 +255,7 @@ fn live(s: &Shared, room: &str, payload: &[u8]) {
         written.push(f.deliver(&s.publication(room, &e, offset, Bytes::copy_from_slice(data))));
     }
     st.last = offset;
+    st.digest = digest(data);
     drop(st);
     drop(written); // the writes, outside the room's order
 }
@@ -245,6 +269,9 @@ fn fill(s: &Shared, room: &str, st: &mut RoomState, to: u64, written: &mut Vec<D
     match s.commands.range(&k, st.last + 1, to) {
         Ok((true, entries)) => {
             s.gaps_recovered.fetch_add(1, Relaxed);
+            if let Some((_, d)) = entries.last() {
+                st.digest = digest(d);
+            }
             if let Some(f) = s.fanout.get() {
                 for (o, d) in entries {
                     written.push(f.deliver(&s.publication(room, &epoch, o, d)));
@@ -265,6 +292,7 @@ fn reset(s: &Shared, room: &str, st: &mut RoomState, epoch: Arc<str>, top: u64) 
     s.gaps_unrecovered.fetch_add(1, Relaxed);
     st.epoch = Some(epoch.clone());
     st.last = top;
+    st.digest = 0;
     if let Some(f) = s.fanout.get() {
         f.reset(room, &Position { epoch, offset: top });
     }
@@ -279,9 +307,21 @@ fn recover(s: &Shared, room: &str) -> Result<(), BrokerError> {
         return Ok(());
     }
     let k = keys(&s.config.prefix, room);
-    let head = s
+    let mut head = s
         .commands
-        .head(&k, st.epoch.as_deref(), st.last, &s.new_epoch())?;
+        .head(&k, st.epoch.as_deref(), st.last, &s.new_epoch(), false)?;
+    // Same epoch, as far: is the publication at `last` still the one delivered? A Redis
+    // restored from an older snapshot, then published to again, reuses offsets with other data.
+    if st.epoch.as_deref() == Some(&*head.epoch) && st.digest != 0 && head.offset >= st.last {
+        let (_, at_last) = s.commands.range(&k, st.last, st.last)?;
+        if let Some((_, data)) = at_last.first()
+            && digest(data) != st.digest
+        {
+            head = s
+                .commands
+                .head(&k, st.epoch.as_deref(), st.last, &s.new_epoch(), true)?;
+        }
+    }
     let mut written = Vec::new();
     if st.epoch.as_deref() != Some(&*head.epoch) {
         reset(s, room, &mut st, head.epoch.clone(), head.offset);
