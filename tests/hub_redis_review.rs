@@ -3,8 +3,9 @@
 //! `tests/hub_redis.rs`: ignored with the reason without the `redis` feature or the binary,
 //! required in CI.
 //!
-//! Tests that show a bug still open are in the list, ignored, with a comment starting
-//! "bug:" that says what breaks; run them with `--ignored` (or `--include-ignored`).
+//! The tests marked "Was a bug" each failed before the fix of what their comment describes
+//! (they stay as regression tests). A test that shows a bug still open would be listed with
+//! its ignore flag set and a comment starting "bug:".
 
 mod support;
 
@@ -20,7 +21,7 @@ fn main() {
 
 #[cfg(feature = "redis")]
 mod review {
-    use std::collections::{BTreeMap, HashSet};
+    use std::collections::BTreeMap;
     use std::net::{SocketAddr, TcpStream};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
@@ -58,6 +59,11 @@ mod review {
                 false,
             ),
             (
+                "first_joins_on_a_node_race_live_messages_with_no_gap",
+                first_joins_race_live_messages,
+                false,
+            ),
+            (
                 "publishers_on_two_nodes_reach_every_subscriber_once_in_order",
                 concurrent_publishers,
                 false,
@@ -88,6 +94,16 @@ mod review {
                 false,
             ),
             (
+                "a_join_with_since_while_the_link_is_silent_gets_no_gap",
+                join_with_since_while_the_link_is_silent,
+                false,
+            ),
+            (
+                "joins_leaves_and_publishes_while_redis_pauses_never_hang",
+                no_deadlock_under_pauses,
+                false,
+            ),
+            (
                 "publish_while_redis_is_down_fails_and_leaves_nothing_behind",
                 publish_while_down,
                 false,
@@ -97,38 +113,56 @@ mod review {
                 shutdown_ends_subscription,
                 false,
             ),
-            // bug: `subscribe` counts the member (refs += 1) and marks the room subscribed,
+            // Was a bug (fixed; a regression test now): `subscribe` counts the member (refs += 1) and marks the room subscribed,
             // then returns the error of `head`/`range` with `?` without undoing either: the
             // join fails with "Unavailable: nothing done" but the node stays subscribed for
             // good (NUMSUB never returns to 0).
             (
                 "a_join_that_fails_after_subscribing_leaves_no_subscription",
                 failed_join_leaks_subscription,
-                true,
+                false,
             ),
-            // bug: the same leak, reached without a proxy: Redis restarted while members join
+            // Was a bug (fixed; a regression test now): the same leak, reached without a proxy: Redis restarted while members join
             // and leave.
             (
                 "redis_restarted_during_joins_leaves_no_stale_subscription",
                 restart_during_joins,
-                true,
+                false,
             ),
-            // bug: the REWOUND script creates a room's epoch with HSET and no PEXPIRE: a room
+            // Was a bug (fixed; a regression test now): `max_age` is applied as the stream key's PEXPIRE, refreshed by every
+            // publish: in a room that keeps getting publications nothing ever ages out, and
+            // publications far older than `max_age` are still recovered.
+            (
+                "a_publication_older_than_max_age_is_not_recovered",
+                history_by_age,
+                false,
+            ),
+            // Was a bug (fixed; a regression test now): the REWOUND script creates a room's epoch with HSET and no PEXPIRE: a room
             // joined but never published keeps its meta key forever (epoch_ttl not applied).
             (
                 "an_epoch_created_by_a_join_expires_like_one_created_by_a_publish",
                 epoch_created_by_join_expires,
-                true,
+                false,
             ),
-            // bug: UNSUBSCRIBE runs with the read timeout of the message loop (200 us while a
-            // write batch is open, else 50 ms); a late reply breaks the whole PUB/SUB link,
-            // which is rebuilt (every room recovered or reset) because a member left a room.
+            // Was a bug (fixed; a regression test now): UNSUBSCRIBE runs with the read timeout of the message loop (50 ms, or
+            // 200 us while a write batch is open) where SUBSCRIBE gets `timeout`: a reply
+            // later than that breaks the whole PUB/SUB link, which is rebuilt (every room
+            // recovered, or reset when history is short) because a member left a room.
             (
-                "a_member_leaving_during_traffic_does_not_rebuild_the_subscription",
-                unsubscribe_during_traffic,
-                true,
+                "a_leave_while_redis_is_slow_does_not_rebuild_the_subscription",
+                unsubscribe_while_redis_is_slow,
+                false,
             ),
-            // bug: a Redis restored from an older snapshot is only detected when a node's
+            // Was a bug (fixed; a regression test now): the subscription thread's write batch ends only when no message follows
+            // within 200 us, and `Batch::progress` pushes the flusher's deadline on with every
+            // message: under sustained traffic members get nothing until the traffic pauses
+            // or their queue bound fills (p50 0.3-0.5 s, p99 ~1 s with a 20,000-message bound).
+            (
+                "sustained_cross_node_traffic_is_delivered_promptly",
+                sustained_traffic_latency,
+                false,
+            ),
+            // Was a bug (fixed; a regression test now): a Redis restored from an older snapshot is only detected when a node's
             // `head` runs before publications push `top` back past what it delivered; other
             // nodes publish first (their command connection opens on demand, the subscription
             // waits for its backoff), the republished offsets are skipped as already
@@ -137,25 +171,26 @@ mod review {
             (
                 "republished_offsets_after_a_restore_are_not_skipped_silently",
                 restore_then_republish,
-                true,
+                false,
             ),
-            // bug: one room whose recovery fails (its `head` errors) makes `serve` return
+            // Was a bug (fixed; a regression test now): one room whose recovery fails (its `head` errors) makes `serve` return
             // Broken for the whole link, and `run` reconnects at once (failures was reset on
             // connect): a tight reconnect loop, and the rooms recovered after it never get a
             // live publication again.
             (
                 "one_room_failing_to_recover_does_not_stop_the_others_or_spin",
                 poisoned_room,
-                true,
+                false,
             ),
-            // bug: the REWOUND script gives a room whose meta key was lost (evicted) a new epoch
-            // without deleting the old stream (when the joining node delivered nothing): every
-            // publish then fails in XADD after HINCRBY moved `top`, and is reported as
-            // Unavailable ("nothing done") although `top` changed.
+            // Was a bug (fixed; a regression test now): the REWOUND script gives a room whose meta key was lost (evicted) a new epoch
+            // without deleting the old stream (when the joining node delivered nothing): the
+            // publishes then fail in XADD, after HINCRBY moved `top`, until `top` passes the old
+            // stream's last ID; each is reported as Unavailable ("nothing done") although `top`
+            // changed.
             (
                 "a_room_whose_meta_key_was_evicted_can_be_published_to_after_a_join",
                 evicted_meta_then_join,
-                true,
+                false,
             ),
         ];
         tests
@@ -391,8 +426,7 @@ mod review {
                 self.last
             );
             self.last = offset;
-            self.seen
-                .push((f[1].to_string(), offset, f[3].to_string()));
+            self.seen.push((f[1].to_string(), offset, f[3].to_string()));
             Some(f[3].to_string())
         }
 
@@ -597,55 +631,56 @@ mod review {
     /// the live ones, with no gap and no duplicate.
     fn joins_with_since_during_traffic() {
         let redis = Redis::start(false);
-        let (a, _) = node(redis.addr());
-        let (b, _) = node(redis.addr());
+        // History covers every publication: each join here must be recovered.
+        let whole = |addr| {
+            node_with(RedisConfig {
+                history: HistoryLimits {
+                    max_publications: 100_000,
+                    ..HistoryLimits::default()
+                },
+                ..config(url(addr))
+            })
+        };
+        let (a, _) = whole(redis.addr());
+        let (b, _) = whole(redis.addr());
         let mut anchor = client(a.local_addr());
         let (epoch, _, _) = join(&mut anchor, "join:r");
+        let mut at = Follower::new("r", &epoch, 0);
         let done = Arc::new(AtomicBool::new(false));
         let publisher = {
             let (b, done) = (b.handle(), done.clone());
             thread::spawn(move || {
                 let mut n = 0u64;
-                while !done.load(SeqCst) {
+                while !done.load(SeqCst) && n < 3000 {
                     n += 1;
                     b.publish("r", format!("m{n}")).unwrap();
-                    if n % 10 == 0 {
-                        thread::yield_now();
-                    }
                 }
                 n
             })
         };
         let mut joiners = Vec::new();
         for k in 0..10u64 {
-            // Where the anchor is now: a joiner resumes from a few publications back.
-            let mut f = Follower::new("r", &epoch, 0);
-            while f.last < 20 * (k + 1) {
-                f.take(&text(&mut anchor));
+            // A joiner resumes from a few publications behind where the anchor is now.
+            while at.last < 20 * (k + 1) {
+                at.take(&text(&mut anchor));
             }
-            let since = f.last.saturating_sub(k * 3);
-            let since = if k == 0 { 0 } else { since };
+            // k == 0: from before the first publication (offset 0 of the epoch).
+            let since = if k == 0 { 0 } else { at.last - k * 3 };
             let mut ws = client(a.local_addr());
             let (e, top, recovered) = join(&mut ws, &format!("since:r:{epoch}:{since}"));
             assert_eq!(e, epoch);
             assert!(recovered, "since {since} not recovered (top {top})");
             assert!(top >= since);
-            joiners.push((ws, Follower::new("r", &epoch, since), top));
-            // Keep the anchor's own follower in step with what it still has to read.
-            anchor_skip(&mut anchor, &mut f);
+            joiners.push((ws, Follower::new("r", &epoch, since)));
         }
         done.store(true, SeqCst);
         let n = publisher.join().unwrap();
-        for (ws, mut f, top) in joiners {
-            f.until(ws_ref(ws).as_mut(), &format!("m{n}"), WAIT);
+        for (mut ws, mut f) in joiners {
+            f.until(&mut ws, &format!("m{n}"), WAIT);
             assert!(f.resets.is_empty());
-            assert_eq!(f.last, n, "joined at {top}");
+            assert_eq!(f.last, n);
         }
-
-        fn anchor_skip(_ws: &mut Ws, _f: &mut Follower) {}
-        fn ws_ref(ws: Ws) -> Box<Ws> {
-            Box::new(ws)
-        }
+        at.until(&mut anchor, &format!("m{n}"), WAIT);
     }
 
     /// With five publications kept, a subscriber whose position is older than the history is
@@ -668,11 +703,16 @@ mod review {
             epoch = b.publish("r", format!("m{i}")).unwrap().epoch.to_string();
         }
         // Entries 16..=20 are kept.
-        for (since, recovered, replay) in [(3, false, 0), (14, false, 0), (15, true, 5), (20, true, 0)]
+        for (since, recovered, replay) in
+            [(3, false, 0), (14, false, 0), (15, true, 5), (20, true, 0)]
         {
             let mut ws = client(a.local_addr());
             let (e, top, r) = join(&mut ws, &format!("since:r:{epoch}:{since}"));
-            assert_eq!((e.as_str(), top, r), (epoch.as_str(), 20, recovered), "since {since}");
+            assert_eq!(
+                (e.as_str(), top, r),
+                (epoch.as_str(), 20, recovered),
+                "since {since}"
+            );
             let mut f = Follower::new("r", &epoch, since);
             for _ in 0..replay {
                 f.take(&text(&mut ws));
@@ -717,13 +757,13 @@ mod review {
             b.publish("r", format!("m{i}")).unwrap();
         }
         proxy.refuse(false);
-        wait_until("node A to reconnect", WAIT, || {
-            broker.status().connected.then_some(())
+        // The rebuild's recovery finds 19..=23 kept of 4..=23: a reset.
+        wait_until("node A to recover", WAIT, || {
+            (broker.status().gaps_unrecovered >= 1).then_some(())
         });
         b.publish("r", "after").unwrap();
         f.until(&mut ws, "after", WAIT);
         assert_eq!(f.resets, [(epoch.clone(), 23)], "{:?}", f.seen);
-        assert!(broker.status().gaps_unrecovered >= 1);
     }
 
     /// The PUB/SUB link stops in the middle of a message (a partial reply held by the proxy):
@@ -775,7 +815,8 @@ mod review {
         }
         f.until(&mut ws, "m5", WAIT);
         assert!(f.resets.is_empty(), "{:?}", f.resets);
-        assert!(broker.status().probe_failures >= 1, "{:?}", broker.status());
+        // Rebuilt: by the probe, or because the join's SUBSCRIBE got no answer.
+        assert!(broker.status().reconnects >= 1, "{:?}", broker.status());
     }
 
     /// Publications while Redis is down fail at once and are not kept for later: after a
@@ -834,11 +875,17 @@ mod review {
         redis.signal(libc::SIGSTOP);
         let started = Instant::now();
         c.shutdown(Duration::from_secs(1));
-        assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            started.elapsed()
+        );
         redis.signal(libc::SIGCONT);
-        wait_until("the paused subscription to end", Duration::from_secs(5), || {
-            (subscribed_clients(addr) == 0).then_some(())
-        });
+        wait_until(
+            "the paused subscription to end",
+            Duration::from_secs(5),
+            || (subscribed_clients(addr) == 0).then_some(()),
+        );
         // Down: the thread is in its backoff.
         let (d, broker) = node(addr);
         wait_until("the subscription", WAIT, || {
@@ -850,7 +897,126 @@ mod review {
         });
         let started = Instant::now();
         d.shutdown(Duration::from_secs(1));
-        assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    /// Node A's PUB/SUB link goes silent (only it: A's command connection is opened after the
+    /// stall). A client joins A with the position it had: it gets what A delivered since, and
+    /// once the link is rebuilt the rest, with no gap and no duplicate.
+    fn join_with_since_while_the_link_is_silent() {
+        let redis = Redis::start(false);
+        let proxy = Proxy::start(redis.addr());
+        let (a, broker) = node(proxy.addr());
+        let (b, _) = node(redis.addr());
+        wait_until("node A's subscription", WAIT, || {
+            broker.status().connected.then_some(())
+        });
+        // A member of A, subscribed before the stall (its join opens A's command connection,
+        // which the proxy then also silences; the next command reopens it).
+        let mut first = client(a.local_addr());
+        let (epoch, _, _) = join(&mut first, "join:r");
+        let mut f = Follower::new("r", &epoch, 0);
+        for i in 1..=5 {
+            b.publish("r", format!("m{i}")).unwrap();
+        }
+        f.until(&mut first, "m5", WAIT);
+        proxy.go_silent();
+        for i in 6..=10 {
+            b.publish("r", format!("m{i}")).unwrap();
+        }
+        // The client had up to 3: it lacks 4 and 5 (A delivered them) and 6..=10 (A has not
+        // heard of them yet).
+        let mut ws = client(a.local_addr());
+        let (e, top, recovered) = wait_until("a join to succeed", WAIT, || {
+            try_join(&mut ws, &format!("since:r:{epoch}:3")).ok()
+        });
+        assert_eq!(e, epoch);
+        assert!(recovered);
+        let mut g = Follower::new("r", &epoch, 3);
+        g.until(&mut ws, "m10", WAIT);
+        f.until(&mut first, "m10", WAIT);
+        assert!(g.resets.is_empty() && f.resets.is_empty());
+        assert!(top >= 5);
+        b.publish("r", "m11").unwrap();
+        g.until(&mut ws, "m11", WAIT);
+    }
+
+    /// Joins and leaves on four rooms of node A, publications from A and B, and Redis paused
+    /// and resumed over and over: nothing hangs (every client's request is answered), and
+    /// afterwards a publication reaches every member.
+    fn no_deadlock_under_pauses() {
+        let redis = Redis::start(false);
+        let (a, _) = node(redis.addr());
+        let (b, _) = node(redis.addr());
+        let done = Arc::new(AtomicBool::new(false));
+        let workers: Vec<_> = (0..8)
+            .map(|k| {
+                let addr = a.local_addr();
+                let done = done.clone();
+                thread::spawn(move || {
+                    let mut ws = client(addr);
+                    let room = format!("d{}", k % 4);
+                    let mut joined = 0;
+                    while !done.load(SeqCst) {
+                        // Every request is answered within 20 s (text panics otherwise).
+                        if try_join(&mut ws, &format!("join:{room}")).is_ok() {
+                            joined += 1;
+                            send(&mut ws, &format!("leave:{room}"));
+                            while !text(&mut ws).starts_with("left ") {}
+                        }
+                    }
+                    joined
+                })
+            })
+            .collect();
+        let publishers: Vec<_> = [a.handle(), b.handle()]
+            .into_iter()
+            .map(|hub| {
+                let done = done.clone();
+                thread::spawn(move || {
+                    let mut n = 0u64;
+                    while !done.load(SeqCst) {
+                        n += 1;
+                        let _ = hub.publish(&format!("d{}", n % 4), format!("p{n}"));
+                    }
+                })
+            })
+            .collect();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(6) {
+            redis.signal(libc::SIGSTOP);
+            // Paused for 300 ms: longer than a message wait, shorter than the 1 s timeout.
+            let paused = Instant::now();
+            while paused.elapsed() < Duration::from_millis(300) {
+                thread::yield_now();
+            }
+            redis.signal(libc::SIGCONT);
+            let resumed = Instant::now();
+            while resumed.elapsed() < Duration::from_millis(300) {
+                thread::yield_now();
+            }
+        }
+        done.store(true, SeqCst);
+        for p in publishers {
+            p.join().unwrap();
+        }
+        let joined: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
+        assert!(joined > 0);
+        // Still working: a member of each room gets a new publication.
+        for k in 0..4 {
+            let room = format!("d{k}");
+            let mut ws = client(a.local_addr());
+            let (e, top, _) = wait_until("a join to succeed", WAIT, || {
+                try_join(&mut ws, &format!("join:{room}")).ok()
+            });
+            let mut f = Follower::new(&room, &e, top);
+            publish_until_ok(&b.handle(), &room, "final");
+            f.until(&mut ws, "final", WAIT);
+        }
     }
 
     // ---------------------------------------------------------------------------------------
@@ -889,10 +1055,10 @@ mod review {
     }
 
     /// Eight clients of node A join and leave their own rooms while Redis is killed and
-    /// restarted three times; when they all left, nobody subscribes to any of the rooms.
+    /// restarted again and again for 8 s; when they all left, nobody subscribes to any of the rooms.
     fn restart_during_joins() {
         let mut redis = Redis::start(false);
-        let (a, _) = node(redis.addr());
+        let (a, broker) = node(redis.addr());
         let done = Arc::new(AtomicBool::new(false));
         let joins = Arc::new(AtomicUsize::new(0));
         let clients: Vec<_> = (0..8)
@@ -902,18 +1068,31 @@ mod review {
                 thread::spawn(move || {
                     let mut ws = client(addr);
                     let room = format!("j{k}");
+                    // The distinct reasons the joins failed for.
+                    let mut refused = std::collections::BTreeSet::new();
                     while !done.load(SeqCst) {
-                        if try_join(&mut ws, &format!("join:{room}")).is_ok() {
-                            joins.fetch_add(1, SeqCst);
-                            for line in leave(&mut ws, &room) {
-                                assert!(line.starts_with("reset "), "{line}");
+                        match try_join(&mut ws, &format!("join:{room}")) {
+                            Ok(_) => {
+                                joins.fetch_add(1, SeqCst);
+                                for line in leave(&mut ws, &room) {
+                                    assert!(line.starts_with("reset "), "{line}");
+                                }
+                            }
+                            Err(line) => {
+                                // The reason without what varies (addresses, errno text).
+                                let why: String = line.split(':').take(2).collect();
+                                refused.insert(why);
                             }
                         }
                     }
+                    (room, refused)
                 })
             })
             .collect();
-        for _ in 0..3 {
+        // Restarts for 8 s: each has a small chance of landing between a join's SUBSCRIBE
+        // and its first command.
+        let restarting = Instant::now();
+        while restarting.elapsed() < Duration::from_secs(8) {
             let before = joins.load(SeqCst);
             wait_until("joins to go on", WAIT, || {
                 (joins.load(SeqCst) > before + 50).then_some(())
@@ -926,18 +1105,59 @@ mod review {
             (joins.load(SeqCst) > before + 50).then_some(())
         });
         done.store(true, SeqCst);
-        for c in clients {
-            c.join().unwrap();
-        }
-        let addr = redis.addr();
-        wait_until("every room to be unsubscribed", Duration::from_secs(5), || {
-            let left: Vec<(String, i64)> = (0..8)
-                .map(|k| format!("j{k}"))
-                .map(|r| (r.clone(), numsub(addr, &r)))
-                .filter(|(_, n)| *n > 0)
-                .collect();
-            left.is_empty().then_some(())
+        let refused: BTreeMap<String, _> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+        // What Redis shows is the node's subscription once it is connected again.
+        wait_until("node A's subscription to be back", WAIT, || {
+            broker.status().connected.then_some(())
         });
+        let addr = redis.addr();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let left: Vec<String> = refused
+                .keys()
+                .filter(|r| numsub(addr, r) > 0)
+                .cloned()
+                .collect();
+            if left.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "rooms still subscribed with no member: {left:?}; why their joins failed: {:?}",
+                left.iter().map(|r| &refused[r]).collect::<Vec<_>>()
+            );
+            thread::sleep(Duration::from_millis(10)); // polling Redis, as wait_until does
+        }
+    }
+
+    /// `HistoryLimits::max_age` is "how long a publication stays recoverable" (the memory
+    /// broker trims by age). With 300 ms: a publication 400 ms old must not be replayed, even
+    /// though the room kept getting publications since.
+    fn history_by_age() {
+        let redis = Redis::start(false);
+        let (a, _) = node_with(RedisConfig {
+            history: HistoryLimits {
+                max_age: Duration::from_millis(300),
+                ..HistoryLimits::default()
+            },
+            ..config(url(redis.addr()))
+        });
+        let old = a.publish("r", "old").unwrap();
+        let aged = Instant::now();
+        // The age bound itself is what is tested: let it pass, the room staying active (a
+        // publication every 100 ms).
+        while aged.elapsed() < Duration::from_millis(400) {
+            thread::sleep(Duration::from_millis(100));
+            a.publish("r", "new").unwrap();
+        }
+        let mut ws = client(a.local_addr());
+        let (_, top, recovered) = join(&mut ws, &format!("since:r:{}:0", old.epoch));
+        let replayed: Vec<String> =
+            std::iter::from_fn(|| next_line(&mut ws, Duration::from_millis(100))).collect();
+        assert!(
+            !recovered,
+            "a publication older than max_age was recovered (top {top}): {replayed:?}"
+        );
     }
 
     /// A room joined but never published to gets its epoch from the join; that key must
@@ -949,16 +1169,51 @@ mod review {
         join(&mut ws, "join:quiet");
         let mut c = redis_conn(redis.addr());
         let ttl: i64 = redis::cmd("PTTL").arg(meta("quiet")).query(&mut c).unwrap();
-        assert!(ttl > 0, "the epoch of a joined room never expires (PTTL {ttl})");
+        assert!(
+            ttl > 0,
+            "the epoch of a joined room never expires (PTTL {ttl})"
+        );
         // For comparison: a published room's meta key has one.
         a.publish("loud", "x").unwrap();
         let ttl: i64 = redis::cmd("PTTL").arg(meta("loud")).query(&mut c).unwrap();
         assert!(ttl > 0);
     }
 
-    /// A member of node A leaves a quiet room again and again while another room of A gets a
-    /// steady stream from node B: the PUB/SUB link is never rebuilt for it.
-    fn unsubscribe_during_traffic() {
+    /// Keeps Redis busy (a script spinning for `micros`) on its own connection.
+    fn stall_redis(addr: SocketAddr, micros: u64) -> thread::JoinHandle<()> {
+        const SPIN: &str = r"
+local t = redis.call('TIME')
+local start = tonumber(t[1]) * 1000000 + tonumber(t[2])
+repeat
+  local n = redis.call('TIME')
+until tonumber(n[1]) * 1000000 + tonumber(n[2]) - start > tonumber(ARGV[1])
+return 1
+";
+        let mut c = redis_conn(addr);
+        let stall = thread::spawn(move || {
+            let _: i64 = redis::cmd("EVAL")
+                .arg(SPIN)
+                .arg(0)
+                .arg(micros)
+                .query(&mut c)
+                .unwrap();
+        });
+        // Stalled once a PING goes unanswered for 20 ms.
+        wait_until("Redis to be busy", WAIT, || {
+            use std::io::{Read, Write};
+            let mut s = TcpStream::connect(addr).ok()?;
+            s.set_read_timeout(Some(Duration::from_millis(20))).ok()?;
+            s.write_all(b"PING\r\n").ok()?;
+            let mut b = [0u8; 7];
+            s.read_exact(&mut b).is_err().then_some(())
+        });
+        stall
+    }
+
+    /// Redis is busy for half a second (a slow command: well within the 1 s timeout). A join
+    /// meanwhile waits and succeeds; a leave meanwhile must not break the PUB/SUB link
+    /// either (its UNSUBSCRIBE is answered as late as the join's SUBSCRIBE).
+    fn unsubscribe_while_redis_is_slow() {
         let redis = Redis::start(false);
         let (a, broker) = node_with(RedisConfig {
             // The default probe: only a real failure rebuilds the link.
@@ -966,52 +1221,142 @@ mod review {
             probe_timeout: Duration::from_secs(5),
             ..config(url(redis.addr()))
         });
+        let (b, _) = node(redis.addr());
+        let mut other = client(a.local_addr());
+        let (epoch, _, _) = join(&mut other, "join:other");
+        let mut f = Follower::new("other", &epoch, 0);
+        let mut ws = client(a.local_addr());
+        // A join while Redis is busy: fine.
+        let stall = stall_redis(redis.addr(), 500_000);
+        join(&mut ws, "join:r");
+        stall.join().unwrap();
+        assert_eq!(broker.status().reconnects, 0, "{:?}", broker.status());
+        // A leave while Redis is busy.
+        let stall = stall_redis(redis.addr(), 500_000);
+        assert!(leave(&mut ws, "r").is_empty());
+        stall.join().unwrap();
+        b.publish("other", "after").unwrap();
+        f.until(&mut other, "after", WAIT);
+        wait_until("the room to be unsubscribed", WAIT, || {
+            (numsub(redis.addr(), "r") == 0).then_some(())
+        });
+        let s = broker.status();
+        assert_eq!(
+            (s.reconnects, s.probe_failures),
+            (0, 0),
+            "a member leaving during a 0.5 s Redis stall rebuilt the whole link: {s:?}"
+        );
+    }
+
+    /// Four publishers on two other nodes keep node A's subscription busy (messages back to
+    /// back); A's member reads as fast as they come. Each publication must reach it promptly,
+    /// not when the traffic pauses or the member's queue bound is reached.
+    fn sustained_traffic_latency() {
+        let redis = Redis::start(false);
+        let broker = Arc::new(RedisBroker::new(config(url(redis.addr()))).unwrap());
+        let a = Hub::bind_with_broker(
+            "127.0.0.1:0",
+            HubConfig {
+                // Room for bursts; a member that keeps up never comes near it.
+                queue_max_messages: 20_000,
+                ..hub_config()
+            },
+            App,
+            broker,
+        )
+        .unwrap();
         let (b1, _) = node(redis.addr());
         let (b2, _) = node(redis.addr());
-        let mut hot = client(a.local_addr());
-        let (epoch, _, _) = join(&mut hot, "join:hot");
+        let mut ws = client(a.local_addr());
+        let (epoch, _, _) = join(&mut ws, "join:r");
+        let base = Instant::now();
         let done = Arc::new(AtomicBool::new(false));
         let publishers: Vec<_> = [b1.handle(), b2.handle(), b1.handle(), b2.handle()]
             .into_iter()
             .map(|b| {
                 let done = done.clone();
                 thread::spawn(move || {
-                    let mut n = 0;
+                    let mut n = 0u64;
                     while !done.load(SeqCst) {
-                        b.publish("hot", "x").unwrap();
+                        b.publish("r", base.elapsed().as_micros().to_string())
+                            .unwrap();
                         n += 1;
                     }
                     n
                 })
             })
             .collect();
-        let mut cold = client(a.local_addr());
-        let mut f = Follower::new("hot", &epoch, 0);
-        let mut rebuilt_at = None;
-        for round in 0..200 {
-            join(&mut cold, "join:cold");
-            leave(&mut cold, "cold");
-            // Keep the hot member reading so its queue never fills.
-            while let Some(line) = next_line(&mut hot, Duration::from_millis(1)) {
-                f.take(&line);
-            }
-            if rebuilt_at.is_none() && broker.status().reconnects > 0 {
-                rebuilt_at = Some(round);
-            }
+        let mut f = Follower::new("r", &epoch, 0);
+        let mut latencies = Vec::new();
+        while base.elapsed() < Duration::from_secs(3) {
+            let sent: u128 = f.take(&text(&mut ws)).unwrap().parse().unwrap();
+            latencies.push(base.elapsed().as_micros() - sent);
         }
         done.store(true, SeqCst);
         let published: u64 = publishers.into_iter().map(|p| p.join().unwrap()).sum();
-        while f.last < published {
-            f.take(&text(&mut hot));
-        }
-        let s = broker.status();
-        assert_eq!(
-            (s.reconnects, s.probe_failures),
-            (0, 0),
-            "the link was rebuilt (first after {rebuilt_at:?} leaves; {published} \
-             publications): {s:?}"
+        latencies.sort_unstable();
+        let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize] / 1000;
+        let (p50, p99) = (at(0.5), at(0.99));
+        assert!(
+            p99 < 100,
+            "{published} published in 3 s, {} received: latency p50 {p50} ms, p99 {p99} ms",
+            latencies.len()
         );
-        assert!(f.resets.is_empty(), "{:?}", f.resets);
+    }
+
+    /// Four clients of node A join and leave a room that has no other member on A, while
+    /// node B publishes: every join subscribes afresh, racing the first live messages. What
+    /// each gets between join and leave starts right after its joined position, with no gap;
+    /// at the end nobody subscribes to the room.
+    fn first_joins_race_live_messages() {
+        let redis = Redis::start(false);
+        let (a, _) = node(redis.addr());
+        let (b, _) = node(redis.addr());
+        let done = Arc::new(AtomicBool::new(false));
+        let windows = Arc::new(AtomicUsize::new(0));
+        let churners: Vec<_> = (0..4)
+            .map(|k| {
+                let addr = a.local_addr();
+                let (done, windows) = (done.clone(), windows.clone());
+                thread::spawn(move || {
+                    let mut ws = client(addr);
+                    let mut round = 0u64;
+                    while !done.load(SeqCst) {
+                        let (e, top, _) = join(&mut ws, "join:r");
+                        let mut f = Follower::new("r", &e, top);
+                        for _ in 0..(round + k) % 3 {
+                            match next_line(&mut ws, Duration::from_millis(20)) {
+                                Some(line) => {
+                                    f.take(&line);
+                                }
+                                None => break,
+                            }
+                        }
+                        for line in leave(&mut ws, "r") {
+                            f.take(&line);
+                        }
+                        assert!(f.resets.is_empty(), "{:?}", f.resets);
+                        if !f.seen.is_empty() {
+                            windows.fetch_add(1, SeqCst);
+                        }
+                        round += 1;
+                    }
+                })
+            })
+            .collect();
+        let mut n = 0;
+        while windows.load(SeqCst) < 100 {
+            n += 1;
+            b.publish("r", format!("m{n}")).unwrap();
+            assert!(n < 200_000, "the churners saw too few publications");
+        }
+        done.store(true, SeqCst);
+        for c in churners {
+            c.join().unwrap();
+        }
+        wait_until("node A to unsubscribe from r", WAIT, || {
+            (numsub(redis.addr(), "r") == 0).then_some(())
+        });
     }
 
     /// Redis comes back from an older snapshot (the room's epoch with entries 1..=7 where the
@@ -1135,11 +1480,15 @@ mod review {
                 }
             }
         }
-        let rate = (broker.status().reconnects - reconnects) as f64
-            / started.elapsed().as_secs_f64();
+        // A spinning link would reconnect many times a second: watch it for a second (this
+        // measures a rate over a window; it stands in for no synchronisation).
+        std::thread::sleep(Duration::from_secs(1));
+        let extra = broker.status().reconnects - reconnects;
+        let _ = started;
         assert!(
-            missing.is_empty() && rate < 20.0,
-            "healthy rooms without their publication: {missing:?}; {rate:.0} reconnects/s"
+            missing.is_empty() && extra <= 3,
+            "healthy rooms without their publication: {missing:?}; {extra} reconnects in {:?}",
+            started.elapsed()
         );
     }
 
@@ -1171,7 +1520,4 @@ mod review {
         let mut f = Follower::new("r", &epoch, 0);
         f.until(&mut ws, "x", WAIT);
     }
-
-    #[allow(dead_code)]
-    fn unused(_: HashSet<()>) {}
 }

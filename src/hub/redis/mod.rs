@@ -292,10 +292,6 @@ impl RedisBroker {
     ) -> Result<(), BrokerError> {
         let s = &self.shared;
         let mut st = state.lock();
-        if !st.subscribed {
-            st.subscribed = true;
-            st.epoch = None;
-        }
         let k = keys(&s.config.prefix, room);
         let head = s
             .commands
@@ -384,16 +380,22 @@ impl Broker for RedisBroker {
     ) -> Result<(), BrokerError> {
         let s = &self.shared;
         let state = s.room(room);
-        // Counted first, so that a last member leaving meanwhile does not unsubscribe the room.
+        // Counted (and marked subscribed) first, so that a last member leaving meanwhile does
+        // not unsubscribe the room, and a rebuild meanwhile subscribes it on the new link too.
         let needs_subscription = {
             let mut st = state.lock();
             st.refs += 1;
-            !st.subscribed
+            let needs = !st.subscribed;
+            if needs {
+                st.subscribed = true;
+                st.epoch = None;
+            }
+            needs
         };
         if needs_subscription {
             // Without the room's lock: the subscription thread may need it meanwhile.
             if let Err(e) = self.confirm_subscription(room) {
-                state.lock().refs -= 1;
+                self.unsubscribe(room);
                 return Err(e);
             }
         }

@@ -46,11 +46,11 @@ pub(crate) fn run(s: &Arc<Shared>, control: &Receiver<Control>) {
     while !s.stop.load(Relaxed) {
         match connect(s) {
             Ok(mut conn) => {
-                failures = 0;
                 s.connected.store(true, Relaxed);
                 if !first {
                     s.reconnects.fetch_add(1, Relaxed);
                 }
+                let up = Instant::now();
                 let lost = serve(s, &mut conn, control, !first);
                 first = false;
                 s.connected.store(false, Relaxed);
@@ -64,6 +64,16 @@ pub(crate) fn run(s: &Arc<Shared>, control: &Receiver<Control>) {
                         log::warn!("redis subscription lost ({why}); rebuilding it")
                     }
                 }
+                // A link that dies soon after it came up counts as a failed attempt: no spin.
+                if up.elapsed() < s.config.probe_timeout {
+                    failures += 1;
+                    let delay = backoff
+                        .next_delay(failures)
+                        .unwrap_or(Duration::from_secs(1));
+                    pause(s, control, delay, "the last link died young");
+                } else {
+                    failures = 0;
+                }
             }
             Err(e) => {
                 failures += 1;
@@ -73,13 +83,19 @@ pub(crate) fn run(s: &Arc<Shared>, control: &Receiver<Control>) {
                 let delay = backoff
                     .next_delay(failures)
                     .unwrap_or(Duration::from_secs(1));
-                let until = Instant::now() + delay;
-                while Instant::now() < until && !s.stop.load(Relaxed) {
-                    std::thread::sleep(POLL.min(until.saturating_duration_since(Instant::now())));
-                    refuse_pending(control, &e);
-                }
+                pause(s, control, delay, &e);
             }
         }
+    }
+}
+
+/// Waits `delay` before the next attempt (in short steps, to stop promptly), refusing the
+/// subscriptions asked for meanwhile.
+fn pause(s: &Shared, control: &Receiver<Control>, delay: Duration, why: &str) {
+    let until = Instant::now() + delay;
+    while Instant::now() < until && !s.stop.load(Relaxed) {
+        std::thread::sleep(POLL.min(until.saturating_duration_since(Instant::now())));
+        refuse_pending(control, why);
     }
 }
 
@@ -121,11 +137,15 @@ fn serve(
         .collect();
     let mut channels = vec![s.probe.clone()];
     channels.extend(rooms.iter().map(|r| keys(&s.config.prefix, r).channel));
-    if let Err(e) = pubsub
-        .set_read_timeout(Some(s.config.timeout))
-        .and_then(|()| pubsub.subscribe(&channels))
-    {
+    if let Err(e) = pubsub.set_read_timeout(Some(s.config.timeout)) {
         return Lost::Broken(e.to_string());
+    }
+    // One channel per SUBSCRIBE: each call waits for its own confirmation (several channels
+    // in one command would leave confirmations behind for the next command to mistake).
+    for channel in &channels {
+        if let Err(e) = pubsub.subscribe(channel) {
+            return Lost::Broken(e.to_string());
+        }
     }
     if rebuilt {
         for room in &rooms {
