@@ -299,12 +299,45 @@ fn fill(s: &Shared, room: &str, st: &mut RoomState, to: u64, written: &mut Vec<D
             }
             st.last = to;
         }
-        Ok((false, _)) => reset(s, room, st, epoch, to),
+        Ok((false, entries)) => {
+            // What the stream still holds at the end of the gap is not lost with the rest:
+            // the members are told the stream continues just before it, then get it.
+            let tail_start = contiguous_tail(&entries, to);
+            match tail_start {
+                Some(i) => {
+                    let first = entries[i].0;
+                    reset(s, room, st, epoch.clone(), first - 1);
+                    if let Some((_, d)) = entries.last() {
+                        st.digest = digest(d);
+                    }
+                    if let Some(f) = s.fanout.get() {
+                        for (o, d) in entries.into_iter().skip(i) {
+                            written.push(f.deliver(&s.publication(room, &epoch, o, d)));
+                        }
+                    }
+                    st.last = to;
+                }
+                None => reset(s, room, st, epoch, to),
+            }
+        }
         Err(e) => {
             log::warn!("redis: gap in {room} not read ({e}); announced as a reset");
             reset(s, room, st, epoch, to);
         }
     }
+}
+
+/// The index where the run of consecutive offsets ending at `to` starts, if `entries` end at
+/// `to`.
+fn contiguous_tail(entries: &[(u64, Bytes)], to: u64) -> Option<usize> {
+    if entries.last().map(|(o, _)| *o) != Some(to) {
+        return None;
+    }
+    let mut i = entries.len() - 1;
+    while i > 0 && entries[i - 1].0 + 1 == entries[i].0 {
+        i -= 1;
+    }
+    Some(i)
 }
 
 /// The room's members can no longer be given what they lack: they are told the new position.
@@ -365,6 +398,20 @@ fn parse(payload: &[u8]) -> Option<(&str, u64, &[u8])> {
 #[cfg(test)]
 mod tests {
     use super::parse;
+
+    #[test]
+    fn the_tail_of_a_partly_kept_gap_is_found() {
+        use super::contiguous_tail;
+        let e = |o: &[u64]| {
+            o.iter()
+                .map(|o| (*o, bytes::Bytes::new()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(contiguous_tail(&e(&[5, 6, 7]), 7), Some(0));
+        assert_eq!(contiguous_tail(&e(&[2, 5, 6, 7]), 7), Some(1));
+        assert_eq!(contiguous_tail(&e(&[5, 6]), 7), None);
+        assert_eq!(contiguous_tail(&e(&[]), 7), None);
+    }
 
     #[test]
     fn messages_carry_epoch_offset_and_any_bytes() {
