@@ -79,6 +79,7 @@ impl Handler for TestHandler {
     }
 
     fn encode(&self, p: &Publication) -> Message {
+        assert!(&p.data[..] != b"boom", "the encoder panics on purpose");
         Message::text(format!(
             "{}#{}:{}",
             p.room,
@@ -781,4 +782,40 @@ fn a_connection_of_another_hub_cannot_join() {
     );
     assert!(a.members("r").is_empty());
     assert!(!a.leave(&conn, "r"));
+}
+
+/// A publication the handler cannot encode is never skipped silently: live members are told of
+/// a reset (the default closes them with 1011), and a recovery that would need it says
+/// `recovered = false` in its preamble.
+#[test]
+fn a_publication_that_cannot_be_encoded_is_never_a_silent_gap() {
+    let (hub, seen) = start(quiet());
+    let mut live = ws(hub.local_addr(), "/ws");
+    live.send(tungstenite::Message::text("join:r")).unwrap();
+    assert_eq!(read_text(&mut live), "joined r at 0");
+    let p1 = hub.publish("r", "m1").unwrap();
+    assert_eq!(read_text(&mut live), "r#1:m1");
+    hub.publish("r", "boom").unwrap();
+    assert_eq!(read_close(&mut live), (1011, "stream reset".to_string()));
+    let m = hub.metrics();
+    assert_eq!((m.resets, m.callback_panics), (1, 1));
+    // A subscriber recovering from before it: told it was not recovered, nothing replayed.
+    let mut late = ws(hub.local_addr(), "/ws");
+    late.send(tungstenite::Message::text("x")).unwrap();
+    assert_eq!(read_text(&mut late), "x");
+    let conn = wait_until("the late connection", WAIT, || {
+        let Seen::Message(id, t) = seen.recv_timeout(WAIT).ok()? else {
+            return None;
+        };
+        (t == "x").then(|| hub.conn(id)).flatten()
+    });
+    let since = Position { offset: 0, ..p1 };
+    let j = hub
+        .join(&conn, "r", Some(&since), |j| {
+            Some(Message::text(format!("recovered={}", j.recovered)))
+        })
+        .unwrap();
+    assert!(!j.recovered);
+    assert_eq!(j.replayed, 0);
+    assert_eq!(read_text(&mut late), "recovered=false");
 }

@@ -38,12 +38,14 @@ impl Fanout {
             };
         };
         let mut touched = Vec::new();
-        if let Some(message) = hub.encode(publication) {
-            hub.rooms.for_each(&publication.room, |member| {
+        match hub.encode(publication) {
+            Some(message) => hub.rooms.for_each(&publication.room, |member| {
                 if hub.push_or_slow(member, &message) {
                     touched.push(member.clone());
                 }
-            });
+            }),
+            // The members cannot be given this publication: a gap, announced, never silent.
+            None => self.reset(&publication.room, &publication.position),
         }
         Delivered {
             hub: Some(hub),

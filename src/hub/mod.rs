@@ -540,10 +540,23 @@ impl HubHandle {
         let mut joined = None;
         hub.broker
             .subscribe(room, since, &mut |recovery| {
-                let mut j = Joined {
+                // The replay is encoded first, so that the preamble tells the truth: an
+                // encoding that panics breaks the promise of no gap, and says so.
+                let mut replay = Vec::with_capacity(recovery.missed.len());
+                let mut recovered = recovery.recovered;
+                for publication in &recovery.missed {
+                    match hub.encode(publication) {
+                        Some(m) => replay.push(m),
+                        None => recovered = false,
+                    }
+                }
+                if !recovered {
+                    replay.clear();
+                }
+                let j = Joined {
                     position: recovery.position.clone(),
-                    recovered: recovery.recovered,
-                    replayed: recovery.missed.len(),
+                    recovered,
+                    replayed: replay.len(),
                 };
                 let first = preamble
                     .take()
@@ -552,14 +565,9 @@ impl HubHandle {
                     member.outbound.push_unbounded(&first);
                 }
                 // The replay ignores the queue's bounds (history bounds it): cutting it would
-                // break the promise of no gap. An encoding that panics does break it: say so.
-                for publication in &recovery.missed {
-                    match hub.encode(publication) {
-                        Some(m) => {
-                            member.outbound.push_unbounded(&m);
-                        }
-                        None => j.recovered = false,
-                    }
+                // break the promise of no gap.
+                for m in &replay {
+                    member.outbound.push_unbounded(m);
                 }
                 hub.rooms.add(&name, member);
                 joined = Some(j);
