@@ -10,8 +10,8 @@ use std::sync::{Arc, Weak};
 
 use crate::frame::CloseCode;
 use crate::guard;
-use crate::hub::broker::{Position, Publication};
 use crate::hub::conn::ConnShared;
+use crate::hub::stream::{Position, Publication};
 use crate::hub::{Batch, HubShared};
 
 /// The hub's delivery handle, given to its broker by [`Broker::attach`](super::Broker::attach).

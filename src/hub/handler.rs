@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use crate::frame::Initiator;
 use crate::frame::{CloseCode, Data};
-use crate::hub::broker::{Position, Publication};
 use crate::hub::conn::{Conn, Identity};
 use crate::hub::message::Message;
+use crate::hub::stream::{Position, Publication};
 
 /// The application's side of the hub.
 ///

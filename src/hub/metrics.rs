@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
-use crate::hub::broker::BrokerStatus;
+use crate::hub::stream::BrokerStatus;
 
 /// Number of power-of-two latency buckets: up to 2^39 µs, far beyond any real fan-out.
 const BUCKETS: usize = 40;

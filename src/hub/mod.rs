@@ -86,6 +86,7 @@ mod rate;
 pub mod redis;
 mod rooms;
 mod serve;
+mod stream;
 mod upgrade;
 
 use std::cell::RefCell;
@@ -103,15 +104,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex};
 
-pub use broker::{
-    Broker, BrokerError, BrokerStatus, MemoryBroker, Position, Publication, Recovery,
-};
+pub use broker::{Broker, MemoryBroker};
 pub use config::{HistoryLimits, HubConfig, RateLimit, RatePolicy, SLOW_CLOSE, SlowPolicy};
 pub use conn::{Conn, Identity};
 pub use fanout::{Delivered, Fanout};
 pub use handler::{Admission, Disconnect, Handler, Request, Response};
 pub use message::Message;
 pub use metrics::Metrics;
+pub use stream::{BrokerError, BrokerStatus, Position, Publication, Recovery};
 
 use crate::deadline;
 use crate::frame::CloseCode;

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use redis::{Client, Connection, Script, Value};
 
-use crate::hub::broker::{BrokerError, Position};
+use crate::hub::stream::{BrokerError, Position};
 
 /// Publishes atomically: the room's epoch (created if missing, with an empty stream), the next
 /// offset, the entry in the capped stream (with Redis's clock, for the age limit), then the

@@ -51,9 +51,10 @@ use crossbeam_channel::{Sender, bounded, unbounded};
 use parking_lot::Mutex;
 
 use crate::backoff::Backoff;
-use crate::hub::broker::{Broker, BrokerError, BrokerStatus, Position, Publication, Recovery};
+use crate::hub::broker::Broker;
 use crate::hub::config::HistoryLimits;
 use crate::hub::fanout::Fanout;
+use crate::hub::stream::{BrokerError, BrokerStatus, Position, Publication, Recovery};
 use commands::{Commands, keys};
 use subscription::Control;
 

@@ -9,10 +9,10 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::backoff::Reconnect;
-use crate::hub::broker::{BrokerError, Position};
 use crate::hub::fanout::Delivered;
 use crate::hub::redis::commands::{keys, room_of};
 use crate::hub::redis::{RoomState, Shared, digest};
+use crate::hub::stream::{BrokerError, Position};
 
 /// How long one wait for a message lasts before the thread looks at its controls and probe.
 const POLL: Duration = Duration::from_millis(50);
