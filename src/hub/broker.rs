@@ -11,7 +11,6 @@
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, Hasher};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -20,7 +19,7 @@ use parking_lot::Mutex;
 
 use crate::hub::config::HistoryLimits;
 use crate::hub::fanout::Fanout;
-use crate::hub::stream::{BrokerError, BrokerStatus, Position, Publication, Recovery};
+use crate::hub::stream::{BrokerError, BrokerStatus, Position, Publication, Recovery, new_epoch};
 
 /// Numbering, history and per-room order of publications.
 ///
@@ -108,7 +107,7 @@ impl MemoryBroker {
         let name: Arc<str> = Arc::from(room);
         let log = Arc::new(Mutex::new(Log {
             room: name.clone(),
-            epoch: self.new_epoch(),
+            epoch: Arc::from(new_epoch(&self.random)),
             top: 0,
             entries: VecDeque::new(),
             bytes: 0,
@@ -118,22 +117,6 @@ impl MemoryBroker {
     }
 
     /// A fresh epoch: 12 random base-36 characters (unguessable across restarts).
-    fn new_epoch(&self) -> Arc<str> {
-        let mut h = self.random.build_hasher();
-        h.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos()),
-        );
-        let mut n = h.finish();
-        let mut s = String::with_capacity(12);
-        for _ in 0..12 {
-            s.push(char::from_digit((n % 36) as u32, 36).unwrap_or('0'));
-            n /= 36;
-        }
-        Arc::from(s)
-    }
-
     fn trim(&self, log: &mut Log, now: Instant) {
         while let Some(first) = log.entries.front() {
             let old = now.saturating_duration_since(first.at) > self.limits.max_age;

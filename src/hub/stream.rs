@@ -2,7 +2,9 @@
 //! [`Publication`], what a joiner gets back ([`Recovery`]), and what a broker reports
 //! ([`BrokerError`], [`BrokerStatus`]).
 
+use std::collections::hash_map::RandomState;
 use std::fmt;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -88,4 +90,23 @@ pub struct BrokerStatus {
     pub gaps_recovered: u64,
     /// Gaps the stream no longer covered, and new epochs: announced as resets.
     pub gaps_unrecovered: u64,
+}
+
+/// A fresh epoch: 12 base-36 characters from `random` (seeded per process by the standard
+/// library) and the clock, so epochs differ across restarts and processes.
+pub(crate) fn new_epoch(random: &RandomState) -> String {
+    let mut h = random.build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    let mut n = h.finish();
+    (0..12)
+        .map(|_| {
+            let c = char::from_digit((n % 36) as u32, 36).unwrap_or('0');
+            n /= 36;
+            c
+        })
+        .collect()
 }

@@ -54,7 +54,7 @@ use crate::backoff::Backoff;
 use crate::hub::broker::Broker;
 use crate::hub::config::HistoryLimits;
 use crate::hub::fanout::Fanout;
-use crate::hub::stream::{BrokerError, BrokerStatus, Position, Publication, Recovery};
+use crate::hub::stream::{BrokerError, BrokerStatus, Position, Publication, Recovery, new_epoch};
 use commands::{Commands, keys};
 use subscription::Control;
 
@@ -244,22 +244,9 @@ impl RedisBroker {
 }
 
 impl Shared {
-    /// A fresh epoch: 12 random base-36 characters.
+    /// A fresh epoch.
     fn new_epoch(&self) -> String {
-        let mut h = self.random.build_hasher();
-        h.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos()),
-        );
-        let mut n = h.finish();
-        (0..12)
-            .map(|_| {
-                let c = char::from_digit((n % 36) as u32, 36).unwrap_or('0');
-                n /= 36;
-                c
-            })
-            .collect()
+        new_epoch(&self.random)
     }
 
     fn room(&self, room: &str) -> Arc<Mutex<RoomState>> {
