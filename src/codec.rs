@@ -203,6 +203,7 @@ impl Decoder {
     ///
     /// Returns [`Step::Need`] when `buf` does not hold a whole frame yet, or [`Step::Frame`] with
     /// the number of bytes the frame occupied.
+    #[inline]
     pub(crate) fn decode<'a>(&'a mut self, buf: &'a [u8]) -> Result<Step<'a>, Violation> {
         match self.extent(buf, false)? {
             Extent::Need(n) => Ok(Step::Need(n)),
@@ -228,6 +229,7 @@ impl Decoder {
 
     /// Checks the header at the start of `buf` against the limits and says how long the frame
     /// is, or how many bytes are still needed.
+    #[inline(always)]
     fn extent(&mut self, buf: &[u8], masked: bool) -> Result<Extent, Violation> {
         if self.partial_delivered {
             self.partial.clear();
@@ -291,6 +293,7 @@ impl Decoder {
     }
 
     /// Interprets a whole frame (already unmasked) occupying `buf[..total]`.
+    #[inline(always)]
     fn finish<'a>(
         &'a mut self,
         header: Header,
@@ -461,6 +464,7 @@ enum Extent {
 /// Parses and validates a frame header; `Ok(None)` if `buf` is too short to hold it. `masked`:
 /// the frame comes from a client and must carry a masking key (RFC 6455 §5.1); else from a server
 /// and must not.
+#[inline(always)]
 fn parse_header(buf: &[u8], masked: bool) -> Result<Option<(Header, usize)>, Violation> {
     let [b0, b1, rest @ ..] = buf else {
         return Ok(None);
