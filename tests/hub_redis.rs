@@ -34,12 +34,11 @@ mod real {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use syncws::Data;
     use syncws::hub::redis::{RedisBroker, RedisConfig};
-    use syncws::hub::{Conn, Handler, Hub, HubConfig, Message, Position, Publication};
+    use syncws::hub::{Hub, HubConfig};
 
     use crate::support::proxy::Proxy;
-    use crate::support::redis::{Redis, redis_status};
+    use crate::support::redis::{Redis, RoomApp, redis_status};
     use crate::support::{self, wait_until};
 
     const WAIT: Duration = Duration::from_secs(20);
@@ -96,59 +95,6 @@ mod real {
             .collect()
     }
 
-    /// `join:R` joins R; `since:R:EPOCH:OFFSET` joins R from a position; publications arrive as
-    /// `R EPOCH OFFSET DATA`, resets as `reset R EPOCH OFFSET`.
-    struct App;
-
-    impl Handler for App {
-        fn on_message(&self, conn: &Conn, message: Data<'_>) {
-            let Data::Text(text) = message else { return };
-            let (room, since) = if let Some(room) = text.strip_prefix("join:") {
-                (room, None)
-            } else if let Some(rest) = text.strip_prefix("since:") {
-                let mut p = rest.split(':');
-                let room = p.next().unwrap();
-                let epoch = p.next().unwrap();
-                let offset = p.next().unwrap().parse().unwrap();
-                (
-                    room,
-                    Some(Position {
-                        epoch: epoch.into(),
-                        offset,
-                    }),
-                )
-            } else {
-                return;
-            };
-            let r = conn.hub().join(conn, room, since.as_ref(), |j| {
-                Some(Message::text(format!(
-                    "joined {room} {} {} {}",
-                    j.position.epoch, j.position.offset, j.recovered
-                )))
-            });
-            if let Err(e) = r {
-                let _ = conn.send(&Message::text(format!("error {e}")));
-            }
-        }
-
-        fn encode(&self, p: &Publication) -> Message {
-            Message::text(format!(
-                "{} {} {} {}",
-                p.room,
-                p.position.epoch,
-                p.position.offset,
-                String::from_utf8_lossy(&p.data)
-            ))
-        }
-
-        fn on_reset(&self, room: &str, position: &Position) -> Option<Message> {
-            Some(Message::text(format!(
-                "reset {room} {} {}",
-                position.epoch, position.offset
-            )))
-        }
-    }
-
     fn config(url: String, fast_probe: bool) -> RedisConfig {
         let mut c = RedisConfig {
             url,
@@ -174,7 +120,7 @@ mod real {
                 rate_limit: None,
                 ..HubConfig::default()
             },
-            App,
+            RoomApp,
             broker.clone(),
         )
         .unwrap();
@@ -431,7 +377,7 @@ mod real {
                 ping_interval: None,
                 ..HubConfig::default()
             },
-            App,
+            RoomApp,
             broker.clone(),
         )
         .unwrap();

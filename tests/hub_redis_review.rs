@@ -28,15 +28,11 @@ mod review {
     use std::thread;
     use std::time::{Duration, Instant};
 
-    use syncws::Data;
     use syncws::hub::redis::{RedisBroker, RedisConfig};
-    use syncws::hub::{
-        BrokerError, Conn, Handler, HistoryLimits, Hub, HubConfig, HubHandle, Message, Position,
-        Publication,
-    };
+    use syncws::hub::{BrokerError, HistoryLimits, Hub, HubConfig, HubHandle, Position};
 
     use crate::support::proxy::Proxy;
-    use crate::support::redis::{Redis, redis_status};
+    use crate::support::redis::{Redis, RoomApp, redis_status};
     use crate::support::{self, wait_until};
 
     const WAIT: Duration = Duration::from_secs(20);
@@ -212,65 +208,6 @@ mod review {
     // ---------------------------------------------------------------------------------------
     // The application, nodes and clients.
 
-    /// `join:R` joins R; `since:R:EPOCH:OFFSET` joins R from a position; `leave:R` leaves R
-    /// (answered `left R true|false`). Publications arrive as `R EPOCH OFFSET DATA`, resets as
-    /// `reset R EPOCH OFFSET`, failed joins as `error ...`.
-    struct App;
-
-    impl Handler for App {
-        fn on_message(&self, conn: &Conn, message: Data<'_>) {
-            let Data::Text(text) = message else { return };
-            if let Some(room) = text.strip_prefix("leave:") {
-                let left = conn.hub().leave(conn, room);
-                let _ = conn.send(&Message::text(format!("left {room} {left}")));
-                return;
-            }
-            let (room, since) = if let Some(room) = text.strip_prefix("join:") {
-                (room, None)
-            } else if let Some(rest) = text.strip_prefix("since:") {
-                let mut p = rest.split(':');
-                let room = p.next().unwrap();
-                let epoch = p.next().unwrap();
-                let offset = p.next().unwrap().parse().unwrap();
-                (
-                    room,
-                    Some(Position {
-                        epoch: epoch.into(),
-                        offset,
-                    }),
-                )
-            } else {
-                return;
-            };
-            let r = conn.hub().join(conn, room, since.as_ref(), |j| {
-                Some(Message::text(format!(
-                    "joined {room} {} {} {}",
-                    j.position.epoch, j.position.offset, j.recovered
-                )))
-            });
-            if let Err(e) = r {
-                let _ = conn.send(&Message::text(format!("error {e}")));
-            }
-        }
-
-        fn encode(&self, p: &Publication) -> Message {
-            Message::text(format!(
-                "{} {} {} {}",
-                p.room,
-                p.position.epoch,
-                p.position.offset,
-                String::from_utf8_lossy(&p.data)
-            ))
-        }
-
-        fn on_reset(&self, room: &str, position: &Position) -> Option<Message> {
-            Some(Message::text(format!(
-                "reset {room} {} {}",
-                position.epoch, position.offset
-            )))
-        }
-    }
-
     /// A fast probe and a short backoff, so that failures are noticed within seconds.
     fn config(url: String) -> RedisConfig {
         RedisConfig {
@@ -298,7 +235,8 @@ mod review {
 
     fn node_with(config: RedisConfig) -> (Hub, Arc<RedisBroker>) {
         let broker = Arc::new(RedisBroker::new(config).unwrap());
-        let hub = Hub::bind_with_broker("127.0.0.1:0", hub_config(), App, broker.clone()).unwrap();
+        let hub =
+            Hub::bind_with_broker("127.0.0.1:0", hub_config(), RoomApp, broker.clone()).unwrap();
         (hub, broker)
     }
 
@@ -1264,7 +1202,7 @@ return 1
                 queue_max_messages: 20_000,
                 ..hub_config()
             },
-            App,
+            RoomApp,
             broker,
         )
         .unwrap();

@@ -9,6 +9,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use syncws::Data;
+use syncws::hub::{Conn, Handler, Message, Position, Publication};
+
 use super::wait_until;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -101,5 +104,65 @@ impl Drop for Redis {
         self.signal(libc::SIGCONT);
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A hub handler for the Redis tests: `join:R` joins R, `since:R:EPOCH:OFFSET` joins it from a
+/// position (answered `joined R EPOCH OFFSET RECOVERED`, or `error ...`), `leave:R` leaves it
+/// (answered `left R true|false`); publications arrive as `R EPOCH OFFSET DATA`, resets as
+/// `reset R EPOCH OFFSET`.
+pub struct RoomApp;
+
+impl Handler for RoomApp {
+    fn on_message(&self, conn: &Conn, message: Data<'_>) {
+        let Data::Text(text) = message else { return };
+        if let Some(room) = text.strip_prefix("leave:") {
+            let left = conn.hub().leave(conn, room);
+            let _ = conn.send(&Message::text(format!("left {room} {left}")));
+            return;
+        }
+        let (room, since) = if let Some(room) = text.strip_prefix("join:") {
+            (room, None)
+        } else if let Some(rest) = text.strip_prefix("since:") {
+            let mut p = rest.split(':');
+            let room = p.next().unwrap();
+            let epoch = p.next().unwrap();
+            let offset = p.next().unwrap().parse().unwrap();
+            (
+                room,
+                Some(Position {
+                    epoch: epoch.into(),
+                    offset,
+                }),
+            )
+        } else {
+            return;
+        };
+        let r = conn.hub().join(conn, room, since.as_ref(), |j| {
+            Some(Message::text(format!(
+                "joined {room} {} {} {}",
+                j.position.epoch, j.position.offset, j.recovered
+            )))
+        });
+        if let Err(e) = r {
+            let _ = conn.send(&Message::text(format!("error {e}")));
+        }
+    }
+
+    fn encode(&self, p: &Publication) -> Message {
+        Message::text(format!(
+            "{} {} {} {}",
+            p.room,
+            p.position.epoch,
+            p.position.offset,
+            String::from_utf8_lossy(&p.data)
+        ))
+    }
+
+    fn on_reset(&self, room: &str, position: &Position) -> Option<Message> {
+        Some(Message::text(format!(
+            "reset {room} {} {}",
+            position.epoch, position.offset
+        )))
     }
 }
