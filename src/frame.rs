@@ -141,6 +141,16 @@ impl Frame {
         }
     }
 
+    /// A text or binary frame as the borrowed message an [`Ingress`](crate::Ingress) sees;
+    /// `None` for control frames.
+    pub(crate) fn as_data(&self) -> Option<Data<'_>> {
+        match self {
+            Frame::Text(s) => Some(Data::Text(s)),
+            Frame::Binary(b) => Some(Data::Binary(b)),
+            _ => None,
+        }
+    }
+
     /// The payload length in bytes, as it would appear on the wire.
     pub fn payload_len(&self) -> usize {
         match self {

@@ -116,6 +116,16 @@ impl Claim {
             .compare_exchange(TAKEN, WITHDRAWN, Ordering::SeqCst, Ordering::SeqCst);
     }
 
+    /// True once a writer has taken the frame: its bytes may have reached the socket.
+    pub(crate) fn is_taken(&self) -> bool {
+        self.0.load(Ordering::SeqCst) == TAKEN
+    }
+
+    /// True once the frame can never be written.
+    pub(crate) fn is_withdrawn(&self) -> bool {
+        self.0.load(Ordering::SeqCst) == WITHDRAWN
+    }
+
     /// True once the coordinator (or the caller) has decided: the writer need not wait.
     pub(crate) fn is_decided(&self) -> bool {
         self.0.load(Ordering::SeqCst) != SUBMITTED

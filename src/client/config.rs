@@ -106,6 +106,20 @@ pub struct Config {
     /// coordinator thread alone; [`Dispatch::Inline`] is the opt-in fast path for processes
     /// that share cores.
     pub dispatch: Dispatch,
+    /// Make-before-break rotation: once a connection has been up this long, open a
+    /// replacement, restore the session on it and switch, with no gap (see
+    /// [`ClientBuilder::rotate_after`]). Default `None` (only [`Client::rotate`] rotates).
+    pub rotate_after: Option<Duration>,
+    /// Most messages a replacement holds between its opening and the switch (they are
+    /// delivered right after [`Event::Rotated`](crate::Event::Rotated)); one more fails the
+    /// rotation, which leaves the current connection in place and is counted in
+    /// [`Stats::rotation_hold_full`](crate::Stats::rotation_hold_full). Default 65,536.
+    pub rotation_hold: usize,
+    /// How long both connections deliver once a rotation's replacement is ready, before the
+    /// current one is closed: time for what it still has in flight (published before the
+    /// replacement subscribed but not yet written to it) to arrive. Only a connection lagging
+    /// the replacement by more than this could leave a gap. Default 100 ms.
+    pub rotation_overlap: Duration,
 }
 
 impl Default for Config {
@@ -134,6 +148,9 @@ impl Default for Config {
             affinity: Affinity::default(),
             wait: WaitStrategy::Block,
             dispatch: Dispatch::Actor,
+            rotate_after: None,
+            rotation_hold: 65_536,
+            rotation_overlap: Duration::from_millis(100),
         }
     }
 }
@@ -279,6 +296,44 @@ impl ClientBuilder {
     /// See [`Config::latency_policy`].
     pub fn latency_policy(mut self, policy: LatencyPolicy) -> Self {
         self.config.latency_policy = Some(policy);
+        self
+    }
+
+    /// Replaces each connection once it has been up for `lifetime`, make-before-break: venues
+    /// that cut connections at a fixed age (24 h is common) never see one reach it.
+    ///
+    /// A rotation opens a second connection and restores the session on it (the endpoint's
+    /// opening frames, authentication, every desired subscription, acknowledged) while the
+    /// current one keeps delivering. Once the replacement is ready, the current connection
+    /// stops taking user frames and closes with 1000; what you send meanwhile waits on the
+    /// data lane and goes out on the replacement. What the application sees:
+    ///
+    /// - data from the current connection (its epoch) until its close is over, then
+    ///   [`Event::Rotated`](crate::Event::Rotated) `{ from, to }`, then data from the
+    ///   replacement (epoch `to`), starting with every message it received since it opened
+    ///   (held until the switch). The two streams overlap: a message published during the
+    ///   switch may arrive on both, never on neither. De-duplicate by the feed's own sequence
+    ///   numbers (or ids), dropping anything at or below the last one seen from `from`.
+    /// - Requests written on the old connection and unanswered when it closed are
+    ///   [`Outcome::Unconfirmed`](crate::Outcome::Unconfirmed); requests still queued go out on
+    ///   the replacement.
+    /// - A replacement that fails (dial, authentication, acknowledgements, the
+    ///   [`rotation_hold`](Config::rotation_hold) bound, or not ready within connect +
+    ///   handshake + ack timeouts) is dropped and reported as
+    ///   [`Event::RotationFailed`](crate::Event::RotationFailed); the current connection stays,
+    ///   and another rotation is tried after the reconnect strategy's delay.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use syncws::Client;
+    ///
+    /// let client = Client::builder("wss://venue.example/ws")
+    ///     .rotate_after(Duration::from_secs(23 * 3600))
+    ///     .connect()?;
+    /// # Ok::<(), syncws::Error>(())
+    /// ```
+    pub fn rotate_after(mut self, lifetime: Duration) -> Self {
+        self.config.rotate_after = Some(lifetime);
         self
     }
 

@@ -68,6 +68,12 @@ pub(crate) struct Settings {
     pub max_topics: usize,
     pub latency: Option<LatencyPolicy>,
     pub max_pending: usize,
+    /// Make-before-break: replace each connection once it has been up this long.
+    pub rotate_after: Option<Duration>,
+    /// A replacement must be dialled and its session restored within this time.
+    pub rotation_timeout: Duration,
+    /// How long both connections deliver once the replacement is ready.
+    pub rotation_overlap: Duration,
 }
 
 /// Everything the coordinator reacts to.
@@ -83,6 +89,8 @@ pub(crate) enum Input {
     Subscribe(String),
     /// User: remove a topic from the desired subscriptions.
     Unsubscribe(String),
+    /// User: replace the connection now, make-before-break.
+    Rotate,
     /// User: register a request for `waiter` (its frame is already on the data lane). The
     /// driver takes `reply` out (and keeps it) before the coordinator sees the input.
     Submit {
@@ -123,6 +131,9 @@ pub(crate) enum LinkEvent {
     WriteFailed(Error),
     /// Reader: the ingress or the precheck panicked; the reader has stopped.
     CallbackPanicked(Panicked),
+    /// Reader of a replacement: more messages arrived before the switch than it may hold; the
+    /// reader has stopped.
+    HoldFull,
 }
 
 /// A frame for the writer's control lane.
@@ -135,6 +146,9 @@ pub(crate) enum Control {
     FlushTls,
     /// The session is ready: start taking frames from the user data lane.
     OpenData,
+    /// A replacement is ready (make-before-break rotation): stop taking user data and close
+    /// with 1000 now.
+    Retire,
 }
 
 /// Lifecycle news for the application.
@@ -173,6 +187,15 @@ pub(crate) enum Notice {
         id: u64,
         response: Response,
     },
+    Rotated {
+        from: u64,
+        to: u64,
+    },
+    RotationFailed {
+        epoch: u64,
+        cause: Cause,
+        retry: Option<Duration>,
+    },
 }
 
 /// What the driver must do.
@@ -201,6 +224,22 @@ pub(crate) enum Output {
     },
     /// Shut the current connection's socket down and release its threads.
     Disconnect,
+    /// Open a replacement connection `epoch` (make-before-break), holding its messages.
+    DialReplacement {
+        epoch: u64,
+        headers: Vec<(String, String)>,
+    },
+    /// Queue a session frame on the replacement's session lane.
+    SendReplacement(Frame),
+    /// Drop the replacement (or stop its dial): the rotation failed or was abandoned.
+    DropReplacement,
+    /// The current connection has closed for a rotation: release its threads, keeping the
+    /// user data queued for the replacement (its requests are settled by a `LinkDown`).
+    Retired,
+    /// The replacement `epoch` becomes the current connection: its lanes, the user data lane.
+    Promote { epoch: u64 },
+    /// Hand the ingress to the promoted connection: its held messages first.
+    Release { epoch: u64 },
     /// Nothing more will happen: the driver may exit.
     Stop,
 }
@@ -256,6 +295,34 @@ struct Closing {
     deadline: Instant,
     /// When the connection opened (for the backoff reset).
     since: Instant,
+    /// Closed for a rotation whose replacement is ready: the switch follows.
+    retiring: bool,
+}
+
+/// A make-before-break rotation in progress: the replacement connection and its session.
+#[derive(Debug)]
+struct Rotation {
+    epoch: u64,
+    /// It must be ready by then (dialled and its session restored).
+    deadline: Instant,
+    stage: Stage,
+}
+
+#[derive(Debug)]
+enum Stage {
+    /// The dial is under way.
+    Dialing,
+    /// Open (since `opened`); its session is being restored.
+    Restoring { session: Session, opened: Instant },
+    /// Its session is ready; the current connection goes on delivering until `until` (the
+    /// overlap), so that what it still has in flight arrives.
+    Overlap {
+        session: Session,
+        opened: Instant,
+        until: Instant,
+    },
+    /// Its session is ready; the current connection is closing (`Closing::retiring`).
+    Switching { session: Session, opened: Instant },
 }
 
 /// Health figures the coordinator owns, copied out for `stats()` when `dirty`.
@@ -265,6 +332,8 @@ pub(crate) struct Health {
     pub errors: ErrorRing,
     pub reconnects: u64,
     pub connect_attempts: u64,
+    pub rotations: u64,
+    pub rotation_failures: u64,
     pub dirty: bool,
 }
 
@@ -274,8 +343,23 @@ pub(crate) struct Coordinator {
     endpoint: Box<dyn Endpoint>,
     reconnect: Option<Box<dyn Reconnect>>,
     phase: Phase,
-    /// Epoch of the current (or last) connection; the next dial is `epoch + 1`.
+    /// Epoch of the current (or last) connection.
     epoch: u64,
+    /// The epoch of the dial in flight (a failed dial's epoch is used again by the next one).
+    dialed: u64,
+    /// The highest epoch a rotation's replacement has used: never used again, even if the
+    /// replacement failed (the application was told about it).
+    burnt: u64,
+    /// A make-before-break rotation in progress.
+    rotation: Option<Rotation>,
+    /// When the next rotation starts (`rotate_after` past the current connection's opening, or
+    /// a retry after a failed one).
+    rotate_at: Option<Instant>,
+    /// Failed rotations in a row (for the retry delay).
+    rotation_failures: u32,
+    /// The connection the last rotation replaced: requests submitted for it are still taken
+    /// (their frames wait on the user data lane, which the replacement now writes).
+    rotated_from: Option<u64>,
     /// Failed attempts and lost connections since the last backoff reset.
     failures: u32,
     session: Session,
@@ -315,12 +399,20 @@ impl Coordinator {
             reconnect,
             phase: Phase::Connecting { attempt: 1 },
             epoch: 0,
+            dialed: 1,
+            burnt: 0,
+            rotation: None,
+            rotate_at: None,
+            rotation_failures: 0,
+            rotated_from: None,
             failures: 0,
             health: Health {
                 rtt: RttHistogram::new(),
                 errors: ErrorRing::new(ERROR_HISTORY),
                 reconnects: 0,
                 connect_attempts: 1,
+                rotations: 0,
+                rotation_failures: 0,
                 dirty: true,
             },
             stop_requested: None,
@@ -336,10 +428,12 @@ impl Coordinator {
 
     /// The phase as seen by user threads.
     pub(crate) fn state(&self) -> State {
-        match self.phase {
+        match &self.phase {
             Phase::Connecting { .. } => State::Connecting,
             Phase::Open { ready: false, .. } => State::Open,
             Phase::Open { ready: true, .. } => State::Ready,
+            // A connection closing for a rotation: users go on queueing for its replacement.
+            Phase::Closing(c) if c.retiring => State::Ready,
             Phase::Closing(_) => State::Closing,
             Phase::Waiting { .. } => State::Waiting,
             Phase::Stopped => State::Stopped,
@@ -373,6 +467,7 @@ impl Coordinator {
                 self.liveness.next_deadline(),
                 self.session.next_deadline(),
                 self.requests.next_deadline(),
+                self.rotation_deadline(),
             ]
             .into_iter()
             .flatten()
@@ -433,17 +528,31 @@ impl Coordinator {
     fn step(&mut self, now: Instant, input: Input, out: &mut Vec<Output>) {
         if let Input::LinkDown { epoch } = input {
             // Also after a stop: every request must be answered.
+            let mut r = Vec::new();
             if epoch == self.epoch {
-                let mut r = Vec::new();
                 self.requests.on_link_down(&mut r);
-                self.apply_requests(r, out);
+            } else if Some(epoch) == self.rotated_from {
+                // Replaced by a rotation: only the requests it wrote are settled; the rest are
+                // still on the user data lane, for the replacement.
+                self.requests.on_retired(&mut r);
             }
+            self.apply_requests(r, out);
             return;
         }
         if let Input::Submit { waiter, sub, .. } = input {
-            let ready = matches!(self.phase, Phase::Open { ready: true, .. }) && !self.stopped;
+            let ready = match &self.phase {
+                Phase::Open { ready, .. } => *ready,
+                Phase::Closing(c) => c.retiring,
+                _ => false,
+            } && !self.stopped;
             let mut r = Vec::new();
-            let epoch = ready.then_some(self.epoch);
+            // A request submitted for the connection a rotation just replaced is written by
+            // the replacement: its frame is still on the user data lane.
+            let epoch = ready.then_some(if Some(sub.epoch) == self.rotated_from {
+                sub.epoch
+            } else {
+                self.epoch
+            });
             self.requests.submit(now, waiter, sub, epoch, &mut r);
             self.apply_requests(r, out);
             return;
@@ -456,6 +565,9 @@ impl Coordinator {
         }
         match input {
             Input::Close { code, reason } => {
+                // A close during a rotation drops the replacement; a connection already
+                // closing for the switch then ends as requested (no reconnect).
+                self.abandon_rotation(out);
                 if matches!(self.phase, Phase::Open { .. }) {
                     self.start_local_close(now, code, reason, Some(Cause::Requested), out);
                 } else if matches!(self.phase, Phase::Waiting { .. } | Phase::Connecting { .. }) {
@@ -472,19 +584,42 @@ impl Coordinator {
             Input::Shutdown { deadline } => self.on_shutdown(now, deadline, out),
             Input::Subscribe(topic) => {
                 let mut s = Vec::new();
+                if let Some(replacement) = Self::replacement_session(&mut self.rotation) {
+                    let endpoint = self.endpoint.as_mut();
+                    replacement.subscribe(now, topic.clone(), endpoint, &mut s);
+                    self.apply_replacement_session(now, s, out);
+                    s = Vec::new();
+                }
                 self.session
                     .subscribe(now, topic, self.endpoint.as_mut(), &mut s);
                 self.apply_session(now, s, out);
             }
             Input::Unsubscribe(topic) => {
                 let mut s = Vec::new();
+                if let Some(replacement) = Self::replacement_session(&mut self.rotation) {
+                    replacement.unsubscribe(&topic, self.endpoint.as_mut(), &mut s);
+                    self.apply_replacement_session(now, s, out);
+                    s = Vec::new();
+                }
                 self.session
                     .unsubscribe(&topic, self.endpoint.as_mut(), &mut s);
                 self.apply_session(now, s, out);
             }
+            Input::Rotate => {
+                if matches!(self.phase, Phase::Open { ready: true, .. }) && self.rotation.is_none()
+                {
+                    self.start_rotation(now, out);
+                }
+            }
+            Input::Connected { epoch } if self.replacing(epoch) => {
+                self.on_replacement_open(now, epoch, out)
+            }
             Input::Connected { epoch } => self.on_connected(now, epoch, out),
+            Input::ConnectFailed { epoch, error } if self.replacing(epoch) => {
+                self.rotation_failed(now, Cause::ConnectFailed(error), out);
+            }
             Input::ConnectFailed { epoch, error } => {
-                if epoch == self.epoch + 1
+                if epoch == self.dialed
                     && let Phase::Connecting { attempt } = self.phase
                 {
                     self.on_connect_failed(now, attempt, error, out);
@@ -493,6 +628,8 @@ impl Coordinator {
             Input::Link { epoch, event } => {
                 if epoch == self.epoch {
                     self.on_link(now, event, out);
+                } else if self.replacing(epoch) {
+                    self.on_replacement_link(now, event, out);
                 }
             }
             Input::Submit { .. } | Input::LinkDown { .. } => {}
@@ -510,6 +647,7 @@ impl Coordinator {
 
     fn on_shutdown(&mut self, now: Instant, deadline: Instant, out: &mut Vec<Output>) {
         self.stop_requested = Some(deadline);
+        self.abandon_rotation(out);
         match &mut self.phase {
             Phase::Open { .. } => {
                 self.start_local_close(
@@ -532,11 +670,12 @@ impl Coordinator {
     }
 
     fn on_connected(&mut self, now: Instant, epoch: u64, out: &mut Vec<Output>) {
-        if epoch != self.epoch + 1 || !matches!(self.phase, Phase::Connecting { .. }) {
+        if epoch != self.dialed || !matches!(self.phase, Phase::Connecting { .. }) {
             out.push(Output::Disconnect);
             return;
         }
         self.epoch = epoch;
+        self.rotate_at = self.settings.rotate_after.map(|d| deadline::after(now, d));
         if epoch > 1 {
             self.health.reconnects += 1;
             self.health.dirty = true;
@@ -646,6 +785,7 @@ impl Coordinator {
                 }
             }
             LinkEvent::CallbackPanicked(panicked) => self.on_panic(now, panicked, out),
+            LinkEvent::HoldFull => {} // Only a replacement holds messages.
             LinkEvent::WriteFailed(e) => match &mut self.phase {
                 Phase::Open { since, .. } => {
                     let since = *since;
@@ -799,6 +939,7 @@ impl Coordinator {
                 let mut r = Vec::new();
                 self.requests.poll(now, &mut r);
                 self.apply_requests(r, out);
+                self.poll_rotation(now, out);
             }
             Phase::Connecting { .. } | Phase::Stopped => {}
         }
@@ -810,8 +951,9 @@ impl Coordinator {
         self.health.dirty = true;
         out.push(Output::Notify(Notice::Connecting { attempt }));
         let headers = self.endpoint.headers(attempt);
+        self.dialed = self.epoch.max(self.burnt) + 1;
         out.push(Output::Dial {
-            epoch: self.epoch + 1,
+            epoch: self.dialed,
             attempt,
             headers,
         });
@@ -843,6 +985,7 @@ impl Coordinator {
             cause,
             deadline,
             since,
+            retiring: false,
         });
     }
 
@@ -873,6 +1016,7 @@ impl Coordinator {
                     cause: None,
                     deadline,
                     since,
+                    retiring: false,
                 });
             }
             Phase::Closing(c) => {
@@ -902,6 +1046,7 @@ impl Coordinator {
             cause: Some(cause),
             deadline: now,
             since,
+            retiring: false,
         });
         self.finish(now, out);
     }
@@ -911,6 +1056,19 @@ impl Coordinator {
         let Phase::Closing(c) = std::mem::replace(&mut self.phase, Phase::Stopped) else {
             return;
         };
+        if c.retiring
+            && let Some(Rotation {
+                epoch,
+                stage: Stage::Switching { session, opened },
+                ..
+            }) = self.rotation.take()
+        {
+            self.switch(now, epoch, session, opened, out);
+            return;
+        }
+        // The connection being replaced ended first: the replacement goes too, and the
+        // reconnect policy decides, as for any lost connection.
+        self.abandon_rotation(out);
         out.push(Output::Disconnect);
         self.session.on_close();
         let clean = c.peer_closed && c.initiator != Initiator::Transport;
@@ -987,6 +1145,332 @@ impl Coordinator {
         ) {
             self.health.errors.push(cause.to_string());
             self.health.dirty = true;
+        }
+    }
+
+    // ---- Make-before-break rotation -------------------------------------------------------
+
+    /// True if `epoch` is the replacement of a rotation in progress.
+    fn replacing(&self, epoch: u64) -> bool {
+        self.rotation.as_ref().is_some_and(|r| r.epoch == epoch)
+    }
+
+    /// The replacement's session, once it is open.
+    fn replacement_session(rotation: &mut Option<Rotation>) -> Option<&mut Session> {
+        match &mut rotation.as_mut()?.stage {
+            Stage::Restoring { session, .. }
+            | Stage::Overlap { session, .. }
+            | Stage::Switching { session, .. } => Some(session),
+            Stage::Dialing => None,
+        }
+    }
+
+    /// When the rotation needs the clock next: its deadline and its session's acknowledgement
+    /// deadlines, or when the next one starts. Only while the current session is ready.
+    fn rotation_deadline(&self) -> Option<Instant> {
+        if !matches!(self.phase, Phase::Open { ready: true, .. }) {
+            return None;
+        }
+        let Some(r) = &self.rotation else {
+            return self.rotate_at;
+        };
+        match &r.stage {
+            Stage::Dialing => Some(r.deadline),
+            Stage::Restoring { session, .. } => Some(
+                session
+                    .next_deadline()
+                    .map_or(r.deadline, |d| d.min(r.deadline)),
+            ),
+            Stage::Overlap { until, .. } => Some(*until),
+            Stage::Switching { .. } => None,
+        }
+    }
+
+    /// Starts a rotation: dial the replacement, which holds what it receives until the switch.
+    fn start_rotation(&mut self, now: Instant, out: &mut Vec<Output>) {
+        let epoch = self.epoch.max(self.burnt) + 1;
+        self.burnt = epoch;
+        self.rotate_at = None;
+        self.rotation = Some(Rotation {
+            epoch,
+            deadline: deadline::after(now, self.settings.rotation_timeout),
+            stage: Stage::Dialing,
+        });
+        log::debug!("rotation: replacing connection {} with {epoch}", self.epoch);
+        let headers = self.endpoint.headers(1);
+        out.push(Output::DialReplacement { epoch, headers });
+    }
+
+    /// The replacement is open: restore the session on it (the endpoint's opening frames,
+    /// authentication, every desired subscription), as on any new connection.
+    fn on_replacement_open(&mut self, now: Instant, epoch: u64, out: &mut Vec<Output>) {
+        let mut session = self.session.replacement();
+        let mut s = Vec::new();
+        session.on_open(now, epoch, self.endpoint.as_mut(), &mut s);
+        if let Some(r) = &mut self.rotation {
+            r.stage = Stage::Restoring {
+                session,
+                opened: now,
+            };
+        }
+        self.apply_replacement_session(now, s, out);
+    }
+
+    fn on_replacement_link(&mut self, now: Instant, event: LinkEvent, out: &mut Vec<Output>) {
+        let failed = |e: Option<Error>| {
+            Cause::Transport(
+                e.unwrap_or_else(|| Error::Io(std::io::ErrorKind::UnexpectedEof.into())),
+            )
+        };
+        let cause = match event {
+            LinkEvent::Pong(_) | LinkEvent::CloseWritten => return,
+            LinkEvent::Written(origin) => {
+                let mut r = Vec::new();
+                self.requests.on_written(origin, &mut r);
+                self.apply_requests(r, out);
+                return;
+            }
+            LinkEvent::Reply(frame) => return self.on_replacement_reply(now, frame, out),
+            LinkEvent::PeerClose(frame) => {
+                Cause::ServerClosed(frame.map_or(CloseCode::NO_STATUS, |(code, _)| code))
+            }
+            LinkEvent::Violation(v) => Cause::Protocol(Error::Protocol {
+                code: v.code,
+                reason: v.reason,
+            }),
+            LinkEvent::ReaderEnded(e) => failed(e),
+            LinkEvent::WriteFailed(e) => failed(Some(e)),
+            LinkEvent::CallbackPanicked(p) => Cause::CallbackPanicked {
+                callback: p.callback,
+                message: p.message,
+            },
+            LinkEvent::HoldFull => failed(Some(Error::Io(std::io::Error::other(
+                "the replacement received more messages before the switch than \
+                 Config::rotation_hold allows",
+            )))),
+        };
+        self.rotation_failed(now, cause, out);
+    }
+
+    fn on_replacement_reply(&mut self, now: Instant, frame: Frame, out: &mut Vec<Output>) {
+        let data = match &frame {
+            Frame::Text(t) => Data::Text(t),
+            Frame::Binary(b) => Data::Binary(b),
+            _ => return,
+        };
+        match self.endpoint.parse_reply(data) {
+            Some(Reply::Response { id, response }) => {
+                let mut r = Vec::new();
+                self.requests.on_response(id, response, &mut r);
+                self.apply_requests(r, out);
+            }
+            Some(Reply::AppPong(_)) | None => {}
+            Some(reply) => {
+                let mut s = Vec::new();
+                if let Some(session) = Self::replacement_session(&mut self.rotation) {
+                    session.on_reply(now, reply, self.endpoint.as_mut(), &mut s);
+                }
+                self.apply_replacement_session(now, s, out);
+            }
+        }
+    }
+
+    /// Carries out what the replacement's session asked for.
+    fn apply_replacement_session(
+        &mut self,
+        now: Instant,
+        outs: Vec<SessionOut>,
+        out: &mut Vec<Output>,
+    ) {
+        for o in outs {
+            let Some(r) = &self.rotation else { return };
+            match o {
+                SessionOut::Send(frame) => out.push(Output::SendReplacement(frame)),
+                SessionOut::Ready => self.on_replacement_ready(now, out),
+                SessionOut::Rejected { topic, reason } => {
+                    out.push(Output::Notify(Notice::SubscriptionRejected {
+                        epoch: r.epoch,
+                        topic,
+                        reason,
+                    }));
+                }
+                SessionOut::Fail(cause) => {
+                    self.rotation_failed(now, cause, out);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn poll_rotation(&mut self, now: Instant, out: &mut Vec<Output>) {
+        let Some(r) = &mut self.rotation else {
+            let ready = matches!(self.phase, Phase::Open { ready: true, .. });
+            if ready && self.rotate_at.is_some_and(|at| now >= at) {
+                self.start_rotation(now, out);
+            }
+            return;
+        };
+        match r.stage {
+            Stage::Switching { .. } => return,
+            Stage::Overlap { until, .. } if now >= until => return self.begin_switch(now, out),
+            Stage::Overlap { .. } => return,
+            Stage::Dialing | Stage::Restoring { .. } => {}
+        }
+        if now >= r.deadline {
+            let cause = Cause::ConnectFailed(Error::Timeout("rotation"));
+            return self.rotation_failed(now, cause, out);
+        }
+        let mut s = Vec::new();
+        if let Some(session) = Self::replacement_session(&mut self.rotation) {
+            session.poll(now, &mut s);
+        }
+        self.apply_replacement_session(now, s, out);
+    }
+
+    /// The replacement's session is ready: both connections deliver for the overlap, then the
+    /// switch begins.
+    fn on_replacement_ready(&mut self, now: Instant, out: &mut Vec<Output>) {
+        let Some(r) = &mut self.rotation else { return };
+        let stage = std::mem::replace(&mut r.stage, Stage::Dialing);
+        let Stage::Restoring { session, opened } = stage else {
+            r.stage = stage;
+            return;
+        };
+        let until = deadline::after(now, self.settings.rotation_overlap);
+        r.stage = Stage::Overlap {
+            session,
+            opened,
+            until,
+        };
+        if now >= until {
+            self.begin_switch(now, out);
+        }
+    }
+
+    /// The overlap is over: the current connection stops taking user data and closes with
+    /// 1000; the switch happens when that close is over ([`Self::switch`]).
+    fn begin_switch(&mut self, now: Instant, out: &mut Vec<Output>) {
+        let Some(r) = &mut self.rotation else { return };
+        let stage = std::mem::replace(&mut r.stage, Stage::Dialing);
+        let Stage::Overlap {
+            session, opened, ..
+        } = stage
+        else {
+            r.stage = stage;
+            return;
+        };
+        r.stage = Stage::Switching { session, opened };
+        let Phase::Open { since, .. } = self.phase else {
+            return; // Not reached: a rotation ends whenever its connection leaves `Open`.
+        };
+        out.push(Output::Send(Control::Retire));
+        let mut deadline = deadline::after(now, self.settings.close_timeout);
+        if let Some(stop) = self.stop_requested {
+            deadline = deadline.min(stop);
+        }
+        self.phase = Phase::Closing(Closing {
+            initiator: Initiator::Local,
+            code: CloseCode::NORMAL,
+            reason: "rotated".to_string(),
+            peer_closed: false,
+            peer_code: None,
+            reader_done: false,
+            cause: Some(Cause::Requested),
+            deadline,
+            since,
+            retiring: true,
+        });
+    }
+
+    /// The replaced connection is closed: the replacement becomes the current connection.
+    fn switch(
+        &mut self,
+        now: Instant,
+        epoch: u64,
+        session: Session,
+        opened: Instant,
+        out: &mut Vec<Output>,
+    ) {
+        out.push(Output::Retired);
+        let from = std::mem::replace(&mut self.epoch, epoch);
+        self.rotated_from = Some(from);
+        self.session = session;
+        self.phase = Phase::Open {
+            since: opened,
+            ready: true,
+        };
+        self.liveness.on_open(now);
+        if let Some(l) = &mut self.latency {
+            l.reset();
+        }
+        self.rotation_failures = 0;
+        self.health.rotations += 1;
+        self.health.dirty = true;
+        self.rotate_at = self
+            .settings
+            .rotate_after
+            .map(|d| deadline::after(opened, d));
+        log::debug!("rotation: connection {epoch} replaced {from}");
+        out.push(Output::Notify(Notice::Rotated { from, to: epoch }));
+        out.push(Output::Promote { epoch });
+        out.push(Output::Release { epoch });
+    }
+
+    /// The replacement failed: drop it and report; the current connection stays. With
+    /// `rotate_after`, another rotation is tried after a backoff.
+    fn rotation_failed(&mut self, now: Instant, cause: Cause, out: &mut Vec<Output>) {
+        let Some(r) = self.rotation.take() else {
+            return;
+        };
+        out.push(Output::DropReplacement);
+        self.rotation_failures = self.rotation_failures.saturating_add(1);
+        self.health.rotation_failures += 1;
+        self.health.errors.push(format!("rotation failed: {cause}"));
+        self.health.dirty = true;
+        if let Phase::Closing(c) = &mut self.phase
+            && c.retiring
+        {
+            // Not reached in practice (a replacement is only failed before the switch begins,
+            // or by its transport during the close): the current connection is already
+            // closing, so it ends as a lost connection and the reconnect policy decides.
+            c.retiring = false;
+            c.cause = Some(Cause::Transport(Error::Io(std::io::Error::other(format!(
+                "rotation failed after the switch began: {cause}"
+            )))));
+        }
+        let retry = self.settings.rotate_after.map(|_| self.rotation_retry());
+        self.rotate_at = retry.map(|d| deadline::after(now, d));
+        log::warn!("rotation to connection {} failed: {cause}", r.epoch);
+        out.push(Output::Notify(Notice::RotationFailed {
+            epoch: r.epoch,
+            cause,
+            retry,
+        }));
+    }
+
+    /// The delay before retrying a failed rotation: the reconnect strategy's, or 1 s doubling
+    /// to 30 s without one.
+    fn rotation_retry(&mut self) -> Duration {
+        let failures = self.rotation_failures;
+        if let Some(reconnect) = self.reconnect.as_mut()
+            && let Ok(Some(delay)) =
+                guard::catch("Reconnect::next_delay", || reconnect.next_delay(failures))
+        {
+            return delay;
+        }
+        Duration::from_secs(1 << failures.clamp(1, 6).saturating_sub(1))
+            .min(Duration::from_secs(30))
+    }
+
+    /// Drops a rotation in progress (the current connection is closing or lost, or the client
+    /// shuts down). A connection closing for the switch then just closes.
+    fn abandon_rotation(&mut self, out: &mut Vec<Output>) {
+        if let Some(r) = self.rotation.take() {
+            log::debug!("rotation to connection {} abandoned", r.epoch);
+            out.push(Output::DropReplacement);
+        }
+        if let Phase::Closing(c) = &mut self.phase {
+            c.retiring = false;
         }
     }
 

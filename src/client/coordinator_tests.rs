@@ -17,6 +17,9 @@ fn settings() -> Settings {
         max_topics: 100,
         latency: None,
         max_pending: 8,
+        rotate_after: None,
+        rotation_timeout: Duration::from_secs(20),
+        rotation_overlap: Duration::ZERO,
     }
 }
 

@@ -24,17 +24,32 @@ use crate::sync::{
 /// the next look finds the lane disconnected.
 const ROOM_BACKSTOP: Duration = Duration::from_millis(50);
 
-/// Wakes the thread registered with it (the writer of the current connection; a second bell
-/// wakes the coordinator thread).
+/// Wakes the threads registered with it: the writer of the current connection, and during a
+/// make-before-break rotation the writer of its replacement too (a second bell wakes the
+/// coordinator thread). Each registered thread has its own seat, with its own "sleeping" flag,
+/// so two writers waiting at once cannot hide each other's sleep.
 #[derive(Debug, Default)]
 pub(crate) struct Doorbell {
-    /// The writer thread; `None` while no writer runs.
-    writer: Mutex<Option<Thread>>,
-    /// True while the writer is parked or about to park.
-    sleeping: AtomicBool,
+    seats: [Seat; SEATS],
     /// Where senders wait while a lane or the outbox is full.
     pub(crate) room: Room,
 }
+
+/// How many threads may be registered at once: a connection's writer and its replacement's.
+const SEATS: usize = 2;
+
+/// One registered thread.
+#[derive(Debug, Default)]
+struct Seat {
+    /// The thread; `None` while the seat is free.
+    thread: Mutex<Option<Thread>>,
+    /// True while that thread is parked or about to park.
+    sleeping: AtomicBool,
+}
+
+/// Which seat of a [`Doorbell`] a thread holds (from [`Doorbell::register`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SeatId(usize);
 
 /// Where senders wait for room in a full lane or outbox.
 ///
@@ -79,40 +94,59 @@ impl Room {
 }
 
 impl Doorbell {
-    /// Wakes the writer if it sleeps. Call after putting work where it looks.
+    /// Wakes every registered thread that sleeps. Call after putting work where it looks.
     pub(crate) fn ring(&self) {
         fence(Ordering::SeqCst);
-        if self.sleeping.load(Ordering::Relaxed)
-            && let Some(writer) = &*self.writer.lock()
-        {
-            writer.unpark();
+        for seat in &self.seats {
+            if seat.sleeping.load(Ordering::Relaxed)
+                && let Some(thread) = &*seat.thread.lock()
+            {
+                thread.unpark();
+            }
         }
     }
 
-    /// The calling thread is now the writer to wake.
-    pub(crate) fn register(&self) {
-        *self.writer.lock() = Some(thread::current());
+    /// The calling thread is now a thread to wake; it waits with the seat returned. With every
+    /// seat taken (not reached: at most two writers overlap), the first seat is taken over.
+    pub(crate) fn register(&self) -> SeatId {
+        let me = thread::current();
+        for (i, seat) in self.seats.iter().enumerate() {
+            let mut slot = seat.thread.lock();
+            if slot.as_ref().is_none_or(|t| t.id() == me.id()) {
+                *slot = Some(me);
+                return SeatId(i);
+            }
+        }
+        log::error!("doorbell: every seat is taken; taking over the first");
+        *self.seats[0].thread.lock() = Some(me);
+        SeatId(0)
     }
 
-    /// The calling thread stops being the writer to wake (if it still is).
-    pub(crate) fn unregister(&self) {
-        let mut writer = self.writer.lock();
-        if writer.as_ref().map(Thread::id) == Some(thread::current().id()) {
-            *writer = None;
+    /// The calling thread gives its seat up (if it still holds it).
+    pub(crate) fn unregister(&self, seat: SeatId) {
+        let mut slot = self.seats[seat.0].thread.lock();
+        if slot.as_ref().map(Thread::id) == Some(thread::current().id()) {
+            *slot = None;
         }
     }
 
-    /// Parks the calling writer thread unless `has_work` says there is work. It may return
-    /// without work (a stale wake-up): the caller polls again.
+    /// Parks the calling thread (registered at `seat`) unless `has_work` says there is work.
+    /// It may return without work (a stale wake-up): the caller polls again.
     #[cfg(test)]
-    pub(crate) fn wait(&self, has_work: impl Fn() -> bool) {
-        self.wait_until(has_work, None);
+    pub(crate) fn wait(&self, seat: SeatId, has_work: impl Fn() -> bool) {
+        self.wait_until(seat, has_work, None);
     }
 
     /// Like [`Doorbell::wait`], but gives up at `deadline` (a spurious or late return is fine:
     /// the caller looks again).
-    pub(crate) fn wait_until(&self, has_work: impl Fn() -> bool, deadline: Option<Instant>) {
-        self.sleeping.store(true, Ordering::Relaxed);
+    pub(crate) fn wait_until(
+        &self,
+        seat: SeatId,
+        has_work: impl Fn() -> bool,
+        deadline: Option<Instant>,
+    ) {
+        let sleeping = &self.seats[seat.0].sleeping;
+        sleeping.store(true, Ordering::Relaxed);
         fence(Ordering::SeqCst);
         if !has_work() {
             match deadline {
@@ -120,7 +154,7 @@ impl Doorbell {
                 None => thread::park(),
             }
         }
-        self.sleeping.store(false, Ordering::Relaxed);
+        sleeping.store(false, Ordering::Relaxed);
     }
 }
 
@@ -188,7 +222,7 @@ mod tests {
         let consumer = thread::Builder::new()
             .name("doorbell-consumer".into())
             .spawn(move || {
-                bell.register();
+                let seat = bell.register();
                 registered_tx.send(()).unwrap();
                 let mut next = 0;
                 while next < ITEMS {
@@ -198,10 +232,10 @@ mod tests {
                             next += 1;
                             ack_tx.send(item).unwrap();
                         }
-                        Err(_) => bell.wait(|| !rx.is_empty()),
+                        Err(_) => bell.wait(seat, || !rx.is_empty()),
                     }
                 }
-                bell.unregister();
+                bell.unregister(seat);
             })
             .unwrap();
         registered.recv().unwrap();
@@ -274,17 +308,17 @@ mod loom_models {
     /// a counter of items sent, read with `Relaxed` loads: the doorbell's fences alone must
     /// make a send visible to the writer's last look before it parks.
     fn writer(bell: &Doorbell, sent: &AtomicUsize, items: usize) {
-        bell.register();
+        let seat = bell.register();
         let mut taken = 0;
         while taken < items {
             let available = sent.load(Ordering::Relaxed);
             if available > taken {
                 taken = available;
             } else {
-                bell.wait(|| sent.load(Ordering::Relaxed) > taken);
+                bell.wait(seat, || sent.load(Ordering::Relaxed) > taken);
             }
         }
-        bell.unregister();
+        bell.unregister(seat);
     }
 
     /// One producer sends two items, ringing after each, while the writer registers, polls and

@@ -14,15 +14,20 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, TrySendError, select};
 
-use crate::client::coordinator::{Control, Input, Notice, Output, State};
-use crate::client::doorbell::Doorbell;
+use crate::client::coordinator::{Control, Input, LinkEvent, Notice, Output, State};
+use crate::client::doorbell::{Doorbell, SeatId};
 use crate::client::event::Event;
+use crate::client::handover::Handover;
 use crate::client::ingress::Ingress;
-use crate::client::link::{AbortSlot, Link, LinkFactory, Opened, spawn};
+use crate::client::ingress::Verdict;
+use crate::client::lane::Outbound;
+use crate::client::link::{AbortSlot, Feed, Link, LinkFactory, Opened, spawn};
+use crate::client::reader;
 use crate::client::requests::{Outcome, Unknown};
 use crate::client::stats::Counters;
 use crate::client::stepper::{Carried, Core, Deferred, Shared, deliver};
 use crate::error::Error;
+use crate::guard::{self, Panicked};
 
 /// A dial running on its own thread.
 struct Dial<I> {
@@ -47,6 +52,12 @@ pub(crate) struct Driver<I: Ingress> {
     /// Keep queued user data across a reconnect instead of discarding it.
     pub buffer_while_disconnected: bool,
     dial: Option<Dial<I>>,
+    /// A rotation's replacement: its dial, then its link until the switch.
+    replacement_dial: Option<Dial<I>>,
+    replacement: Option<Link<I>>,
+    /// A frame the replaced link's writer had taken off the data lane but not written (held
+    /// at a request awaiting registration): first for the replacement's writer.
+    carried: Option<Outbound>,
     out: Vec<Output>,
     /// True until the driver runs on its own thread: notices must not wait for room then,
     /// because nobody can be consuming events yet.
@@ -74,6 +85,9 @@ impl<I: Ingress> Driver<I> {
             counters,
             buffer_while_disconnected,
             dial: None,
+            replacement_dial: None,
+            replacement: None,
+            carried: None,
             out: Vec::new(),
             starting: true,
         }
@@ -81,11 +95,11 @@ impl<I: Ingress> Driver<I> {
 
     pub(crate) fn run(mut self) {
         let bell = self.factory.inputs.bell.clone();
-        bell.register();
+        let seat = bell.register();
         loop {
-            let (input, from_inbox) = self.next_input();
+            let (input, from_inbox) = self.next_input(seat);
             if !self.step_counted(input, from_inbox) {
-                bell.unregister();
+                bell.unregister(seat);
                 return;
             }
         }
@@ -97,7 +111,7 @@ impl<I: Ingress> Driver<I> {
     /// It polls the inbox first (busy-polling if the wait strategy says so), then parks on the
     /// inbox's doorbell, which every send rings: unlike a blocking channel receive, parking does
     /// not yield the core to every runnable thread first.
-    fn next_input(&mut self) -> (Input, bool) {
+    fn next_input(&mut self, seat: SeatId) -> (Input, bool) {
         let deadline = {
             let mut core = self.shared.core.lock();
             let deadline = core.coordinator.next_deadline();
@@ -119,11 +133,20 @@ impl<I: Ingress> Driver<I> {
             if self.dial.as_ref().is_some_and(|d| !d.done.is_empty()) {
                 return (self.finish_dial().unwrap_or(Input::Tick), false);
             }
+            if self
+                .replacement_dial
+                .as_ref()
+                .is_some_and(|d| !d.done.is_empty())
+            {
+                let input = self.finish_replacement_dial().unwrap_or(Input::Tick);
+                return (input, false);
+            }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return (Input::Tick, false);
             }
             let has_work = || {
-                !self.inputs.is_empty() || self.dial.as_ref().is_some_and(|d| !d.done.is_empty())
+                let dialed = |d: &Option<Dial<I>>| d.as_ref().is_some_and(|d| !d.done.is_empty());
+                !self.inputs.is_empty() || dialed(&self.dial) || dialed(&self.replacement_dial)
             };
             if !spun {
                 spun = true;
@@ -132,7 +155,7 @@ impl<I: Ingress> Driver<I> {
                     continue;
                 }
             }
-            bell.wait_until(has_work, deadline);
+            bell.wait_until(seat, has_work, deadline);
         }
     }
 
@@ -154,11 +177,13 @@ impl<I: Ingress> Driver<I> {
         let mut out = std::mem::take(&mut self.out);
         if let Input::Connected { epoch } = input {
             // The link's lanes become visible to inline steps with the step that announces it.
-            core.lanes = self
-                .link
-                .as_ref()
-                .filter(|l| l.epoch == epoch)
-                .map(Link::lanes);
+            let of = |link: &Option<Link<I>>| {
+                link.as_ref().filter(|l| l.epoch == epoch).map(Link::lanes)
+            };
+            match of(&self.replacement) {
+                Some(lanes) => core.replacement = Some(lanes),
+                None => core.lanes = of(&self.link),
+            }
         }
         core.deferred.push_back(Deferred::Input(input));
         while let Some(item) = core.deferred.pop_front() {
@@ -185,7 +210,16 @@ impl<I: Ingress> Driver<I> {
                     self.on_ready(&core);
                     continue;
                 }
-                Output::Disconnect | Output::Stop => core.lanes = None,
+                Output::Promote { epoch } => {
+                    self.promote(&mut core, epoch);
+                    continue;
+                }
+                Output::Disconnect | Output::Retired => core.lanes = None,
+                Output::DropReplacement => core.replacement = None,
+                Output::Stop => {
+                    core.lanes = None;
+                    core.replacement = None;
+                }
                 _ => {}
             }
             core.busy = true;
@@ -206,7 +240,10 @@ impl<I: Ingress> Driver<I> {
             shared.handled(&core);
         }
         // A new connection has been announced (or dropped): its reader may start.
-        if let Some(link) = &mut self.link {
+        for link in [&mut self.link, &mut self.replacement]
+            .into_iter()
+            .flatten()
+        {
             link.go();
         }
         if !keep_running {
@@ -245,9 +282,20 @@ impl<I: Ingress> Driver<I> {
             Output::Disconnect => return self.disconnect(),
             Output::Stop => {
                 self.abort_dial();
+                self.drop_replacement();
                 *keep_running = false;
                 return self.disconnect();
             }
+            Output::DialReplacement { epoch, headers } => {
+                let hold = Arc::new(Handover::new(self.factory.rotation_hold));
+                match self.spawn_dial(epoch, 1, headers, Feed::Hold(hold)) {
+                    Ok(dial) => self.replacement_dial = Some(dial),
+                    Err(error) => return Some(Input::ConnectFailed { epoch, error }),
+                }
+            }
+            Output::DropReplacement => self.drop_replacement(),
+            Output::Retired => return self.retire(),
+            Output::Release { epoch } => return self.release(epoch),
             light => debug_assert!(false, "{light:?} is carried out by the core"),
         }
         None
@@ -290,6 +338,26 @@ impl<I: Ingress> Driver<I> {
                 .try_send(Input::ConnectFailed { epoch, error });
             return;
         };
+        match self.spawn_dial(epoch, attempt, headers, Feed::Ingress(ingress)) {
+            Ok(dial) => self.dial = Some(dial),
+            Err(error) => {
+                // The ingress went down with the closure: report and let the policy decide.
+                let _ = self
+                    .factory
+                    .inputs
+                    .try_send(Input::ConnectFailed { epoch, error });
+            }
+        }
+    }
+
+    /// Starts a `NAME-dial` thread that opens connection `epoch`.
+    fn spawn_dial(
+        &mut self,
+        epoch: u64,
+        attempt: u32,
+        headers: Vec<(String, String)>,
+        feed: Feed<I>,
+    ) -> Result<Dial<I>, Error> {
         let abort = AbortSlot::default();
         let factory = self.factory.clone();
         let slot = abort.clone();
@@ -301,25 +369,121 @@ impl<I: Ingress> Driver<I> {
             // Tells the coordinator thread the dial is over, also if it panics (a custom TLS
             // verifier, say): the join then reports it.
             let _over = DialOver(done_tx, bell);
-            factory.open(epoch, &headers, ingress, &slot)
+            factory.open(epoch, &headers, feed, &slot)
         });
-        match spawned {
-            Ok(handle) => {
-                self.dial = Some(Dial {
-                    epoch,
-                    handle,
-                    abort,
-                    done,
-                })
+        spawned.map(|handle| Dial {
+            epoch,
+            handle,
+            abort,
+            done,
+        })
+    }
+
+    /// Collects a finished replacement dial: the link waits for the switch, or the failure is
+    /// reported.
+    fn finish_replacement_dial(&mut self) -> Option<Input> {
+        let dial = self.replacement_dial.take()?;
+        let epoch = dial.epoch;
+        match dial.handle.join() {
+            Ok(Ok((link, _agreed))) => {
+                self.replacement = Some(link);
+                Some(Input::Connected { epoch })
             }
-            Err(error) => {
-                // The ingress went down with the closure: report and let the policy decide.
-                let _ = self
-                    .factory
-                    .inputs
-                    .try_send(Input::ConnectFailed { epoch, error });
+            Ok(Err((error, _))) => Some(Input::ConnectFailed { epoch, error }),
+            Err(_) => {
+                let error = Error::Io(std::io::Error::other("dial thread panicked"));
+                Some(Input::ConnectFailed { epoch, error })
             }
         }
+    }
+
+    /// Stops a replacement's dial or drops its link (joining its threads).
+    fn drop_replacement(&mut self) {
+        if let Some(dial) = self.replacement_dial.take() {
+            if let Some(sock) = dial.abort.lock().as_ref() {
+                let _ = sock.shutdown(std::net::Shutdown::Both);
+            }
+            if let Ok(Ok((mut link, _))) = dial.handle.join() {
+                link.disconnect();
+            }
+        }
+        if let Some(mut link) = self.replacement.take() {
+            link.disconnect();
+        }
+    }
+
+    /// The replaced link has closed: joins its threads (the ingress comes back) and keeps the
+    /// user data queued for the replacement; returns the `LinkDown` that settles the requests
+    /// it wrote.
+    fn retire(&mut self) -> Option<Input> {
+        let mut link = self.link.take()?;
+        if let Some(ingress) = link.disconnect() {
+            self.ingress = Some(ingress);
+        }
+        // Its writer is joined: a frame it took off the lane and held is the next to write.
+        self.carried = link.lanes().sink.lock().held.take();
+        Some(Input::LinkDown { epoch: link.epoch })
+    }
+
+    /// The replacement becomes the current link: its lanes for inline steps, the frame the
+    /// replaced writer held, the user data lane (under the core's lock, like `Ready`).
+    fn promote(&mut self, core: &mut Core, epoch: u64) {
+        let Some(link) = self.replacement.take_if(|l| l.epoch == epoch) else {
+            return;
+        };
+        let lanes = link.lanes();
+        if let Some(frame) = self.carried.take() {
+            lanes.sink.lock().held = Some(frame);
+        }
+        self.counters.set_ready_epoch(epoch);
+        let _ = lanes.control.try_send(Control::OpenData);
+        self.counters.set_state(State::Ready);
+        core.replacement = None;
+        core.lanes = Some(lanes);
+        self.link = Some(link);
+    }
+
+    /// Hands the ingress to the promoted link: the messages it held go through it first, to
+    /// the application, in order. Returns the input that ends the link if the ingress panicked
+    /// (or was lost to an earlier panic).
+    fn release(&mut self, epoch: u64) -> Option<Input> {
+        let handover = self
+            .link
+            .as_ref()
+            .filter(|l| l.epoch == epoch)?
+            .handover
+            .clone()?;
+        let lost = |message: &str| {
+            let panicked = Panicked {
+                callback: "Ingress::on_message",
+                message: message.to_string(),
+            };
+            let event = LinkEvent::CallbackPanicked(panicked);
+            Some(Input::Link { epoch, event })
+        };
+        let Some(ingress) = self.ingress.take() else {
+            return lost("the ingress was lost to an earlier panic");
+        };
+        let (events, counters) = (&self.factory.events, &self.counters);
+        let (overflow, abort) = (self.factory.overflow, &self.abort);
+        let mut panicked = None;
+        handover.release(ingress, |ingress, frame| {
+            let Some(data) = frame.as_data() else {
+                return true;
+            };
+            let event = match guard::catch("Ingress::on_message", || ingress.on_message(data)) {
+                Ok(Verdict::Ignore) => return true,
+                Ok(Verdict::Emit(value)) => Event::Data { epoch, value },
+                Ok(Verdict::Forward) => Event::Frame { epoch, frame },
+                Err(p) => {
+                    panicked = Some(p);
+                    return false;
+                }
+            };
+            reader::deliver(events, event, overflow, abort, counters)
+        });
+        let p = panicked?;
+        lost(&p.message)
     }
 
     /// Collects a finished dial: the link becomes current, or the failure is reported.
@@ -398,6 +562,16 @@ impl<I: Ingress> Driver<I> {
                 epoch,
                 id,
                 response: Box::new(response),
+            },
+            Notice::Rotated { from, to } => Event::Rotated { from, to },
+            Notice::RotationFailed {
+                epoch,
+                cause,
+                retry,
+            } => Event::RotationFailed {
+                epoch,
+                cause: Box::new(cause),
+                retry,
             },
         };
         // Lifecycle events are never dropped: wait for room unless the client aborts (or the

@@ -97,6 +97,28 @@ pub enum Event<T> {
         /// What the endpoint said.
         response: Box<Response>,
     },
+    /// A make-before-break rotation switched connections: the last event of epoch `from` and
+    /// the first of epoch `to`, whose session is ready. Data from `to` follows, starting with
+    /// what it received before the switch; it may repeat the last messages of `from`
+    /// (de-duplicate by the feed's sequence numbers), and misses none. No `Closed` is
+    /// reported for `from`. See [`ClientBuilder::rotate_after`](crate::ClientBuilder::rotate_after).
+    Rotated {
+        /// The connection that was replaced (closed with 1000).
+        from: u64,
+        /// The connection that replaced it.
+        to: u64,
+    },
+    /// A rotation's replacement failed before the switch and was dropped; the current
+    /// connection is still in place and its events go on.
+    RotationFailed {
+        /// The replacement's epoch (never used for another connection).
+        epoch: u64,
+        /// What went wrong.
+        cause: Box<Cause>,
+        /// When the next rotation is tried (with
+        /// [`rotate_after`](crate::ClientBuilder::rotate_after)); `None` otherwise.
+        retry: Option<Duration>,
+    },
     /// A reconnect attempt failed.
     ConnectFailed {
         /// The attempt number.

@@ -23,6 +23,7 @@ use crate::client::coordinator::Control;
 use crate::client::doorbell::{Doorbell, Lane};
 use crate::client::endpoint::Precheck;
 use crate::client::event::Event;
+use crate::client::handover::Handover;
 use crate::client::ingress::Ingress;
 use crate::client::lane::Outbound;
 use crate::client::outbox::Outbox;
@@ -50,8 +51,17 @@ pub(crate) struct Link<I> {
     go: Option<Sender<()>>,
     /// Dropped to release the reader and writer from any blocking channel operation.
     release: Option<Sender<()>>,
-    reader: Option<JoinHandle<I>>,
+    reader: Option<JoinHandle<Option<I>>>,
     writer: Option<JoinHandle<()>>,
+    /// A replacement's hold, until the switch releases the ingress into it.
+    pub handover: Option<Arc<Handover<I>>>,
+}
+
+/// What a new link's reader starts with: the client's ingress, or (a replacement opened by a
+/// make-before-break rotation) a hold where its messages wait for the ingress.
+pub(crate) enum Feed<I> {
+    Ingress(I),
+    Hold(Arc<Handover<I>>),
 }
 
 impl<I> Link<I> {
@@ -76,8 +86,8 @@ impl<I> Link<I> {
                 log::error!("writer thread panicked");
             }
         }
-        let ingress = self.reader.take().and_then(|r| r.join().ok());
-        if ingress.is_none() {
+        let ingress = self.reader.take().and_then(|r| r.join().ok().flatten());
+        if ingress.is_none() && self.handover.is_none() {
             log::error!("reader thread panicked (in the ingress?); the client cannot reconnect");
         }
         ingress
@@ -234,6 +244,8 @@ pub(crate) struct LinkFactory<T> {
     /// Data frames encoded by their senders, shared by every link's writer in turn.
     pub outbox: Arc<Outbox>,
     pub counters: Arc<Counters>,
+    /// Most messages a rotation's replacement holds before the switch.
+    pub rotation_hold: usize,
 }
 
 impl<T: Send + 'static> LinkFactory<T> {
@@ -243,7 +255,7 @@ impl<T: Send + 'static> LinkFactory<T> {
         &self,
         epoch: u64,
         extra_headers: &[(String, String)],
-        ingress: I,
+        feed: Feed<I>,
         abort: &AbortSlot,
     ) -> Opened<I> {
         let mut publish = |sock: &TcpStream| *abort.lock() = sock.try_clone().ok();
@@ -251,13 +263,19 @@ impl<T: Send + 'static> LinkFactory<T> {
         abort.lock().take();
         let (stream, upgraded) = match dialed {
             Ok(ok) => ok,
-            Err(e) => return Err((e, Some(ingress))),
+            Err(e) => {
+                let ingress = match feed {
+                    Feed::Ingress(ingress) => Some(ingress),
+                    Feed::Hold(_) => None,
+                };
+                return Err((e, ingress));
+            }
         };
         if let Some(p) = &upgraded.deflate {
             log::debug!("permessage-deflate negotiated: {p:?}");
         }
         let link = self
-            .start(epoch, stream, upgraded.leftover, upgraded.deflate, ingress)
+            .start(epoch, stream, upgraded.leftover, upgraded.deflate, feed)
             .map_err(|e| (e, None))?;
         let agreed = Agreed {
             protocol: upgraded.protocol,
@@ -273,8 +291,12 @@ impl<T: Send + 'static> LinkFactory<T> {
         stream: Stream,
         leftover: Vec<u8>,
         deflate: Option<DeflateParams>,
-        ingress: I,
+        feed: Feed<I>,
     ) -> Result<Link<I>> {
+        let (ingress, handover) = match feed {
+            Feed::Ingress(ingress) => (Some(ingress), None),
+            Feed::Hold(handover) => (None, Some(handover)),
+        };
         let mut decoder = Decoder::new(self.limits);
         if let Some(p) = deflate {
             decoder.enable_deflate(p.server_no_context_takeover);
@@ -296,6 +318,7 @@ impl<T: Send + 'static> LinkFactory<T> {
             go: go_rx,
             out: Outlets {
                 ingress,
+                handover: handover.clone(),
                 epoch,
                 overflow: self.overflow,
                 precheck: self.precheck.clone(),
@@ -319,6 +342,8 @@ impl<T: Send + 'static> LinkFactory<T> {
             stop: release_rx,
             wait: self.wait,
             doorbell: self.doorbell.clone(),
+            seat: None,
+            owns_outbox: false,
             outbox: self.outbox.clone(),
             coord: self.inputs.clone(),
             counters: self.counters.clone(),
@@ -340,6 +365,7 @@ impl<T: Send + 'static> LinkFactory<T> {
             release: Some(release_tx),
             reader: None,
             writer: None,
+            handover,
         };
         let name = &self.name;
         let (reader_core, writer_core) = (self.affinity.reader, self.affinity.writer);

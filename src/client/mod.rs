@@ -13,6 +13,7 @@ pub(crate) mod doorbell;
 pub(crate) mod driver;
 pub(crate) mod endpoint;
 pub(crate) mod event;
+pub(crate) mod handover;
 pub(crate) mod health;
 pub(crate) mod ingress;
 pub(crate) mod lane;
@@ -50,7 +51,7 @@ use crate::client::endpoint::Endpoint;
 use crate::client::event::Event;
 use crate::client::ingress::Ingress;
 use crate::client::lane::Outbound;
-use crate::client::link::{AbortSlot, LinkFactory, spawn};
+use crate::client::link::{AbortSlot, Feed, LinkFactory, spawn};
 use crate::client::outbox::{Encoded, Outbox};
 use crate::client::requests::{ConfirmMode, Outcome, Request, Submission, Undelivered, WaiterId};
 use crate::client::stats::{Counters, Stats};
@@ -156,6 +157,12 @@ impl<T: Send + 'static> Client<T> {
             max_topics: config.max_subscriptions,
             latency: config.latency_policy,
             max_pending: config.max_pending.max(1),
+            rotate_after: config.rotate_after,
+            rotation_timeout: config
+                .connect_timeout
+                .saturating_add(config.handshake_timeout)
+                .saturating_add(config.ack_timeout),
+            rotation_overlap: config.rotation_overlap,
         };
         let precheck = endpoint.precheck();
         let can_confirm = precheck.is_some();
@@ -186,9 +193,10 @@ impl<T: Send + 'static> Client<T> {
             doorbell: doorbell.clone(),
             outbox: outbox.clone(),
             counters: counters.clone(),
+            rotation_hold: config.rotation_hold,
         });
         let (link, agreed) = factory
-            .open(1, &headers, ingress, &AbortSlot::default())
+            .open(1, &headers, Feed::Ingress(ingress), &AbortSlot::default())
             .map_err(|(e, _)| e)?;
         let mut driver = Driver::new(
             shared,
@@ -333,6 +341,21 @@ impl<T> Client<T> {
             };
             self.doorbell.room.wait(has_room, deadline);
         }
+    }
+
+    /// Replaces the connection now, make-before-break: a second connection is opened, the
+    /// session restored on it, and the switch made once it is ready, as
+    /// [`ClientBuilder::rotate_after`] describes. Returns at once; the result arrives as
+    /// [`Event::Rotated`](crate::Event::Rotated) or
+    /// [`Event::RotationFailed`](crate::Event::RotationFailed). Ignored while a rotation is
+    /// already under way.
+    ///
+    /// Returns [`Error::NotConnected`] unless the session is ready.
+    pub fn rotate(&self) -> Result<()> {
+        if self.counters.state() != State::Ready {
+            return Err(Error::NotConnected);
+        }
+        self.command(Input::Rotate)
     }
 
     /// Sends a ping (payload truncated to 125 bytes). The answer arrives as

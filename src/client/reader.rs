@@ -19,6 +19,7 @@ use crate::client::coordinator::{Control, Input, LinkEvent};
 use crate::client::doorbell::Lane;
 use crate::client::endpoint::Precheck;
 use crate::client::event::Event;
+use crate::client::handover::{Handover, Offer};
 use crate::client::ingress::{Ingress, Verdict};
 use crate::client::stats::Counters;
 use crate::client::stepper::Inbox;
@@ -45,7 +46,10 @@ pub(crate) struct Reader<I: Ingress> {
 
 /// Everything the reader hands decoded messages and link events to.
 pub(crate) struct Outlets<I: Ingress> {
-    pub ingress: I,
+    /// `None` on a replacement connection until the switch (see [`Handover`]).
+    pub ingress: Option<I>,
+    /// A replacement's hold: where its data messages wait for the ingress.
+    pub handover: Option<Arc<Handover<I>>>,
     pub epoch: u64,
     pub overflow: Overflow,
     /// The endpoint's filter for messages the coordinator must see (acknowledgements).
@@ -61,8 +65,9 @@ pub(crate) struct Outlets<I: Ingress> {
 
 impl<I: Ingress> Reader<I> {
     /// Runs until the stream ends, the peer breaks the protocol or the link is released;
-    /// returns the ingress so its state can outlive the connection.
-    pub(crate) fn run(mut self) -> I {
+    /// returns the ingress so its state can outlive the connection (`None` for a replacement
+    /// that never received it).
+    pub(crate) fn run(mut self) -> Option<I> {
         select! {
             recv(self.go) -> _ => {}
             recv(self.out.stop) -> _ => {}
@@ -71,7 +76,10 @@ impl<I: Ingress> Reader<I> {
         if !released {
             self.read_loop();
         }
-        self.out.ingress
+        let handover = self.out.handover.as_ref();
+        self.out
+            .ingress
+            .or_else(|| handover.and_then(|h| h.take_ingress()))
     }
 
     /// Returns once the end has been reported to the coordinator (or nobody is left to tell).
@@ -155,22 +163,29 @@ impl<I: Ingress> Reader<I> {
                         }
                     }
                 };
-                let event = Event::Frame {
-                    epoch: self.out.epoch,
-                    frame,
+                let delivered = if self.out.ingress.is_none() {
+                    // A replacement before the switch: held for the ingress.
+                    self.out.hold(frame)
+                } else {
+                    let event = Event::Frame {
+                        epoch: self.out.epoch,
+                        frame,
+                    };
+                    deliver(
+                        &self.out.events,
+                        event,
+                        self.out.overflow,
+                        &self.out.stop,
+                        &self.out.counters,
+                    )
                 };
-                if !deliver(
-                    &self.out.events,
-                    event,
-                    self.out.overflow,
-                    &self.out.stop,
-                    &self.out.counters,
-                ) {
+                if !delivered {
                     return;
                 }
             };
-            if saw_data {
-                // One clock read per read(2), not per message.
+            if saw_data && self.out.ingress.is_some() {
+                // One clock read per read(2), not per message. (A replacement's data does not
+                // keep the current connection fresh.)
                 self.out.counters.data_seen(std::time::Instant::now());
             }
             if self.half.take_tls_output_pending() {
@@ -240,7 +255,10 @@ impl<I: Ingress> Outlets<I> {
                 // dispatch).
                 self.coord.step_or_report(input, &self.stop);
             }
-            let ingress = &mut self.ingress;
+            let Some(ingress) = &mut self.ingress else {
+                // A replacement before the switch: the message is held as a frame.
+                return Ok(Verdict::Forward);
+            };
             guard::catch("Ingress::on_message", || ingress.on_message(data))
         });
         let verdict = match verdict {
@@ -277,6 +295,52 @@ impl<I: Ingress> Outlets<I> {
         }
     }
 
+    /// A replacement's reader before the switch: holds `frame` for the ingress, or, once the
+    /// ingress has been released to this reader, runs it on the frame. False when the reader
+    /// must stop (the hold is full, a callback panicked, or the link was released).
+    #[cold]
+    fn hold(&mut self, frame: Frame) -> bool {
+        let Some(handover) = &self.handover else {
+            return true; // Not reached: only a replacement runs without the ingress.
+        };
+        let (mut ingress, frame) = match handover.hold(frame) {
+            Offer::Kept => return true,
+            Offer::Full => {
+                Counters::bump(&self.counters.rotation_hold_full, 1);
+                self.report(LinkEvent::HoldFull);
+                return false;
+            }
+            Offer::Ingress(ingress, frame) => (ingress, frame),
+        };
+        let verdict = match frame.as_data() {
+            Some(data) => guard::catch("Ingress::on_message", || ingress.on_message(data)),
+            None => Ok(Verdict::Ignore), // Not reached: only data messages are held.
+        };
+        self.ingress = Some(ingress);
+        let event = match verdict {
+            Ok(Verdict::Ignore) => return true,
+            Ok(Verdict::Emit(value)) => Event::Data {
+                epoch: self.epoch,
+                value,
+            },
+            Ok(Verdict::Forward) => Event::Frame {
+                epoch: self.epoch,
+                frame,
+            },
+            Err(panicked) => {
+                self.report(LinkEvent::CallbackPanicked(panicked));
+                return false;
+            }
+        };
+        deliver(
+            &self.events,
+            event,
+            self.overflow,
+            &self.stop,
+            &self.counters,
+        )
+    }
+
     /// Tells the coordinator something, unless the link is released first.
     pub(crate) fn report(&self, event: LinkEvent) {
         let input = Input::Link {
@@ -290,7 +354,7 @@ impl<I: Ingress> Outlets<I> {
 /// Hands an event to the application according to the overflow policy. Returns false when the
 /// link was released while waiting.
 #[inline(always)]
-fn deliver<T>(
+pub(crate) fn deliver<T>(
     events: &Sender<Event<T>>,
     event: Event<T>,
     overflow: Overflow,

@@ -347,6 +347,29 @@ impl Requests {
         }
     }
 
+    /// The connection a rotation replaced went down (its writer is joined): the requests it
+    /// wrote, or may have, and that got no answer are unconfirmed; the others are still on the
+    /// user data lane and go out on the replacement.
+    pub(crate) fn on_retired(&mut self, out: &mut Vec<RequestOut>) {
+        let settled: Vec<(u64, Outcome)> = self
+            .table
+            .iter()
+            .filter_map(|(id, e)| {
+                if e.written || e.claim.is_taken() {
+                    Some((*id, Outcome::Unconfirmed(Unknown::Disconnected)))
+                } else if e.claim.is_withdrawn() {
+                    // Its write reached nothing: it will never go out.
+                    Some((*id, Outcome::NotDelivered(Undelivered::Disconnected)))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        for (id, outcome) in settled {
+            self.resolve_all(id, outcome, out);
+        }
+    }
+
     /// Resolves the waiters whose deadline has come.
     pub(crate) fn poll(&mut self, now: Instant, out: &mut Vec<RequestOut>) {
         while let Some(&(deadline, waiter, id)) = self.deadlines.first() {

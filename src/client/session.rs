@@ -65,6 +65,18 @@ impl Session {
         }
     }
 
+    /// A session for a replacement connection (make-before-break): the same desired set, no
+    /// connection yet. Changes to the set are applied to both until the switch.
+    pub(crate) fn replacement(&self) -> Session {
+        Session {
+            desired: self.desired.clone(),
+            max_topics: self.max_topics,
+            ack_timeout: self.ack_timeout,
+            acks: self.acks,
+            conn: None,
+        }
+    }
+
     /// A connection opened: send the endpoint's opening frames, then replay unless gated.
     pub(crate) fn on_open<E: Endpoint + ?Sized>(
         &mut self,

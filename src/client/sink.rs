@@ -173,6 +173,18 @@ impl State {
             }
             Control::FlushTls => *flush_tls = true,
             Control::OpenData => self.data_open = true,
+            Control::Retire => {
+                // Make-before-break: take no more user data (what is still queued goes out on
+                // the replacement, which opens the lane once this writer is joined) and close
+                // with 1000 at once, after the frames already taken.
+                self.data_open = false;
+                if self.pending_close.is_none() {
+                    self.pending_close = Some(PendingClose {
+                        frame: Some((CloseCode::NORMAL, "rotated".to_string())),
+                        data_before: 0,
+                    });
+                }
+            }
         }
         Ok(())
     }

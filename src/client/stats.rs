@@ -53,8 +53,17 @@ pub struct Stats {
     /// Request frames written by the thread that submitted them, without waking the writer
     /// thread (it was idle and nothing was queued ahead). Included in `messages_out`.
     pub direct_writes: u64,
-    /// Successful reconnects (connections after the first).
+    /// Successful reconnects (connections after the first, rotations not included).
     pub reconnects: u64,
+    /// Make-before-break rotations completed (see
+    /// [`ClientBuilder::rotate_after`](crate::ClientBuilder::rotate_after)).
+    pub rotations: u64,
+    /// Rotations that failed, leaving the current connection in place.
+    pub rotation_failures: u64,
+    /// Rotations failed because the replacement received more messages before the switch than
+    /// [`Config::rotation_hold`](crate::Config::rotation_hold) allows (included in
+    /// `rotation_failures`).
+    pub rotation_hold_full: u64,
     /// Connection attempts, including the first.
     pub connect_attempts: u64,
     /// Time since the last inbound data message, if any arrived.
@@ -75,6 +84,8 @@ pub struct Stats {
 #[derive(Debug, Default)]
 struct HealthView {
     reconnects: u64,
+    rotations: u64,
+    rotation_failures: u64,
     connect_attempts: u64,
     rtt_samples: u64,
     rtt_p50: Option<Duration>,
@@ -99,6 +110,7 @@ pub(crate) struct Counters {
     pub inline_steps: AtomicU64,
     pub queued_steps: AtomicU64,
     pub direct_writes: AtomicU64,
+    pub rotation_hold_full: AtomicU64,
     /// The connection whose session was last ready (requests submitted now are meant for it).
     ready_epoch: AtomicU64,
     /// Nanoseconds after `base` of the last data message (0: none yet).
@@ -126,6 +138,7 @@ impl Counters {
             inline_steps: AtomicU64::new(0),
             queued_steps: AtomicU64::new(0),
             direct_writes: AtomicU64::new(0),
+            rotation_hold_full: AtomicU64::new(0),
             ready_epoch: AtomicU64::new(0),
             last_data_ns: AtomicU64::new(0),
             last_send_ns: AtomicU64::new(0),
@@ -188,6 +201,8 @@ impl Counters {
         health.dirty = false;
         let mut view = self.health.lock();
         view.reconnects = health.reconnects;
+        view.rotations = health.rotations;
+        view.rotation_failures = health.rotation_failures;
         view.connect_attempts = health.connect_attempts;
         view.rtt_samples = health.rtt.count();
         view.rtt_p50 = health.rtt.quantile(0.5);
@@ -213,6 +228,9 @@ impl Counters {
             queued_steps: self.queued_steps.load(Relaxed),
             direct_writes: self.direct_writes.load(Relaxed),
             reconnects: view.reconnects,
+            rotations: view.rotations,
+            rotation_failures: view.rotation_failures,
+            rotation_hold_full: self.rotation_hold_full.load(Relaxed),
             connect_attempts: view.connect_attempts,
             since_last_receive: self.last_data().map(|t| now.saturating_duration_since(t)),
             since_last_send: self

@@ -109,6 +109,8 @@ pub(crate) struct Core {
     pub coordinator: Coordinator,
     /// The current link's lanes; `None` between links.
     pub lanes: Option<Lanes>,
+    /// A rotation's replacement's lanes, until the switch.
+    pub replacement: Option<Lanes>,
     /// Callers waiting for a request outcome.
     waiters: HashMap<WaiterId, Answer>,
     /// Outcomes to deliver once the lock is released (a woken caller would otherwise preempt
@@ -135,6 +137,7 @@ impl Core {
         Core {
             coordinator,
             lanes: None,
+            replacement: None,
             waiters: HashMap::new(),
             answers: Vec::new(),
             counters,
@@ -174,6 +177,16 @@ impl Core {
             Output::Send(control) => self.to_lanes(|l| l.control.try_send(control).map_err(drop)),
             Output::SendSession(frame) => {
                 self.to_lanes(|l| l.session.try_send(frame).map_err(drop))
+            }
+            Output::SendReplacement(frame) => {
+                if let Some(lanes) = &self.replacement
+                    && lanes.session.try_send(frame).is_err()
+                {
+                    log::warn!(
+                        "session lane of replacement {} full; frame dropped",
+                        lanes.epoch
+                    );
+                }
             }
             Output::Withdrawn => {
                 if let Some(lanes) = &self.lanes {
@@ -495,6 +508,9 @@ mod tests {
             max_topics: 8,
             latency: None,
             max_pending: 4096,
+            rotate_after: None,
+            rotation_timeout: Duration::from_secs(20),
+            rotation_overlap: Duration::ZERO,
         };
         let inline = dispatch == Dispatch::Inline;
         let coordinator = Coordinator::new(settings, Box::new(Venue), None, Instant::now());

@@ -26,7 +26,7 @@ use crate::client::affinity::WaitStrategy;
 
 use crate::client::claim::{Claim, Take};
 use crate::client::coordinator::{Control, Input, LinkEvent};
-use crate::client::doorbell::Doorbell;
+use crate::client::doorbell::{Doorbell, SeatId};
 use crate::client::lane::Outbound;
 use crate::client::outbox::{Outbox, Taking};
 use crate::client::requests::WaiterId;
@@ -70,6 +70,12 @@ pub(crate) struct Writer {
     pub wait: WaitStrategy,
     /// Rung by every lane's sender; the writer parks on it when all lanes are empty.
     pub doorbell: Arc<Doorbell>,
+    /// The writer's seat at the doorbell (taken when the thread starts).
+    pub seat: Option<SeatId>,
+    /// This writer has opened the user data lane (its session was ready): from then on it
+    /// opens and closes the outbox. A replacement waiting for the switch leaves the outbox to
+    /// the writer of the current connection.
+    pub owns_outbox: bool,
     /// Data frames encoded by their senders (see [`crate::client::outbox`]): first in each batch.
     pub outbox: Arc<Outbox>,
     pub coord: Inbox,
@@ -89,7 +95,7 @@ enum Outgoing {
 
 impl Writer {
     pub(crate) fn run(mut self) {
-        self.doorbell.register();
+        self.seat = Some(self.doorbell.register());
         let sink = self.sink.clone();
         let outbox = self.outbox.clone();
         let mut done = Done::default();
@@ -146,10 +152,14 @@ impl Writer {
                 break;
             }
         }
-        self.doorbell.unregister();
+        if let Some(seat) = self.seat {
+            self.doorbell.unregister(seat);
+        }
         self.doorbell.room.freed();
         // Senders queue on the lane until the next connection's writer opens the outbox again.
-        self.outbox.lock().set_open(false);
+        if self.owns_outbox {
+            self.outbox.lock().set_open(false);
+        }
     }
 
     /// Waits until a lane has something (busy-polling first if the wait strategy says so, then
@@ -170,8 +180,9 @@ impl Writer {
             // Held at a request the coordinator has not registered: not past its deadline,
             // when the frame is dropped (the coordinator may be stuck delivering an event).
             let until = self.waiting.as_ref().map(|(_, deadline)| *deadline);
+            let Some(seat) = self.seat else { return true };
             while !has_work() {
-                self.doorbell.wait_until(has_work, until);
+                self.doorbell.wait_until(seat, has_work, until);
             }
         }
         !crate::client::driver::released(&self.stop)
@@ -343,7 +354,10 @@ impl Writer {
             && sink.st.pending_close.is_none()
             && !sink.st.close_sent
             && !sink.failed;
-        outbox.set_open(open);
+        self.owns_outbox |= sink.st.data_open;
+        if self.owns_outbox {
+            outbox.set_open(open);
+        }
         drop(outbox);
         // Senders waiting for room (a full outbox or lane) refill them while this batch is
         // written: one wake-up per batch.
