@@ -71,6 +71,10 @@ options:
       --ping-interval SECS    ping every SECS seconds; no pong within SECS seconds drops the
                               connection (0: never ping, only answer the server; default 15)
       --stale-after SECS      drop the connection when no message arrives for SECS seconds
+      --rotate-after SECS     replace the connection every SECS seconds, make-before-break:
+                              a second connection is opened and its session restored before
+                              the first closes with 1000 (`# rotated (epoch A -> B)`);
+                              frames around a switch may print twice, never go missing
   -w, --wait SECS             at end of input, keep printing what arrives for SECS seconds
                               before closing (default 1; 0 closes at once), so that piped
                               input gets its answers
@@ -98,6 +102,7 @@ struct Options {
     reconnect: bool,
     keepalive: Option<Keepalive>,
     stale_after: Option<Duration>,
+    rotate_after: Option<Duration>,
     /// How long to keep reading after end of input before closing.
     wait: Duration,
 }
@@ -163,6 +168,14 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
                     return Err(format!("bad {name} {v:?} (must be more than 0)"));
                 }
                 o.stale_after = Some(window);
+            }
+            "--rotate-after" => {
+                let v = value()?;
+                let lifetime = seconds(&name, &v)?;
+                if lifetime.is_zero() {
+                    return Err(format!("bad {name} {v:?} (must be more than 0)"));
+                }
+                o.rotate_after = Some(lifetime);
             }
             s if s.starts_with('-') && s.len() > 1 => return Err(format!("unknown option {s}")),
             _ if url.is_some() => return Err(format!("unexpected argument {arg:?}")),
@@ -249,6 +262,9 @@ fn main() -> ExitCode {
     }
     if let Some(keepalive) = opts.keepalive {
         builder = builder.keepalive(keepalive);
+    }
+    if let Some(lifetime) = opts.rotate_after {
+        builder = builder.rotate_after(lifetime);
     }
     if let Some(window) = opts.stale_after {
         builder = builder.stale_after(window);
@@ -361,6 +377,15 @@ fn run(
                     }
                     Ok(Event::SessionReady { epoch }) => {
                         status(format_args!("session ready (epoch {epoch})"));
+                        continue;
+                    }
+                    Ok(Event::Rotated { from, to }) => {
+                        status(format_args!("rotated (epoch {from} -> {to})"));
+                        continue;
+                    }
+                    Ok(Event::RotationFailed { epoch, cause, retry }) => {
+                        let retry = next_attempt("retrying", retry);
+                        status(format_args!("rotation failed (epoch {epoch}): {cause}{retry}"));
                         continue;
                     }
                     Ok(Event::ConnectFailed { attempt, cause, reconnect }) => {

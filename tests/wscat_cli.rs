@@ -683,3 +683,44 @@ fn deflate_option_prints_the_negotiated_parameters() {
         "{stderr}"
     );
 }
+
+/// `--rotate-after` against a hub echo server: the connection is replaced make-before-break
+/// (`# rotated (epoch 1 -> 2)`, then `2 -> 3`), with no `closed` line, and lines sent after a
+/// switch are echoed by the new connection; end of input still closes cleanly.
+#[test]
+fn rotate_after_replaces_the_connection_without_closing() {
+    struct Echo;
+    impl syncws::hub::Handler for Echo {
+        fn on_message(&self, conn: &syncws::hub::Conn, message: syncws::Data<'_>) {
+            let _ = conn.send(&syncws::hub::Message::text(String::from_utf8_lossy(
+                message.as_bytes(),
+            )));
+        }
+    }
+    let config = syncws::hub::HubConfig {
+        ping_interval: None,
+        ..syncws::hub::HubConfig::default()
+    };
+    let hub = syncws::hub::Hub::bind("127.0.0.1:0", config, Echo).unwrap();
+    let url = format!("ws://{}/", hub.local_addr());
+    let mut wscat = Wscat::spawn(&["--rotate-after", "0.3", &url]);
+    wscat.wait_stderr("# rotated (epoch 1 -> 2)");
+    wscat.send_line("after one");
+    assert_eq!(wscat.next_line(), "after one");
+    wscat.wait_stderr("# rotated (epoch 2 -> 3)");
+    wscat.send_line("after two");
+    assert_eq!(wscat.next_line(), "after two");
+    wscat.close_stdin();
+    let (status, lines, stderr) = wscat.finish();
+    assert!(status.success(), "{status:?}; stderr: {stderr}");
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("close 1000"),
+        "{lines:?}"
+    );
+    assert_eq!(
+        stderr.matches("# closed").count(),
+        1,
+        "only the close at end of input, no connection lost: {stderr}"
+    );
+}

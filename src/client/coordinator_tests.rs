@@ -1273,3 +1273,377 @@ fn retry_after_overflow_does_not_panic_the_coordinator() {
     assert_eq!(dial_delay(&out), Some(crate::error::MAX_RETRY_AFTER));
     assert_eq!(h.coord.state(), State::Waiting);
 }
+
+// ---- make-before-break rotation ----
+
+const ROTATE: Duration = Duration::from_secs(10);
+const OVERLAP: Duration = Duration::from_millis(100);
+
+/// A client with `rotate_after(ROTATE)` whose connection 1 is ready with topic `t1`.
+fn rotating(gated: bool) -> Harness {
+    let s = Settings {
+        rotate_after: Some(ROTATE),
+        rotation_overlap: OVERLAP,
+        ..settings()
+    };
+    let reconnect = Backoff::new(100 * MS, Duration::from_secs(1)).seed(7);
+    let mut h = Harness::with(s, Box::new(Venue { gated }), Some(Box::new(reconnect)));
+    h.feed(Input::Subscribe("t1".into()));
+    if gated {
+        h.link(LinkEvent::Reply(Frame::text("authok")));
+    }
+    h.link(LinkEvent::Reply(Frame::text("ack:t1")));
+    assert_eq!(h.coord.state(), State::Ready);
+    h
+}
+
+/// Feeds an event of connection `epoch` (the current one or a replacement).
+fn on(h: &mut Harness, epoch: u64, event: LinkEvent) -> Vec<Output> {
+    h.feed(Input::Link { epoch, event })
+}
+
+fn reply(h: &mut Harness, epoch: u64, text: &str) -> Vec<Output> {
+    on(h, epoch, LinkEvent::Reply(Frame::text(text)))
+}
+
+/// The session frames queued for the replacement.
+fn to_replacement(out: &[Output]) -> Vec<String> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::SendReplacement(Frame::Text(t)) => Some(t.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn replacement_dial(out: &[Output]) -> Option<u64> {
+    out.iter().find_map(|o| match o {
+        Output::DialReplacement { epoch, .. } => Some(*epoch),
+        _ => None,
+    })
+}
+
+fn retires(out: &[Output]) -> bool {
+    out.iter()
+        .any(|o| matches!(o, Output::Send(Control::Retire)))
+}
+
+fn rotation_failed(out: &[Output]) -> Option<(u64, Option<Duration>)> {
+    out.iter().find_map(|o| match o {
+        Output::Notify(Notice::RotationFailed { epoch, retry, .. }) => Some((*epoch, *retry)),
+        _ => None,
+    })
+}
+
+#[test]
+fn rotation_restores_the_session_on_a_replacement_then_switches_after_the_overlap() {
+    let mut h = rotating(true);
+    assert!(
+        replacement_dial(&h.advance(ROTATE - MS)).is_none(),
+        "not early"
+    );
+    let out = h.advance(MS);
+    assert_eq!(replacement_dial(&out), Some(2));
+    // The replacement's session, on its own lane; the current connection is untouched.
+    let out = h.feed(Input::Connected { epoch: 2 });
+    assert_eq!(to_replacement(&out), ["auth 2"]);
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::Notify(_))),
+        "the replacement is not announced before the switch"
+    );
+    assert_eq!(to_replacement(&reply(&mut h, 2, "authok")), ["sub t1"]);
+    assert_eq!(h.coord.epoch, 1);
+    assert_eq!(h.coord.state(), State::Ready);
+    // Ready: both deliver for the overlap, then the current one retires.
+    let out = reply(&mut h, 2, "ack:t1");
+    assert!(!retires(&out), "the overlap comes first");
+    assert!(!retires(&h.advance(OVERLAP - MS)));
+    assert!(retires(&h.advance(MS)));
+    assert_eq!(h.coord.state(), State::Ready, "callers go on queueing");
+    // Its close ends: the switch.
+    assert!(
+        on(
+            &mut h,
+            1,
+            LinkEvent::PeerClose(Some((CloseCode::NORMAL, String::new())))
+        )
+        .is_empty()
+    );
+    let out = on(&mut h, 1, LinkEvent::ReaderEnded(None));
+    assert!(
+        matches!(
+            &out[..],
+            [
+                Output::Retired,
+                Output::Notify(Notice::Rotated { from: 1, to: 2 }),
+                Output::Promote { epoch: 2 },
+                Output::Release { epoch: 2 },
+            ]
+        ),
+        "{out:?}"
+    );
+    assert_eq!(h.coord.epoch, 2);
+    assert_eq!(h.coord.state(), State::Ready);
+    assert_eq!(h.coord.health.rotations, 1);
+    // The new connection is the current one, and is replaced in turn after its lifetime,
+    // counted from its opening.
+    let out = reply(&mut h, 2, "nack:t1");
+    assert!(out.iter().any(|o| matches!(
+        o,
+        Output::Notify(Notice::SubscriptionRejected { epoch: 2, .. })
+    )));
+    let out = h.advance(ROTATE - OVERLAP);
+    assert_eq!(replacement_dial(&out), Some(3));
+}
+
+#[test]
+fn a_failed_replacement_leaves_the_connection_in_place_and_is_retried() {
+    let mut h = rotating(false);
+    let out = h.feed(Input::Rotate);
+    assert_eq!(replacement_dial(&out), Some(2));
+    assert!(h.feed(Input::Rotate).is_empty(), "one rotation at a time");
+    let out = h.feed(Input::ConnectFailed {
+        epoch: 2,
+        error: Error::Timeout("connect"),
+    });
+    assert!(matches!(out[0], Output::DropReplacement));
+    let (epoch, retry) = rotation_failed(&out).expect("reported");
+    assert_eq!(epoch, 2);
+    let retry = retry.expect("retried with rotate_after");
+    assert!(!out.iter().any(|o| matches!(o, Output::Disconnect)));
+    assert_eq!((h.coord.epoch, h.coord.state()), (1, State::Ready));
+    // The retry uses a fresh epoch; this replacement never acknowledges its subscription.
+    let out = h.advance(retry);
+    assert_eq!(replacement_dial(&out), Some(3));
+    let out = h.feed(Input::Connected { epoch: 3 });
+    assert_eq!(to_replacement(&out), ["auth 3", "sub t1"]);
+    let out = h.advance(Duration::from_secs(5));
+    assert!(matches!(rotation_failed(&out), Some((3, Some(_)))));
+    assert_eq!(h.coord.health.rotation_failures, 2);
+    // Events of the dropped replacement are ignored.
+    assert!(reply(&mut h, 3, "ack:t1").is_empty());
+    // The connection is then lost: the reconnect never reuses a replacement's epoch.
+    let out = h.link(LinkEvent::ReaderEnded(None));
+    let delay = dial_delay(&out).expect("reconnect planned");
+    let out = h.advance(delay);
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Dial { epoch: 4, .. })),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn losing_the_connection_during_a_rotation_drops_the_replacement() {
+    let mut h = rotating(false);
+    h.feed(Input::Rotate);
+    h.feed(Input::Connected { epoch: 2 });
+    let out = h.link(LinkEvent::ReaderEnded(None));
+    assert!(matches!(out[0], Output::DropReplacement), "{out:?}");
+    assert!(out.iter().any(|o| matches!(o, Output::Disconnect)));
+    assert!(closed(&out).is_some(), "the loss is reported as usual");
+    assert!(
+        !out.iter()
+            .any(|o| matches!(o, Output::Notify(Notice::Rotated { .. })))
+    );
+    // A close asked for during the switch ends the connection without a reconnect.
+    let mut h = rotating(false);
+    h.feed(Input::Rotate);
+    h.feed(Input::Connected { epoch: 2 });
+    reply(&mut h, 2, "ack:t1");
+    assert!(retires(&h.advance(OVERLAP)));
+    let out = h.feed(Input::Close {
+        code: CloseCode::NORMAL,
+        reason: String::new(),
+    });
+    assert!(matches!(out[..], [Output::DropReplacement]), "{out:?}");
+    let out = on(&mut h, 1, LinkEvent::ReaderEnded(None));
+    let (info, reconnect) = closed(&out).expect("closed");
+    assert!(matches!(info.cause, Cause::Requested));
+    assert_eq!(reconnect, None);
+}
+
+#[test]
+fn requests_across_a_switch_are_settled_by_where_they_were_written() {
+    let mut h = rotating(false);
+    let s = Duration::from_secs(10);
+    let (out, written) = submit(&mut h, 1, 11, 1, s, ConfirmMode::Confirmed);
+    assert!(accepted(&out));
+    assert_eq!(written.take(h.now), Take::Write, "the old writer wrote it");
+    let (out, queued) = submit(&mut h, 2, 12, 1, s, ConfirmMode::Confirmed);
+    assert!(accepted(&out));
+    h.feed(Input::Rotate);
+    let out = h.feed(Input::Connected { epoch: 2 });
+    assert_eq!(to_replacement(&out), ["auth 2", "sub t1"]);
+    reply(&mut h, 2, "ack:t1");
+    assert!(retires(&h.advance(OVERLAP)));
+    // Submitted while the old connection closes: queued for the replacement.
+    let (out, during) = submit(&mut h, 3, 13, 1, s, ConfirmMode::Confirmed);
+    assert!(accepted(&out));
+    on(&mut h, 1, LinkEvent::ReaderEnded(None));
+    let out = h.feed(Input::LinkDown { epoch: 1 });
+    assert_eq!(
+        outcomes(&out),
+        [(1, Outcome::Unconfirmed(Unknown::Disconnected))],
+        "only what the old connection wrote is settled"
+    );
+    // A caller that saw connection 1 ready just before the switch is still taken.
+    let claim = Arc::new(Claim::default());
+    let sub = Submission {
+        id: 14,
+        fingerprint: 1,
+        mode: ConfirmMode::Confirmed,
+        deadline: h.now + s,
+        epoch: 1,
+        claim: claim.clone(),
+    };
+    let out = h.feed(Input::Submit {
+        waiter: WaiterId(4),
+        sub,
+        reply: None,
+    });
+    assert!(accepted(&out));
+    // The replacement writes the rest; their responses arrive on it.
+    for frame in [&queued, &during] {
+        assert_eq!(frame.take(h.now), Take::Write);
+    }
+    let mut got = Vec::new();
+    for id in [12, 13, 14] {
+        got.extend(outcomes(&reply(&mut h, 2, &format!("resp {id} ok"))));
+    }
+    let ok = Outcome::Confirmed {
+        retry_after: None,
+        hint: None,
+    };
+    assert_eq!(got, [(2, ok.clone()), (3, ok.clone()), (4, ok)]);
+    assert_eq!(h.coord.pending_requests(), 0);
+}
+
+/// Generated schedules: rotations, their replacements' failures and replies, losses of the
+/// current connection, closes and shutdowns, in random order and timing. Invariants: no
+/// deadline is left unacted, a replacement is only dialled from a ready connection and one at
+/// a time, a switch only follows a replacement that connected and is never announced for a
+/// dropped one, the current epoch only grows, and no epoch is dialled twice after a replacement
+/// used it.
+#[test]
+fn generated_rotation_schedules_keep_the_invariants() {
+    let (mut switched, mut dropped) = (0, 0);
+    for case in 0..300u64 {
+        let mut rng = Rng(case.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let gated = rng.below(2) == 0;
+        let s = Settings {
+            rotate_after: Some(Duration::from_millis(200 + rng.below(800))),
+            rotation_overlap: Duration::from_millis(rng.below(200)),
+            rotation_timeout: Duration::from_millis(500 + rng.below(2000)),
+            ack_timeout: Duration::from_millis(300 + rng.below(1000)),
+            ..settings()
+        };
+        let reconnect = Backoff::new(50 * MS, Duration::from_secs(1)).seed(case);
+        let mut h = Harness::with(s, Box::new(Venue { gated }), Some(Box::new(reconnect)));
+        h.feed(Input::Subscribe("t1".into()));
+        let mut replacement: Option<(u64, bool)> = None; // (epoch, connected)
+        let mut burnt = Vec::new();
+        let mut current = 1;
+        let mut stopping = false;
+        for _ in 0..rng.below(80) {
+            let ticked = h.advance(Duration::from_millis(rng.below(400)));
+            assert!(
+                h.coord.next_deadline().is_none_or(|d| d > h.now),
+                "case {case}: a deadline at or before now was left unacted"
+            );
+            let r = replacement.map(|(e, _)| e);
+            let input = match (rng.below(16), r) {
+                (0, _) => Input::Rotate,
+                (1, Some(e)) => Input::Connected { epoch: e },
+                (2, Some(e)) => Input::ConnectFailed {
+                    epoch: e,
+                    error: Error::Timeout("connect"),
+                },
+                (3, Some(e)) => Input::Link {
+                    epoch: e,
+                    event: LinkEvent::Reply(Frame::text("authok")),
+                },
+                (4 | 5, Some(e)) => Input::Link {
+                    epoch: e,
+                    event: LinkEvent::Reply(Frame::text("ack:t1")),
+                },
+                (6, Some(e)) => Input::Link {
+                    epoch: e,
+                    event: LinkEvent::ReaderEnded(None),
+                },
+                (7, Some(e)) => Input::Link {
+                    epoch: e,
+                    event: LinkEvent::HoldFull,
+                },
+                (8, _) => Input::Link {
+                    epoch: h.coord.epoch,
+                    event: LinkEvent::Reply(Frame::text("authok")),
+                },
+                (9, _) => Input::Link {
+                    epoch: h.coord.epoch,
+                    event: LinkEvent::Reply(Frame::text("ack:t1")),
+                },
+                (10, _) if rng.below(4) == 0 => Input::Link {
+                    epoch: h.coord.epoch,
+                    event: LinkEvent::ReaderEnded(None),
+                },
+                (11, _) => Input::Link {
+                    epoch: h.coord.epoch,
+                    event: LinkEvent::PeerClose(Some((CloseCode::NORMAL, String::new()))),
+                },
+                (12, _) if h.coord.state() == State::Waiting || rng.below(3) == 0 => {
+                    Input::Connected {
+                        epoch: h.coord.dialed,
+                    }
+                }
+                (13, _) if rng.below(30) == 0 => {
+                    stopping = true;
+                    Input::Shutdown {
+                        deadline: h.now + Duration::from_millis(300),
+                    }
+                }
+                _ => Input::Tick,
+            };
+            let fed = h.feed(input);
+            for o in ticked.iter().chain(fed.iter()) {
+                match o {
+                    Output::DialReplacement { epoch, .. } => {
+                        assert!(replacement.is_none(), "case {case}: two replacements");
+                        assert!(*epoch > current && !burnt.contains(epoch));
+                        burnt.push(*epoch);
+                        replacement = Some((*epoch, false));
+                    }
+                    Output::DropReplacement => {
+                        assert!(replacement.is_some(), "case {case}: nothing to drop");
+                        replacement = None;
+                        dropped += 1;
+                    }
+                    Output::Notify(Notice::Rotated { from, to }) => {
+                        switched += 1;
+                        assert_eq!(*from, current, "case {case}");
+                        assert_eq!(replacement.map(|(e, _)| e), Some(*to), "case {case}");
+                        current = *to;
+                        replacement = None;
+                    }
+                    Output::Dial { epoch, .. } => {
+                        assert!(!burnt.contains(epoch), "case {case}: epoch {epoch} reused");
+                        assert!(replacement.is_none(), "case {case}: dial during a rotation");
+                    }
+                    Output::Notify(Notice::Connected { epoch }) => {
+                        assert!(*epoch > current, "case {case}: epochs only grow");
+                        current = *epoch;
+                    }
+                    _ => {}
+                }
+            }
+            assert_eq!(h.coord.epoch, current, "case {case}");
+            if stopping && h.coord.stopped {
+                assert!(
+                    replacement.is_none(),
+                    "case {case}: replacement left at stop"
+                );
+                break;
+            }
+        }
+    }
+}
