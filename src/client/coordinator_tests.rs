@@ -1519,7 +1519,7 @@ fn requests_across_a_switch_are_settled_by_where_they_were_written() {
     assert_eq!(h.coord.pending_requests(), 0);
 }
 
-/// Generated schedules: rotations, their replacements' failures and replies, losses of the
+/// 1,000 generated schedules: rotations, their replacements' failures and replies, losses of the
 /// current connection, closes and shutdowns, in random order and timing. Invariants: no
 /// deadline is left unacted, a replacement is only dialled from a ready connection and one at
 /// a time, a switch only follows a replacement that connected and is never announced for a
@@ -1528,7 +1528,7 @@ fn requests_across_a_switch_are_settled_by_where_they_were_written() {
 #[test]
 fn generated_rotation_schedules_keep_the_invariants() {
     let (mut switched, mut dropped) = (0, 0);
-    for case in 0..300u64 {
+    for case in 0..1000u64 {
         let mut rng = Rng(case.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
         let gated = rng.below(2) == 0;
         let s = Settings {
@@ -1541,7 +1541,7 @@ fn generated_rotation_schedules_keep_the_invariants() {
         let reconnect = Backoff::new(50 * MS, Duration::from_secs(1)).seed(case);
         let mut h = Harness::with(s, Box::new(Venue { gated }), Some(Box::new(reconnect)));
         h.feed(Input::Subscribe("t1".into()));
-        let mut replacement: Option<(u64, bool)> = None; // (epoch, connected)
+        let mut replacement: Option<(u64, u8)> = None; // (epoch, steps taken)
         let mut burnt = Vec::new();
         let mut current = 1;
         let mut stopping = false;
@@ -1551,27 +1551,39 @@ fn generated_rotation_schedules_keep_the_invariants() {
                 h.coord.next_deadline().is_none_or(|d| d > h.now),
                 "case {case}: a deadline at or before now was left unacted"
             );
+            // Half the time a replacement takes its next step (connected, authenticated,
+            // acknowledged), so that many rotations get as far as the switch.
+            let next_step = match replacement {
+                Some((e, step)) if rng.below(2) == 0 => {
+                    let input = match step {
+                        0 => Input::Connected { epoch: e },
+                        1 if gated => Input::Link {
+                            epoch: e,
+                            event: LinkEvent::Reply(Frame::text("authok")),
+                        },
+                        _ => Input::Link {
+                            epoch: e,
+                            event: LinkEvent::Reply(Frame::text("ack:t1")),
+                        },
+                    };
+                    replacement = Some((e, step + 1));
+                    Some(input)
+                }
+                _ => None,
+            };
             let r = replacement.map(|(e, _)| e);
             let input = match (rng.below(16), r) {
+                _ if next_step.is_some() => next_step.unwrap(),
                 (0, _) => Input::Rotate,
-                (1, Some(e)) => Input::Connected { epoch: e },
-                (2, Some(e)) => Input::ConnectFailed {
+                (2, Some(e)) if rng.below(3) == 0 => Input::ConnectFailed {
                     epoch: e,
                     error: Error::Timeout("connect"),
                 },
-                (3, Some(e)) => Input::Link {
-                    epoch: e,
-                    event: LinkEvent::Reply(Frame::text("authok")),
-                },
-                (4 | 5, Some(e)) => Input::Link {
-                    epoch: e,
-                    event: LinkEvent::Reply(Frame::text("ack:t1")),
-                },
-                (6, Some(e)) => Input::Link {
+                (6, Some(e)) if rng.below(3) == 0 => Input::Link {
                     epoch: e,
                     event: LinkEvent::ReaderEnded(None),
                 },
-                (7, Some(e)) => Input::Link {
+                (7, Some(e)) if rng.below(3) == 0 => Input::Link {
                     epoch: e,
                     event: LinkEvent::HoldFull,
                 },
@@ -1587,7 +1599,7 @@ fn generated_rotation_schedules_keep_the_invariants() {
                     epoch: h.coord.epoch,
                     event: LinkEvent::ReaderEnded(None),
                 },
-                (11, _) => Input::Link {
+                (11, _) if rng.below(3) == 0 => Input::Link {
                     epoch: h.coord.epoch,
                     event: LinkEvent::PeerClose(Some((CloseCode::NORMAL, String::new()))),
                 },
@@ -1611,7 +1623,7 @@ fn generated_rotation_schedules_keep_the_invariants() {
                         assert!(replacement.is_none(), "case {case}: two replacements");
                         assert!(*epoch > current && !burnt.contains(epoch));
                         burnt.push(*epoch);
-                        replacement = Some((*epoch, false));
+                        replacement = Some((*epoch, 0));
                     }
                     Output::DropReplacement => {
                         assert!(replacement.is_some(), "case {case}: nothing to drop");
@@ -1646,4 +1658,9 @@ fn generated_rotation_schedules_keep_the_invariants() {
             }
         }
     }
+    // The schedules reach both ends of a rotation, many times.
+    assert!(
+        switched > 100 && dropped > 100,
+        "{switched} switches, {dropped} drops"
+    );
 }
