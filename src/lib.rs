@@ -66,6 +66,11 @@
 //! subscription exactly once. [`Event`]s report each step with the connection epoch; [`Stats`]
 //! has the health figures.
 //!
+//! Connections a venue cuts at a fixed age can be replaced before it does, make-before-break
+//! ([`ClientBuilder::rotate_after`], [`Client::rotate`]): the session is restored on a second
+//! connection while the first keeps delivering, and [`Event::Rotated`] marks the switch; the
+//! streams overlap, never leave a gap.
+//!
 //! ## Guarantees
 //!
 //! - Every queue is bounded; overflow behaviour is documented on each knob of [`Config`] and
