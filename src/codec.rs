@@ -17,6 +17,10 @@ pub(crate) const OP_CLOSE: u8 = 0x8;
 pub(crate) const OP_PING: u8 = 0x9;
 pub(crate) const OP_PONG: u8 = 0xA;
 
+/// The RSV1 bit of a frame's first byte, or-ed into an opcode: a compressed message
+/// (permessage-deflate).
+pub(crate) const RSV1: u8 = 0x40;
+
 /// The longest payload a control frame may carry.
 pub(crate) const MAX_CONTROL_PAYLOAD: usize = 125;
 
@@ -25,7 +29,7 @@ pub(crate) fn encode_data(text: bool, payload: &[u8], mask: [u8; 4], out: &mut V
     encode(if text { OP_TEXT } else { OP_BINARY }, payload, mask, out);
 }
 
-/// Appends one complete, final, masked client frame to `out`.
+/// Appends one complete, final, masked client frame to `out` (`opcode` may carry [`RSV1`]).
 pub(crate) fn encode(opcode: u8, payload: &[u8], mask: [u8; 4], out: &mut Vec<u8>) {
     out.reserve(14 + payload.len());
     put_header(opcode, payload.len(), 0x80, out);

@@ -446,8 +446,11 @@ impl ClientBuilder {
     /// Offers permessage-deflate (RFC 7692) with these parameters (`DeflateParams::default()`
     /// offers plain permessage-deflate). Off unless called. A server that accepts sends
     /// compressed messages, which are inflated on the reader thread under the message size
-    /// limit (a message inflating past it closes with 1009); syncws sends uncompressed, which
-    /// RFC 7692 allows. The negotiated parameters are logged at debug level.
+    /// limit (a message inflating past it closes with 1009). Data messages of at least 256
+    /// bytes are sent compressed when that makes them smaller (each on its own, by the writer
+    /// thread, at zlib's fastest level); shorter ones, and all of them when the server limits
+    /// our window to 8 bits, go as they are. The negotiated parameters are logged at debug
+    /// level.
     pub fn deflate(mut self, params: DeflateParams) -> Self {
         self.deflate = Some(params);
         self

@@ -306,7 +306,7 @@ impl<T: Send + 'static> LinkFactory<T> {
         let (control_tx, control_rx) = bounded(control_capacity);
         let (session_tx, session_rx) = bounded(self.session_queue.max(1));
         let kick = Arc::new(AtomicBool::new(false));
-        let sink = Arc::new(Mutex::new(Sink::new(write_half)));
+        let sink = Arc::new(Mutex::new(Sink::new(write_half, deflate)));
         // Signal channels are only ever dropped, never sent on. Capacity 1, not 0: a zero-capacity
         // channel allocates each time `select!` waits on it.
         let (release_tx, release_rx) = bounded::<()>(1);

@@ -27,6 +27,7 @@
 use crate::client::lane::Outbound;
 use crate::client::masks::Masks;
 use crate::codec;
+use crate::deflate::COMPRESS_MIN;
 use crate::sync::{AtomicBool, Mutex, Ordering};
 
 /// Most bytes the outbox holds: two write batches' worth (on a shared core, the more a sender
@@ -50,6 +51,9 @@ pub(crate) struct Inner {
     payload: u64,
     /// Senders may encode here.
     open: bool,
+    /// The connection compresses (permessage-deflate): frames it would compress go by the lane,
+    /// to be compressed by the writer.
+    compress: bool,
     /// Masks for the frames encoded here (their own pool; `None` until first used).
     masks: Option<Masks>,
 }
@@ -78,7 +82,7 @@ impl Outbox {
             return Encoded::Refused(frame);
         };
         let mut inner = self.inner.lock();
-        if !inner.open || !lane_empty() {
+        if !inner.open || !lane_empty() || (inner.compress && payload.len() >= COMPRESS_MIN) {
             return Encoded::Refused(frame);
         }
         if !inner.bytes.is_empty() && inner.bytes.len() + payload.len() > OUTBOX_BYTES {
@@ -147,9 +151,11 @@ impl Taking<'_> {
         taken
     }
 
-    /// Opens or closes the outbox to senders.
-    pub(crate) fn set_open(&mut self, open: bool) {
+    /// Opens or closes the outbox to senders; `compress`: the connection compresses, so
+    /// frames long enough to be compressed are refused (the writer compresses them).
+    pub(crate) fn set_open(&mut self, open: bool, compress: bool) {
         self.inner.open = open;
+        self.inner.compress = compress;
     }
 }
 
@@ -166,7 +172,7 @@ mod tests {
             outbox.try_encode(frame(), || true),
             Encoded::Refused(_)
         ));
-        outbox.lock().set_open(true);
+        outbox.lock().set_open(true, false);
         assert!(matches!(
             outbox.try_encode(frame(), || false),
             Encoded::Refused(_)

@@ -22,6 +22,7 @@ use crate::client::masks::Masks;
 use crate::client::requests::WaiterId;
 use crate::client::stats::Counters;
 use crate::codec::{self, OP_PING, OP_PONG};
+use crate::deflate::{DeflateParams, Deflater};
 use crate::error::Error;
 use crate::frame::{CloseCode, Frame};
 use crate::transport::{Direct, WriteHalf};
@@ -46,7 +47,8 @@ pub(crate) struct Sink {
 }
 
 impl Sink {
-    pub(crate) fn new(half: WriteHalf) -> Self {
+    /// `deflate`: what the server agreed to, if permessage-deflate was negotiated.
+    pub(crate) fn new(half: WriteHalf, deflate: Option<DeflateParams>) -> Self {
         Sink {
             half,
             st: State {
@@ -56,6 +58,7 @@ impl Sink {
                 close_sent: false,
                 close_notify_due: false,
                 data_open: false,
+                deflater: deflate.and_then(|p| Deflater::new(p.client_max_window_bits)),
             },
             spill: Vec::new(),
             spill_report: None,
@@ -104,7 +107,7 @@ impl Sink {
             return Direct::Declined; // The writer thread meets the error and reports it.
         };
         self.st.batch.clear();
-        codec::encode_data(text, payload, mask, &mut self.st.batch);
+        self.st.put_data(text, payload, mask);
         let done = self.half.write_direct(&self.st.batch, &mut self.spill);
         self.st.batch.clear();
         if done == Direct::Done {
@@ -140,6 +143,8 @@ pub(crate) struct State {
     close_notify_due: bool,
     /// The session is ready: user data may be written.
     pub data_open: bool,
+    /// Compresses data frames (permessage-deflate negotiated, and a window zlib can keep to).
+    pub deflater: Option<Deflater>,
 }
 
 impl State {
@@ -238,11 +243,29 @@ impl State {
             return Ok(None);
         };
         let mask = self.masks.next()?;
-        codec::encode_data(text, payload, mask, &mut self.batch);
+        self.put_data(text, payload, mask);
         if let Some(p) = &mut self.pending_close {
             p.data_before = p.data_before.saturating_sub(1);
         }
         Ok(Some(payload.len()))
+    }
+}
+
+impl State {
+    /// Appends a data frame to the batch: compressed when permessage-deflate was negotiated and
+    /// it pays (see [`Deflater::deflate`]), as it is otherwise.
+    pub(crate) fn put_data(&mut self, text: bool, payload: &[u8], mask: [u8; 4]) {
+        let opcode = if text {
+            codec::OP_TEXT
+        } else {
+            codec::OP_BINARY
+        };
+        match self.deflater.as_mut().and_then(|d| d.deflate(payload)) {
+            Some(compressed) => {
+                codec::encode(opcode | codec::RSV1, compressed, mask, &mut self.batch)
+            }
+            None => codec::encode(opcode, payload, mask, &mut self.batch),
+        }
     }
 }
 

@@ -531,7 +531,7 @@ mod tests {
             tls: None,
         };
         let (_read, write, _socket) = stream.split().unwrap();
-        let mut sink = Sink::new(write);
+        let mut sink = Sink::new(write, None);
         sink.st.data_open = true; // As the writer does on `OpenData`.
         let kick = Arc::new(AtomicBool::new(false));
         {

@@ -158,7 +158,7 @@ impl Writer {
         self.doorbell.room.freed();
         // Senders queue on the lane until the next connection's writer opens the outbox again.
         if self.owns_outbox {
-            self.outbox.lock().set_open(false);
+            self.outbox.lock().set_open(false, false);
         }
     }
 
@@ -356,7 +356,7 @@ impl Writer {
             && !sink.failed;
         self.owns_outbox |= sink.st.data_open;
         if self.owns_outbox {
-            outbox.set_open(open);
+            outbox.set_open(open, sink.st.deflater.is_some());
         }
         drop(outbox);
         // Senders waiting for room (a full outbox or lane) refill them while this batch is

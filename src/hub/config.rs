@@ -141,8 +141,10 @@ pub struct HubConfig {
     /// Serve TLS with this rustls configuration (default `None`: plain TCP).
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Accept permessage-deflate when a client offers it (default false): the client's
-    /// compressed messages are inflated under `max_message` (a bomb is a 1009 close); the hub
-    /// sends uncompressed, which RFC 7692 allows.
+    /// compressed messages are inflated under `max_message` (a bomb is a 1009 close), and data
+    /// messages of at least 256 bytes are sent to it compressed when that makes them smaller,
+    /// each on its own, so a broadcast is still compressed once for every such recipient (a
+    /// client that limits the hub's window below 15 bits gets them uncompressed).
     pub deflate: bool,
 }
 

@@ -101,11 +101,20 @@ pub(crate) struct Outbound {
     fd: RawFd,
     bounds: Bounds,
     counters: Arc<Counters>,
+    /// The client accepts compressed messages (permessage-deflate): data messages go in their
+    /// compressed form when they have one.
+    compress: bool,
 }
 
 impl Outbound {
-    pub(crate) fn new(write: WriteHalf, bounds: Bounds, counters: Arc<Counters>) -> Self {
+    pub(crate) fn new(
+        write: WriteHalf,
+        bounds: Bounds,
+        counters: Arc<Counters>,
+        compress: bool,
+    ) -> Self {
         Outbound {
+            compress,
             fd: write.socket().as_raw_fd(),
             state: Mutex::new(State {
                 write,
@@ -175,7 +184,8 @@ impl Outbound {
         if s.broken || s.close.is_some() {
             return Push::Closed;
         }
-        let len = message.wire_len();
+        let wire = message.wire_for(self.compress);
+        let len = wire.len();
         // An empty queue takes any one message: a message larger than the byte bound is not a
         // sign of a slow reader.
         let over = !s.data.is_empty()
@@ -184,7 +194,7 @@ impl Outbound {
         if bounded && over {
             return Push::Full;
         }
-        s.data.push_back(message.wire().clone());
+        s.data.push_back(wire.clone());
         s.data_bytes += len;
         Push::Queued
     }

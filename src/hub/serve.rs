@@ -69,7 +69,12 @@ pub(crate) fn run(
             return;
         }
     };
-    let outbound = Outbound::new(write, hub.queue_bounds(), hub.counters.clone());
+    // Compressed frames for a client that accepts them with a full window (the shared
+    // compressed form of a broadcast is made with a 15-bit window).
+    let compress = opened
+        .deflate
+        .is_some_and(|p| p.server_max_window_bits.is_none_or(|bits| bits == 15));
+    let outbound = Outbound::new(write, hub.queue_bounds(), hub.counters.clone(), compress);
     let conn = Conn {
         shared: Arc::new(ConnShared {
             id,

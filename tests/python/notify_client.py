@@ -111,7 +111,8 @@ def protocol():
 
 def deflate():
     """The server runs with --deflate: websockets' default offer is accepted, and a large
-    repetitive message the client sends compressed is inflated and published."""
+    repetitive message the client sends compressed is inflated, published, and sent to the
+    subscriber compressed by the hub (websockets inflates it)."""
     a = open_ws("s1")
     b = open_ws("s2")
     ext = b.response.headers.get("Sec-WebSocket-Extensions", "")
