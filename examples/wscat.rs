@@ -59,7 +59,8 @@ options:
       --ca-file PATH          trust the PEM certificates in PATH (in addition to webpki roots)
       --insecure              DO NOT verify the server certificate (testing only)
       --deflate               offer permessage-deflate; the negotiated parameters go to stderr
-      --proxy URL             connect through a proxy: http://[user:pass@]host:port (CONNECT)
+      --proxy URL             connect through a proxy: http://[user:pass@]host:port (CONNECT),
+                              https://... (CONNECT over TLS to the proxy; --ca-file applies)
                               or socks5://[user:pass@]host:port (names resolved by the proxy)
       --subprotocol P         offer subprotocol P (repeatable, in preference order)
       --max-frame BYTES       largest accepted inbound frame

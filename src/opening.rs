@@ -59,6 +59,8 @@ impl Write for Deadlined<'_> {
 pub(crate) struct OpeningIo<'a> {
     sock: Deadlined<'a>,
     tls: Option<&'a mut Connection>,
+    /// The proxy's TLS session that `tls` runs inside, if any.
+    under: Option<&'a mut Connection>,
 }
 
 impl<'a> OpeningIo<'a> {
@@ -70,6 +72,7 @@ impl<'a> OpeningIo<'a> {
                 deadline,
             },
             tls: stream.tls.as_mut(),
+            under: stream.under.as_mut(),
         }
     }
 
@@ -77,34 +80,51 @@ impl<'a> OpeningIo<'a> {
     pub(crate) fn complete_tls_handshake(&mut self) -> io::Result<()> {
         if let Some(conn) = &mut self.tls {
             while conn.is_handshaking() {
-                conn.complete_io(&mut self.sock)?;
+                below(&mut self.under, &mut self.sock, |mut io| {
+                    conn.complete_io(&mut io)
+                })?;
             }
         }
         Ok(())
     }
 }
 
-/// Runs `f` on a rustls stream over `sock`, whichever side `conn` is.
-fn tls_stream<R>(
-    conn: &mut Connection,
+/// Runs `f` on what carries the connection's TLS records: the socket, or the proxy's TLS
+/// session over it.
+fn below<R>(
+    under: &mut Option<&mut Connection>,
     sock: &mut Deadlined<'_>,
     f: impl FnOnce(&mut dyn ReadWrite) -> R,
 ) -> R {
+    match under {
+        None => f(sock),
+        Some(under) => tls_stream(under, sock, f),
+    }
+}
+
+/// Runs `f` on a rustls stream over `sock`, whichever side `conn` is.
+fn tls_stream<R>(
+    conn: &mut Connection,
+    sock: &mut dyn ReadWrite,
+    f: impl FnOnce(&mut dyn ReadWrite) -> R,
+) -> R {
     match conn {
-        Connection::Client(c) => f(&mut rustls::Stream::new(c, sock)),
-        Connection::Server(c) => f(&mut rustls::Stream::new(c, sock)),
+        Connection::Client(c) => f(&mut rustls::Stream::new(c, &mut &mut *sock)),
+        Connection::Server(c) => f(&mut rustls::Stream::new(c, &mut &mut *sock)),
     }
 }
 
 /// `Read + Write` as one trait object.
-trait ReadWrite: Read + Write {}
+pub(crate) trait ReadWrite: Read + Write {}
 impl<T: Read + Write> ReadWrite for T {}
 
 impl Read for OpeningIo<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match &mut self.tls {
             None => self.sock.read(buf),
-            Some(conn) => tls_stream(conn, &mut self.sock, |s| s.read(buf)),
+            Some(conn) => below(&mut self.under, &mut self.sock, |io| {
+                tls_stream(conn, io, |s| s.read(buf))
+            }),
         }
     }
 }
@@ -113,14 +133,18 @@ impl Write for OpeningIo<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match &mut self.tls {
             None => self.sock.write(buf),
-            Some(conn) => tls_stream(conn, &mut self.sock, |s| s.write(buf)),
+            Some(conn) => below(&mut self.under, &mut self.sock, |io| {
+                tls_stream(conn, io, |s| s.write(buf))
+            }),
         }
     }
 
     fn flush(&mut self) -> io::Result<()> {
         match &mut self.tls {
             None => self.sock.flush(),
-            Some(conn) => tls_stream(conn, &mut self.sock, |s| s.flush()),
+            Some(conn) => below(&mut self.under, &mut self.sock, |io| {
+                tls_stream(conn, io, |s| s.flush())
+            }),
         }
     }
 }

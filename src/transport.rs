@@ -29,6 +29,10 @@ const TLS_READ_CHUNK: usize = 16 * 1024 + 256;
 pub(crate) struct Stream {
     pub(crate) sock: Arc<TcpStream>,
     pub(crate) tls: Option<Connection>,
+    /// The TLS session with a proxy that `tls` runs inside (`wss://` through an `https://`
+    /// proxy): the tunnel's bytes are its plaintext. `None` otherwise (a `ws://` target through
+    /// an `https://` proxy has the proxy's session as `tls`).
+    pub(crate) under: Option<Connection>,
 }
 
 impl Stream {
@@ -42,12 +46,17 @@ impl Stream {
         let sock = self.sock;
         let read_sock = sock.clone();
         let handle = SocketHandle(sock.clone());
-        let tls = self.tls.map(|mut c| {
+        let mut under = self.under;
+        let tls = self.tls.map(|mut conn| {
             // Every writer drains the records it produces at once, so rustls never holds more
             // than one batch; without a limit, `write` always takes a whole frame (which the
             // direct path relies on: it must never encrypt half a frame).
-            c.set_buffer_limit(None);
-            Arc::new(Mutex::new(c))
+            conn.set_buffer_limit(None);
+            if let Some(u) = &mut under {
+                u.set_buffer_limit(None);
+            }
+            let under = under.take();
+            Arc::new(Mutex::new(Layers { conn, under }))
         });
         let reader = ReadHalf {
             sock: read_sock,
@@ -88,10 +97,96 @@ impl SocketHandle {
     }
 }
 
+/// The TLS of a split stream: the connection's session and, when it runs through a TLS tunnel
+/// to a proxy, the proxy's session under it. The methods are rustls's, applied through both
+/// layers: socket bytes go into `under` and its plaintext into `conn`; `conn`'s records go into
+/// `under` and its records to the socket.
+pub(crate) struct Layers {
+    conn: Connection,
+    under: Option<Connection>,
+}
+
+impl Layers {
+    fn reader(&mut self) -> rustls::Reader<'_> {
+        self.conn.reader()
+    }
+
+    fn writer(&mut self) -> rustls::Writer<'_> {
+        self.conn.writer()
+    }
+
+    /// Takes bytes read from the socket.
+    fn read_tls(&mut self, rd: &mut dyn Read) -> io::Result<usize> {
+        match &mut self.under {
+            None => self.conn.read_tls(rd),
+            Some(under) => under.read_tls(rd),
+        }
+    }
+
+    /// Decrypts what was taken; true when records must be sent in answer (a key update, an
+    /// alert).
+    fn process_new_packets(&mut self) -> Result<bool, rustls::Error> {
+        let Some(under) = &mut self.under else {
+            return Ok(self.conn.process_new_packets()?.tls_bytes_to_write() > 0);
+        };
+        let outer = under.process_new_packets()?;
+        Ok(self.shift()? || outer.tls_bytes_to_write() > 0)
+    }
+
+    /// Through a TLS tunnel: moves the tunnel's plaintext (the connection's ciphertext) into
+    /// the connection's session, as much as it takes (the rest waits in `under`), and decrypts
+    /// it. Also before each read of plaintext: the opening may have left records in `under`,
+    /// and a read makes room for more. True when records must be sent in answer.
+    fn shift(&mut self) -> Result<bool, rustls::Error> {
+        let Some(under) = &mut self.under else {
+            return Ok(false);
+        };
+        let mut moved = false;
+        loop {
+            match self.conn.read_tls(&mut under.reader()) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => moved = true,
+            }
+        }
+        if !moved {
+            return Ok(false);
+        }
+        Ok(self.conn.process_new_packets()?.tls_bytes_to_write() > 0)
+    }
+
+    fn wants_write(&self) -> bool {
+        self.conn.wants_write() || self.under.as_ref().is_some_and(|u| u.wants_write())
+    }
+
+    /// Moves the records to send into `out` (through the tunnel's session, if any).
+    fn write_tls(&mut self, out: &mut Vec<u8>) -> io::Result<usize> {
+        let Some(under) = &mut self.under else {
+            return self.conn.write_tls(out);
+        };
+        while self.conn.wants_write() {
+            self.conn.write_tls(&mut under.writer())?;
+        }
+        under.write_tls(out)
+    }
+
+    /// Ends the connection's TLS stream, then the tunnel's.
+    fn send_close_notify(&mut self) {
+        self.conn.send_close_notify();
+        if let Some(under) = &mut self.under {
+            while self.conn.wants_write() {
+                if self.conn.write_tls(&mut under.writer()).is_err() {
+                    break;
+                }
+            }
+            under.send_close_notify();
+        }
+    }
+}
+
 /// The reading half: owned by the reader thread.
 pub(crate) struct ReadHalf {
     sock: Arc<TcpStream>,
-    tls: Option<Arc<Mutex<Connection>>>,
+    tls: Option<Arc<Mutex<Layers>>>,
     /// Ciphertext read from the socket and not yet given to rustls.
     cipher: Box<[u8]>,
     cipher_pos: usize,
@@ -108,7 +203,9 @@ impl ReadHalf {
         loop {
             {
                 let mut conn = tls.lock();
-                // 1. Plaintext rustls already holds.
+                // 1. Plaintext rustls already holds (through a tunnel, after taking what the
+                //    tunnel's session holds).
+                self.tls_output_pending |= conn.shift().map_err(io::Error::other)?;
                 match conn.reader().read(out) {
                     Ok(n) => return Ok(n),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -119,8 +216,8 @@ impl ReadHalf {
                     let mut pending = &self.cipher[self.cipher_pos..self.cipher_end];
                     let used = conn.read_tls(&mut pending)?;
                     self.cipher_pos += used;
-                    let state = conn.process_new_packets().map_err(io::Error::other)?;
-                    self.tls_output_pending |= state.tls_bytes_to_write() > 0;
+                    let pending = conn.process_new_packets().map_err(io::Error::other)?;
+                    self.tls_output_pending |= pending;
                     continue;
                 }
             }
@@ -156,7 +253,7 @@ impl ReadHalf {
 /// The writing half, inside the connection's [`Sink`](crate::client::sink::Sink): one writer at a time.
 pub(crate) struct WriteHalf {
     sock: Arc<TcpStream>,
-    tls: Option<Arc<Mutex<Connection>>>,
+    tls: Option<Arc<Mutex<Layers>>>,
     cipher_out: Vec<u8>,
     bytes_reached_socket: bool,
 }
@@ -351,6 +448,7 @@ mod tests {
         let sock = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (peer, _) = listener.accept().unwrap();
         let (_read, write, handle) = Stream {
+            under: None,
             sock: Arc::new(sock),
             tls: None,
         }

@@ -144,7 +144,11 @@ fn frames_queued_for_a_lost_connection_are_discarded_not_sent_on_the_next() {
     let server = TestServer::start(None, 2, move |i, mut conn| {
         raw_accept(&mut conn, &[]);
         if i == 0 {
-            // Read nothing until the client is full, then drop the connection.
+            // Read nothing until the client is full, then drop the connection. A small receive
+            // buffer keeps the kernel from taking megabytes first (loopback buffers grow).
+            if let Conn::Plain(sock) = &conn {
+                shrink_receive_buffer(sock);
+            }
             full_rx.recv().unwrap();
             if let Conn::Plain(sock) = &conn {
                 let _ = sock.shutdown(std::net::Shutdown::Both);
@@ -167,12 +171,23 @@ fn frames_queued_for_a_lost_connection_are_discarded_not_sent_on_the_next() {
         .connect()
         .unwrap();
     let old = format!("old {}", "x".repeat(16 * 1024));
-    support::wait_until("lane and outbox full", WAIT, || {
+    // Full, and staying full: the writer is stuck in a write the kernel no longer takes (on
+    // loopback the kernel's buffers may grow for a while; a writer still writing would take
+    // the queued frames into a batch that the loss then cuts, and nothing would be left to
+    // discard). Full for 25 looks in a row with no frame written in between.
+    let mut steady = 0;
+    let mut written = client.stats().messages_out;
+    support::wait_until("lane and outbox full, the writer stuck", WAIT, || {
         match client.try_send(Frame::text(old.clone())) {
-            Ok(()) => None,
-            Err(Error::QueueFull) => Some(()),
+            Ok(()) => steady = 0,
+            Err(Error::QueueFull) => {
+                let now = client.stats().messages_out;
+                steady = if now == written { steady + 1 } else { 0 };
+                written = now;
+            }
             Err(e) => panic!("unexpected {e}"),
         }
+        (steady >= 25).then_some(())
     });
     full_tx.send(()).unwrap();
     next_event(&client, WAIT, |e| match e {
@@ -189,6 +204,23 @@ fn frames_queued_for_a_lost_connection_are_discarded_not_sent_on_the_next() {
     assert_eq!(first_rx.recv_timeout(WAIT).unwrap(), "new");
     drop(client);
     server.join();
+}
+
+/// Sets a 4 KiB receive buffer on `sock` (which also stops the kernel from growing it).
+fn shrink_receive_buffer(sock: &std::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let size: libc::c_int = 4096;
+    // SAFETY: a valid socket descriptor, and a pointer to an int of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "setsockopt(SO_RCVBUF)");
 }
 
 fn server_closes_with(code: u16, reason: &'static str) {

@@ -199,3 +199,66 @@ fn reconnects_go_through_the_proxy_again() {
     assert_eq!(proxy.targets().len(), 2, "{:?}", proxy.targets());
     client.shutdown(WAIT);
 }
+
+/// An `https://` proxy: TLS to the proxy itself (verified with the test CA, by the proxy's own
+/// name), basic authentication inside it, and the tunnel carrying a plain server (its bytes are
+/// the proxy session's plaintext) and a TLS server (TLS inside TLS); a proxy whose certificate
+/// is not trusted, one that refuses, and reconnects through it again.
+#[test]
+fn https_proxies_carry_plain_and_tls_servers_inside_their_own_tls() {
+    let pki = Pki::new("proxy CA");
+    for auth in [None, Some(("trader", "s3cret"))] {
+        for tls in [false, true] {
+            let server = echo_server(tls.then(|| pki.server_config(&["localhost"])));
+            let creds = auth.map(|(u, p)| (u.to_string(), p.to_string()));
+            let proxy = TestProxy::https(Mode::Open(creds), pki.server_config(&["localhost"]));
+            let mut p = Proxy::parse(&format!("https://localhost:{}", proxy.addr.port())).unwrap();
+            assert!(p.is_tls());
+            if let Some((u, pw)) = auth {
+                p = p.auth(u, pw);
+            }
+            let client = Client::builder(&server.url("/"))
+                .add_root_certificate(pki.ca_der())
+                .proxy(p)
+                .connect()
+                .unwrap_or_else(|e| panic!("auth={} tls={tls}: {e}", auth.is_some()));
+            // A large message too: many TLS records of the server inside the proxy's records.
+            echo_once(&client);
+            let big = "x".repeat(200_000);
+            client.send(Frame::text(big.clone())).unwrap();
+            let got = next_event(&client, WAIT, |e| match e {
+                Event::Frame { frame, .. } => Some(frame),
+                _ => None,
+            });
+            assert_eq!(got, Frame::text(big));
+            client.shutdown(WAIT);
+            server.join();
+            assert_eq!(proxy.targets().len(), 1, "tls={tls}");
+        }
+    }
+    // The proxy's certificate is checked: an untrusted one fails like a server's would.
+    let other = Pki::new("someone else's CA");
+    let proxy = TestProxy::https(Mode::Open(None), other.server_config(&["localhost"]));
+    let server = echo_server(None);
+    let err = Client::builder(&server.url("/"))
+        .add_root_certificate(pki.ca_der())
+        .proxy(Proxy::https("localhost", proxy.addr.port()))
+        .connect()
+        .unwrap_err();
+    assert!(matches!(err, Error::Tls(_)), "{err:?}");
+    assert!(
+        proxy.targets().is_empty(),
+        "no CONNECT before the proxy is verified"
+    );
+    // A refusal inside the TLS session is still a typed refusal with its status.
+    let refusing = TestProxy::https(Mode::Refuse(403), pki.server_config(&["localhost"]));
+    let err = Client::builder(&server.url("/"))
+        .add_root_certificate(pki.ca_der())
+        .proxy(Proxy::https("localhost", refusing.addr.port()))
+        .connect()
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::ProxyRefused { code: 403, .. }),
+        "{err:?}"
+    );
+}

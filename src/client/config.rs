@@ -436,8 +436,8 @@ impl ClientBuilder {
         self
     }
 
-    /// Connects through `proxy` (HTTP `CONNECT` or SOCKS5), on every attempt. The proxy leg is
-    /// part of the handshake deadline.
+    /// Connects through `proxy` (HTTP `CONNECT`, plain or over TLS to the proxy, or SOCKS5),
+    /// on every attempt. The proxy leg is part of the handshake deadline.
     pub fn proxy(mut self, proxy: Proxy) -> Self {
         self.proxy = ProxySetting::Fixed(proxy);
         self
@@ -520,9 +520,15 @@ impl ClientBuilder {
             ProxySetting::Fixed(p) => Some(p),
             ProxySetting::FromEnv => Proxy::from_env(target.tls, &target.host)?,
         };
+        // An https:// proxy is verified like the server (same roots), by its own name.
+        let proxy_tls = match &proxy {
+            Some(p) if p.is_tls() => Some(self.tls.client_config()?),
+            _ => None,
+        };
         let dialer = Dialer {
             deflate: self.deflate,
             proxy,
+            proxy_tls,
             target,
             tls_config,
             tls: self.tls,

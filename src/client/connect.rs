@@ -36,6 +36,8 @@ pub(crate) struct Dialer {
     pub subprotocols: Vec<String>,
     /// Through which proxy, if any (resolved once, at `connect`).
     pub proxy: Option<Proxy>,
+    /// How to reach an `https://` proxy.
+    pub proxy_tls: Option<Arc<ClientConfig>>,
     /// permessage-deflate to offer, if any.
     pub deflate: Option<DeflateParams>,
 }
@@ -56,8 +58,7 @@ impl Dialer {
         handshake::check_request(&self.headers, &self.subprotocols)?;
         handshake::check_request(extra_headers, &[])?;
         let deadline = deadline::after(Instant::now(), self.handshake_timeout);
-        let sock = self.tcp_connect(deadline)?;
-        on_tcp(&sock);
+        let (sock, proxy_session) = self.tcp_connect(deadline, on_tcp)?;
         sock.set_nodelay(self.nodelay).map_err(Error::Io)?;
         let tls = match &self.tls_config {
             Some(config) => {
@@ -69,9 +70,16 @@ impl Dialer {
             }
             None => None,
         };
+        // Through an https:// proxy, a wss:// server's TLS runs inside the proxy's session; a
+        // ws:// server's bytes are that session's plaintext.
+        let (tls, under) = match (tls, proxy_session) {
+            (Some(tls), under) => (Some(tls), under),
+            (None, proxy) => (proxy, None),
+        };
         let mut stream = Stream {
             sock: Arc::new(sock),
             tls,
+            under,
         };
         let mut io = OpeningIo::new(&mut stream, deadline);
         io.complete_tls_handshake().map_err(tls_handshake_error)?;
@@ -95,13 +103,21 @@ impl Dialer {
         Ok((stream, upgraded))
     }
 
-    fn tcp_connect(&self, deadline: Instant) -> Result<TcpStream> {
+    /// The TCP connection to the server, or through the proxy (with the proxy's TLS session
+    /// for an `https://` proxy). `on_tcp` sees the socket as soon as it is connected.
+    fn tcp_connect(
+        &self,
+        deadline: Instant,
+        on_tcp: &mut dyn FnMut(&TcpStream),
+    ) -> Result<(TcpStream, Option<Connection>)> {
         if let Some(proxy) = &self.proxy {
             return proxy.tunnel(
                 &self.target.host,
                 self.target.port,
                 deadline,
                 self.connect_timeout,
+                self.proxy_tls.as_ref(),
+                on_tcp,
             );
         }
         let target = format!("{}:{}", self.target.host, self.target.port);
@@ -119,7 +135,10 @@ impl Dialer {
                 return Err(Error::Timeout("connect"));
             }
             match TcpStream::connect_timeout(&addr, left.min(self.connect_timeout)) {
-                Ok(sock) => return Ok(sock),
+                Ok(sock) => {
+                    on_tcp(&sock);
+                    return Ok((sock, None));
+                }
                 Err(e) => {
                     log::debug!("connect to {addr} failed: {e}");
                     last = e;

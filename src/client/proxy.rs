@@ -7,13 +7,22 @@
 //!
 //! With SOCKS5 the server's name is resolved by the proxy (remote DNS), as `socks5h` does in
 //! curl; HTTP `CONNECT` always sends the name.
+//!
+//! An `https://` proxy is reached over TLS (verified like the server, with the same roots, by
+//! the proxy's own name): the `CONNECT` goes through that session, and so does the whole
+//! connection afterwards. A `wss://` server's TLS then runs inside it (TLS in TLS); a `ws://`
+//! server's bytes are the proxy session's plaintext.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, Connection};
+
 use crate::error::{Error, Result};
-use crate::opening::Deadlined;
+use crate::opening::{Deadlined, ReadWrite};
 
 /// The largest proxy response head read.
 const MAX_HEAD: usize = 8 * 1024;
@@ -36,6 +45,8 @@ pub enum ProxyKind {
 /// assert_eq!(p.kind(), ProxyKind::Socks5);
 /// let q = Proxy::parse("http://proxy.corp:3128")?;
 /// assert_eq!(q.kind(), ProxyKind::Http);
+/// let t = Proxy::parse("https://proxy.corp:3129")?; // TLS to the proxy itself
+/// assert!(t.is_tls() && t.kind() == ProxyKind::Http);
 /// # Ok::<(), syncws::Error>(())
 /// ```
 #[derive(Clone, PartialEq, Eq)]
@@ -44,6 +55,8 @@ pub struct Proxy {
     host: String,
     port: u16,
     auth: Option<(String, String)>,
+    /// Reached over TLS (`https://`).
+    tls: bool,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -53,26 +66,23 @@ impl std::fmt::Debug for Proxy {
             .field("kind", &self.kind)
             .field("host", &self.host)
             .field("port", &self.port)
+            .field("tls", &self.tls)
             .field("user", &self.auth.as_ref().map(|(u, _)| u))
             .finish()
     }
 }
 
 impl Proxy {
-    /// Parses `http://[user:pass@]host:port` or `socks5://[user:pass@]host:port` (also
-    /// `socks5h://`). The port defaults to 80 (http) or 1080 (socks5).
+    /// Parses `http://[user:pass@]host:port`, `https://[user:pass@]host:port` (HTTP
+    /// `CONNECT` over TLS to the proxy) or `socks5://[user:pass@]host:port` (also
+    /// `socks5h://`). The port defaults to 80 (http), 443 (https) or 1080 (socks5).
     pub fn parse(url: &str) -> Result<Proxy> {
         let bad = |why: &str| Error::Url(format!("proxy URL {}: {why}", redact(url)));
         let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("no scheme"))?;
-        let (kind, default_port) = match scheme.to_ascii_lowercase().as_str() {
-            "http" => (ProxyKind::Http, 80),
-            "socks5" | "socks5h" => (ProxyKind::Socks5, 1080),
-            "https" => {
-                return Err(bad(
-                    "TLS to the proxy itself is not supported; use http:// (the tunnel still \
-                     carries TLS to the server for wss://)",
-                ));
-            }
+        let (kind, default_port, tls) = match scheme.to_ascii_lowercase().as_str() {
+            "http" => (ProxyKind::Http, 80, false),
+            "https" => (ProxyKind::Http, 443, true),
+            "socks5" | "socks5h" => (ProxyKind::Socks5, 1080, false),
             other => return Err(bad(&format!("unsupported scheme {other:?}"))),
         };
         let rest = rest.trim_end_matches('/');
@@ -93,7 +103,21 @@ impl Proxy {
             host,
             port,
             auth,
+            tls,
         })
+    }
+
+    /// An HTTP `CONNECT` proxy reached over TLS (`https://`).
+    pub fn https(host: impl Into<String>, port: u16) -> Proxy {
+        Proxy {
+            tls: true,
+            ..Proxy::http(host, port)
+        }
+    }
+
+    /// True for a proxy reached over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls
     }
 
     /// An HTTP `CONNECT` proxy.
@@ -103,6 +127,7 @@ impl Proxy {
             host: host.into(),
             port,
             auth: None,
+            tls: false,
         }
     }
 
@@ -113,6 +138,7 @@ impl Proxy {
             host: host.into(),
             port,
             auth: None,
+            tls: false,
         }
     }
 
@@ -157,25 +183,57 @@ impl Proxy {
     }
 
     /// Opens a tunnel to `host:port` through the proxy, within `deadline` (each address of the
-    /// proxy gets at most `connect_timeout` of it).
+    /// proxy gets at most `connect_timeout` of it). For an `https://` proxy, `tls` is the
+    /// configuration to reach it with, and the TLS session with it comes back: the tunnel runs
+    /// inside it. `on_tcp` sees the socket to the proxy as soon as it is connected.
     pub(crate) fn tunnel(
         &self,
         host: &str,
         port: u16,
         deadline: Instant,
         connect_timeout: Duration,
-    ) -> Result<TcpStream> {
+        tls: Option<&Arc<ClientConfig>>,
+        on_tcp: &mut dyn FnMut(&TcpStream),
+    ) -> Result<(TcpStream, Option<Connection>)> {
         let sock = self.connect(deadline, connect_timeout)?;
+        on_tcp(&sock);
         let mut io = Deadlined {
             sock: &sock,
             deadline,
         };
-        match self.kind {
-            ProxyKind::Http => self.http_connect(&mut io, host, port)?,
-            ProxyKind::Socks5 => self.socks5_connect(&mut io, host, port)?,
+        let session = match (self.tls, tls) {
+            (false, _) => None,
+            (true, None) => {
+                return Err(Error::Config(
+                    "an https:// proxy needs a TLS configuration".into(),
+                ));
+            }
+            (true, Some(config)) => {
+                let name = ServerName::try_from(self.host.clone()).map_err(|e| {
+                    Error::TlsConfig(format!("invalid proxy name {:?}: {e}", self.host))
+                })?;
+                let mut conn = ClientConnection::new(config.clone(), name)?;
+                while conn.is_handshaking() {
+                    conn.complete_io(&mut io)
+                        .map_err(crate::handshake::io_error)?;
+                }
+                Some(conn)
+            }
+        };
+        match (self.kind, session) {
+            (ProxyKind::Http, Some(mut conn)) => {
+                self.http_connect(&mut rustls::Stream::new(&mut conn, &mut io), host, port)?;
+                log::debug!(
+                    "tunnel to {host}:{port} open through {} (TLS)",
+                    self.address()
+                );
+                return Ok((sock, Some(Connection::Client(conn))));
+            }
+            (ProxyKind::Http, None) => self.http_connect(&mut io, host, port)?,
+            (ProxyKind::Socks5, _) => self.socks5_connect(&mut io, host, port)?,
         }
         log::debug!("tunnel to {host}:{port} open through {}", self.address());
-        Ok(sock)
+        Ok((sock, None))
     }
 
     fn connect(&self, deadline: Instant, connect_timeout: Duration) -> Result<TcpStream> {
@@ -212,7 +270,7 @@ impl Proxy {
         }
     }
 
-    fn http_connect(&self, io: &mut Deadlined<'_>, host: &str, port: u16) -> Result<()> {
+    fn http_connect(&self, io: &mut dyn ReadWrite, host: &str, port: u16) -> Result<()> {
         let authority = if host.contains(':') {
             format!("[{host}]:{port}")
         } else {
@@ -437,7 +495,9 @@ mod tests {
         let v6 = Proxy::parse("http://[::1]:3128/").unwrap();
         assert_eq!((v6.host.as_str(), v6.port), ("::1", 3128));
         assert!(Proxy::parse("ftp://x:1").is_err());
-        assert!(Proxy::parse("https://x:1").is_err());
+        let s = Proxy::parse("https://proxy.corp").unwrap();
+        assert_eq!((s.kind, s.port, s.tls), (ProxyKind::Http, 443, true));
+        assert!(!h.tls && Proxy::https("p", 1).is_tls());
         assert!(Proxy::parse("x:1").is_err());
         let err = Proxy::parse("http://u:secret@host:notaport")
             .unwrap_err()

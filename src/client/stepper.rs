@@ -527,6 +527,7 @@ mod tests {
         peer.set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
         let stream = crate::transport::Stream {
+            under: None,
             sock: std::sync::Arc::new(sock),
             tls: None,
         };

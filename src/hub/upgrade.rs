@@ -59,7 +59,11 @@ pub(crate) fn open(
         },
         None => None,
     };
-    let mut stream = Stream { sock, tls };
+    let mut stream = Stream {
+        sock,
+        tls,
+        under: None,
+    };
     let mut io = OpeningIo::new(&mut stream, deadline);
     if let Err(e) = io.complete_tls_handshake() {
         log::debug!("{peer}: TLS handshake failed: {e}");

@@ -1,4 +1,5 @@
-//! Proxies of the tests' own, on loopback: an HTTP `CONNECT` proxy and a SOCKS5 proxy, each
+//! Proxies of the tests' own, on loopback: an HTTP `CONNECT` proxy (plain or over TLS) and a
+//! SOCKS5 proxy, each
 //! with or without credentials, and modes that refuse or stall. Each records the target every
 //! tunnel asked for (as the client sent it: a name stays a name, proving remote DNS) and pumps
 //! bytes both ways on two named threads per tunnel.
@@ -8,6 +9,8 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::thread;
+
+use rustls::{ServerConfig, ServerConnection, StreamOwned};
 
 /// How a test proxy behaves.
 #[derive(Clone, Debug)]
@@ -37,12 +40,26 @@ impl TestProxy {
         Self::start(mode, socks5_session)
     }
 
+    /// An HTTP `CONNECT` proxy reached over TLS with `config` (an `https://` proxy).
+    pub fn https(mode: Mode, config: Arc<ServerConfig>) -> TestProxy {
+        Self::start_with(mode, move |sock, mode, seen| {
+            https_session(sock, mode, seen, config.clone())
+        })
+    }
+
     /// The targets of the tunnels asked for so far (`host:port` as the client sent them).
     pub fn targets(&self) -> Vec<String> {
         self.targets.lock().unwrap().clone()
     }
 
     fn start(mode: Mode, session: fn(TcpStream, &Mode, &Mutex<Vec<String>>)) -> TestProxy {
+        Self::start_with(mode, session)
+    }
+
+    fn start_with(
+        mode: Mode,
+        session: impl Fn(TcpStream, &Mode, &Mutex<Vec<String>>) + Clone + Send + 'static,
+    ) -> TestProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let targets = Arc::new(Mutex::new(Vec::new()));
@@ -52,7 +69,7 @@ impl TestProxy {
             .spawn(move || {
                 for sock in listener.incoming() {
                     let Ok(sock) = sock else { return };
-                    let (mode, seen) = (mode.clone(), seen.clone());
+                    let (mode, seen, session) = (mode.clone(), seen.clone(), session.clone());
                     thread::Builder::new()
                         .name("test-proxy-conn".into())
                         .spawn(move || session(sock, &mode, &seen))
@@ -86,11 +103,42 @@ fn http_session(mut sock: TcpStream, mode: &Mode, seen: &Mutex<Vec<String>>) {
         while matches!(sock.read(&mut sink), Ok(n) if n > 0) {}
         return;
     }
+    if let Some(upstream) = connect_request(&mut sock, mode, seen) {
+        pump(sock, upstream);
+    }
+}
+
+/// An HTTP `CONNECT` proxy over TLS: the handshake, the request and the tunnel all inside one
+/// TLS session with the client.
+fn https_session(
+    sock: TcpStream,
+    mode: &Mode,
+    seen: &Mutex<Vec<String>>,
+    config: Arc<ServerConfig>,
+) {
+    let mut tls = StreamOwned::new(ServerConnection::new(config).unwrap(), sock);
+    if matches!(mode, Mode::Stall) {
+        let mut sink = [0u8; 1024];
+        while matches!(tls.read(&mut sink), Ok(n) if n > 0) {}
+        return;
+    }
+    if let Some(upstream) = connect_request(&mut tls, mode, seen) {
+        pump_tls(tls, upstream);
+    }
+}
+
+/// Reads a `CONNECT` request and answers it; returns the connection to the target when the
+/// tunnel is open.
+fn connect_request(
+    sock: &mut (impl Read + Write),
+    mode: &Mode,
+    seen: &Mutex<Vec<String>>,
+) -> Option<TcpStream> {
     let mut head = Vec::new();
     let mut b = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
         if sock.read(&mut b).unwrap_or(0) == 0 {
-            return;
+            return None;
         }
         head.push(b[0]);
     }
@@ -107,6 +155,8 @@ fn http_session(mut sock: TcpStream, mode: &Mode, seen: &Mutex<Vec<String>>) {
                 sock,
                 "HTTP/1.1 {status} Refused\r\nContent-Length: 0\r\n\r\n"
             );
+            let _ = sock.flush();
+            None
         }
         Mode::Open(auth) => {
             if let Some((user, pass)) = auth {
@@ -117,7 +167,8 @@ fn http_session(mut sock: TcpStream, mode: &Mode, seen: &Mutex<Vec<String>>) {
                         sock,
                         "HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic\r\nContent-Length: 0\r\n\r\n"
                     );
-                    return;
+                    let _ = sock.flush();
+                    return None;
                 }
             }
             let Ok(upstream) = TcpStream::connect(resolve(&target)) else {
@@ -125,13 +176,48 @@ fn http_session(mut sock: TcpStream, mode: &Mode, seen: &Mutex<Vec<String>>) {
                     sock,
                     "HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n"
                 );
-                return;
+                let _ = sock.flush();
+                return None;
             };
             let _ = write!(sock, "HTTP/1.1 200 Connection established\r\n\r\n");
-            pump(sock, upstream);
+            let _ = sock.flush();
+            Some(upstream)
         }
-        Mode::Stall => {}
+        Mode::Stall => None,
     }
+}
+
+/// Copies both ways between a TLS session and a plain socket on this one thread (a TLS session
+/// cannot be shared by two threads), taking turns with short read timeouts, until either ends.
+fn pump_tls(mut tls: StreamOwned<ServerConnection, TcpStream>, mut upstream: TcpStream) {
+    let turn = Some(std::time::Duration::from_millis(1));
+    tls.sock.set_read_timeout(turn).unwrap();
+    upstream.set_read_timeout(turn).unwrap();
+    let idle = |e: &std::io::Error| {
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        )
+    };
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match tls.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) if upstream.write_all(&buf[..n]).is_err() => break,
+            Ok(_) => {}
+            Err(e) if idle(&e) => {}
+            Err(_) => break,
+        }
+        match upstream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) if tls.write_all(&buf[..n]).and_then(|_| tls.flush()).is_err() => break,
+            Ok(_) => {}
+            Err(e) if idle(&e) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = upstream.shutdown(Shutdown::Both);
+    let _ = tls.sock.shutdown(Shutdown::Both);
 }
 
 fn socks5_session(mut sock: TcpStream, mode: &Mode, seen: &Mutex<Vec<String>>) {
