@@ -347,6 +347,35 @@ mod loom_models {
         });
     }
 
+    /// Two writers wait at once, each for its own lane (a connection's writer and its
+    /// replacement's during a rotation, each on its own seat), while one producer sends to
+    /// each in turn and rings. Explores a ring that finds one writer asleep and the other
+    /// awake, both asleep, and the seats taken in either order. Asserts that both writers take
+    /// their item and end: a wake-up lost to the other seat is a deadlock.
+    #[test]
+    fn loom_doorbell_two_writers_each_get_their_wake_up() {
+        model(|| {
+            let bell = Arc::new(Doorbell::default());
+            let (a, b) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+            let other = {
+                let (bell, b) = (bell.clone(), b.clone());
+                thread::spawn(move || writer(&bell, &b, 1))
+            };
+            let producer = {
+                let (bell, a, b) = (bell.clone(), a.clone(), b.clone());
+                thread::spawn(move || {
+                    a.store(1, Ordering::Relaxed);
+                    bell.ring();
+                    b.store(1, Ordering::Relaxed);
+                    bell.ring();
+                })
+            };
+            writer(&bell, &a, 1);
+            producer.join().unwrap();
+            other.join().unwrap();
+        });
+    }
+
     /// Two producers send one item each and ring, concurrently, while the writer waits for
     /// both (three threads). Explores rings racing each other and the writer's park: one
     /// producer's unpark consumed by a wait that finds only the other's item, both unparks
