@@ -189,10 +189,9 @@ fn reconnects_go_through_the_proxy_again() {
         .reconnect(Backoff::new(Duration::from_millis(10), Duration::from_millis(50)).seed(1))
         .connect()
         .unwrap();
+    // Ready to send once the session is restored (`Connected` comes just before).
     next_event(&client, WAIT, |e| match e {
-        Event::Connected {
-            is_reconnect: true, ..
-        } => Some(()),
+        Event::SessionReady { epoch: 2 } => Some(()),
         _ => None,
     });
     echo_once(&client);

@@ -27,7 +27,7 @@ use crate::client::handover::Handover;
 use crate::client::ingress::Ingress;
 use crate::client::lane::Outbound;
 use crate::client::outbox::Outbox;
-use crate::client::reader::{CONTROL_HEADROOM, Outlets, Reader};
+use crate::client::reader::{CONTROL_HEADROOM, EVENT_BATCH, Outlets, Reader};
 use crate::client::requests::WaiterId;
 use crate::client::sink::Sink;
 use crate::client::stats::Counters;
@@ -328,6 +328,7 @@ impl<T: Send + 'static> LinkFactory<T> {
                 control_capacity,
                 stop: release_rx.clone(),
                 counters: self.counters.clone(),
+                pending: Vec::with_capacity(EVENT_BATCH),
             },
         };
         let writer = Writer {
