@@ -1,7 +1,10 @@
 //! The reader thread: blocks in `read`, decodes frames, runs the ingress, routes the rest.
 //!
 //! Per complete message it calls the user's [`Ingress`] with the payload borrowed from its read
-//! buffer and sends whatever the ingress emits straight to the application's event channel. Only
+//! buffer and sends whatever the ingress emits straight to the application's event channel: the
+//! events decoded from one `read(2)` are handed over together, up to [`EVENT_BATCH`] at a time,
+//! so an application thread that keeps up is woken once per batch rather than once per message
+//! (a batch is always handed over before anything is reported to the coordinator). Only
 //! what the coordinator needs goes to it: pongs, the peer's close frame, protocol violations and
 //! the end of the stream. Pings are answered here, by putting a pong with the same payload on the
 //! writer's control lane, so the answer never waits for the coordinator or for queued data.
