@@ -6,7 +6,7 @@
 
 mod support;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -144,24 +144,7 @@ fn raw_client(addr: std::net::SocketAddr, extensions: Option<&str>) -> ((u8, Vec
         .unwrap_or("")
         .to_string();
     sock.write_all(&client_frame(0x81, b"go", true)).unwrap();
-    let mut h = [0u8; 2];
-    sock.read_exact(&mut h).unwrap();
-    let len = match h[1] {
-        126 => {
-            let mut b = [0u8; 2];
-            sock.read_exact(&mut b).unwrap();
-            u16::from_be_bytes(b) as usize
-        }
-        127 => {
-            let mut b = [0u8; 8];
-            sock.read_exact(&mut b).unwrap();
-            u64::from_be_bytes(b) as usize
-        }
-        n => n as usize,
-    };
-    let mut payload = vec![0; len];
-    sock.read_exact(&mut payload).unwrap();
-    ((h[0], payload), agreed)
+    (support::read_server_frame(&mut sock), agreed)
 }
 
 #[test]

@@ -159,25 +159,7 @@ fn raw_upgrade(addr: SocketAddr, extra: &str) -> (TcpStream, String) {
 
 /// Reads one server frame: (first byte, payload).
 fn server_frame(sock: &mut TcpStream) -> (u8, Vec<u8>) {
-    let mut h = [0u8; 2];
-    sock.read_exact(&mut h).unwrap();
-    assert_eq!(h[1] & 0x80, 0, "server frames are not masked");
-    let len = match h[1] & 0x7F {
-        126 => {
-            let mut b = [0u8; 2];
-            sock.read_exact(&mut b).unwrap();
-            u16::from_be_bytes(b) as usize
-        }
-        127 => {
-            let mut b = [0u8; 8];
-            sock.read_exact(&mut b).unwrap();
-            u64::from_be_bytes(b) as usize
-        }
-        n => n as usize,
-    };
-    let mut payload = vec![0u8; len];
-    sock.read_exact(&mut payload).unwrap();
-    (h[0], payload)
+    support::read_server_frame(sock)
 }
 
 /// Reads frames until a close; returns its code.

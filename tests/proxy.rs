@@ -1,6 +1,6 @@
 //! Connecting through proxies of the tests' own (`tests/support/tunnel.rs`): HTTP `CONNECT`
-//! and SOCKS5, with and without credentials, plain and TLS to the server; proxies that refuse
-//! and that stall; reconnects through the proxy again.
+//! (plain, and over TLS to the proxy) and SOCKS5, with and without credentials, plain and TLS
+//! to the server; proxies that refuse and that stall; reconnects through the proxy again.
 
 mod support;
 
@@ -28,6 +28,38 @@ fn proxy_of(kind: ProxyKind, p: &TestProxy) -> Proxy {
     }
 }
 
+/// The proxies of the main test: HTTP `CONNECT`, SOCKS5, and HTTP `CONNECT` over TLS to the
+/// proxy (`https://`, by its certificate's name).
+#[derive(Clone, Copy, Debug)]
+enum Flavour {
+    Http,
+    Socks5,
+    Https,
+}
+
+impl Flavour {
+    fn start(self, mode: Mode, pki: &Pki) -> TestProxy {
+        match self {
+            Flavour::Http => TestProxy::http(mode),
+            Flavour::Socks5 => TestProxy::socks5(mode),
+            Flavour::Https => TestProxy::https(mode, pki.server_config(&["localhost"])),
+        }
+    }
+
+    fn proxy(self, p: &TestProxy) -> Proxy {
+        match self {
+            Flavour::Http => proxy_of(ProxyKind::Http, p),
+            Flavour::Socks5 => proxy_of(ProxyKind::Socks5, p),
+            Flavour::Https => {
+                let url = format!("https://localhost:{}", p.addr.port());
+                let proxy = Proxy::parse(&url).unwrap();
+                assert!(proxy.is_tls());
+                proxy
+            }
+        }
+    }
+}
+
 fn start(kind: ProxyKind, mode: Mode) -> TestProxy {
     match kind {
         ProxyKind::Http => TestProxy::http(mode),
@@ -35,17 +67,20 @@ fn start(kind: ProxyKind, mode: Mode) -> TestProxy {
     }
 }
 
-/// Each proxy kind, without and with credentials, to a plain and a TLS server.
+/// Each proxy kind, without and with credentials, to a plain and a TLS server. Through an
+/// `https://` proxy, TLS to the proxy itself (verified with the test CA, by the proxy's own
+/// name) carries a plain server (its bytes are the proxy session's plaintext) or a TLS server
+/// (TLS inside TLS). A 200 KB message each way too: many records inside the tunnel's.
 #[test]
 fn tunnels_carry_plain_and_tls_with_and_without_credentials() {
     let pki = Pki::new("proxy CA");
-    for kind in [ProxyKind::Http, ProxyKind::Socks5] {
+    for kind in [Flavour::Http, Flavour::Socks5, Flavour::Https] {
         for auth in [None, Some(("trader", "s3cret:pw"))] {
             for tls in [false, true] {
                 let server = echo_server(tls.then(|| pki.server_config(&["localhost"])));
                 let creds = auth.map(|(u, p)| (u.to_string(), p.to_string()));
-                let proxy = start(kind, Mode::Open(creds));
-                let mut p = proxy_of(kind, &proxy);
+                let proxy = kind.start(Mode::Open(creds), &pki);
+                let mut p = kind.proxy(&proxy);
                 if let Some((u, pw)) = auth {
                     p = p.auth(u, pw);
                 }
@@ -55,6 +90,13 @@ fn tunnels_carry_plain_and_tls_with_and_without_credentials() {
                     .connect()
                     .unwrap_or_else(|e| panic!("{kind:?} auth={} tls={tls}: {e}", auth.is_some()));
                 echo_once(&client);
+                let big = "x".repeat(200_000);
+                client.send(Frame::text(big.clone())).unwrap();
+                let got = next_event(&client, WAIT, |e| match e {
+                    Event::Frame { frame, .. } => Some(frame),
+                    _ => None,
+                });
+                assert_eq!(got, Frame::text(big), "{kind:?} tls={tls}");
                 client.shutdown(WAIT);
                 server.join();
                 // The name went to the proxy as a name: the proxy resolved it.
@@ -199,42 +241,11 @@ fn reconnects_go_through_the_proxy_again() {
     client.shutdown(WAIT);
 }
 
-/// An `https://` proxy: TLS to the proxy itself (verified with the test CA, by the proxy's own
-/// name), basic authentication inside it, and the tunnel carrying a plain server (its bytes are
-/// the proxy session's plaintext) and a TLS server (TLS inside TLS); a proxy whose certificate
-/// is not trusted, one that refuses, and reconnects through it again.
+/// An `https://` proxy's certificate is checked like a server's, and a refusal inside its TLS
+/// session is still a typed refusal with its status.
 #[test]
-fn https_proxies_carry_plain_and_tls_servers_inside_their_own_tls() {
+fn https_proxies_are_verified_and_their_refusals_typed() {
     let pki = Pki::new("proxy CA");
-    for auth in [None, Some(("trader", "s3cret"))] {
-        for tls in [false, true] {
-            let server = echo_server(tls.then(|| pki.server_config(&["localhost"])));
-            let creds = auth.map(|(u, p)| (u.to_string(), p.to_string()));
-            let proxy = TestProxy::https(Mode::Open(creds), pki.server_config(&["localhost"]));
-            let mut p = Proxy::parse(&format!("https://localhost:{}", proxy.addr.port())).unwrap();
-            assert!(p.is_tls());
-            if let Some((u, pw)) = auth {
-                p = p.auth(u, pw);
-            }
-            let client = Client::builder(&server.url("/"))
-                .add_root_certificate(pki.ca_der())
-                .proxy(p)
-                .connect()
-                .unwrap_or_else(|e| panic!("auth={} tls={tls}: {e}", auth.is_some()));
-            // A large message too: many TLS records of the server inside the proxy's records.
-            echo_once(&client);
-            let big = "x".repeat(200_000);
-            client.send(Frame::text(big.clone())).unwrap();
-            let got = next_event(&client, WAIT, |e| match e {
-                Event::Frame { frame, .. } => Some(frame),
-                _ => None,
-            });
-            assert_eq!(got, Frame::text(big));
-            client.shutdown(WAIT);
-            server.join();
-            assert_eq!(proxy.targets().len(), 1, "tls={tls}");
-        }
-    }
     // The proxy's certificate is checked: an untrusted one fails like a server's would.
     let other = Pki::new("someone else's CA");
     let proxy = TestProxy::https(Mode::Open(None), other.server_config(&["localhost"]));

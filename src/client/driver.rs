@@ -382,19 +382,14 @@ impl<I: Ingress> Driver<I> {
     /// Collects a finished replacement dial: the link waits for the switch, or the failure is
     /// reported.
     fn finish_replacement_dial(&mut self) -> Option<Input> {
-        let dial = self.replacement_dial.take()?;
-        let epoch = dial.epoch;
-        match dial.handle.join() {
-            Ok(Ok((link, _agreed))) => {
+        let (epoch, opened) = join_dial(self.replacement_dial.take()?);
+        Some(match opened {
+            Ok((link, _agreed)) => {
                 self.replacement = Some(link);
-                Some(Input::Connected { epoch })
+                Input::Connected { epoch }
             }
-            Ok(Err((error, _))) => Some(Input::ConnectFailed { epoch, error }),
-            Err(_) => {
-                let error = Error::Io(std::io::Error::other("dial thread panicked"));
-                Some(Input::ConnectFailed { epoch, error })
-            }
-        }
+            Err((error, _)) => Input::ConnectFailed { epoch, error },
+        })
     }
 
     /// Stops a replacement's dial or drops its link (joining its threads).
@@ -488,22 +483,17 @@ impl<I: Ingress> Driver<I> {
 
     /// Collects a finished dial: the link becomes current, or the failure is reported.
     fn finish_dial(&mut self) -> Option<Input> {
-        let dial = self.dial.take()?;
-        let epoch = dial.epoch;
-        match dial.handle.join() {
-            Ok(Ok((link, _agreed))) => {
+        let (epoch, opened) = join_dial(self.dial.take()?);
+        Some(match opened {
+            Ok((link, _agreed)) => {
                 self.link = Some(link);
-                Some(Input::Connected { epoch })
+                Input::Connected { epoch }
             }
-            Ok(Err((error, ingress))) => {
+            Err((error, ingress)) => {
                 self.ingress = ingress;
-                Some(Input::ConnectFailed { epoch, error })
+                Input::ConnectFailed { epoch, error }
             }
-            Err(_) => {
-                let error = Error::Io(std::io::Error::other("dial thread panicked"));
-                Some(Input::ConnectFailed { epoch, error })
-            }
-        }
+        })
     }
 
     /// Stops a dial in progress: its socket is shut down (ending the TLS or HTTP handshake at
@@ -590,6 +580,16 @@ impl<I: Ingress> Driver<I> {
             }
         }
     }
+}
+
+/// Joins a finished dial thread: its epoch and what the dial opened (a panic in it is an error
+/// whose ingress is lost).
+fn join_dial<I>(dial: Dial<I>) -> (u64, Opened<I>) {
+    let opened = dial.handle.join().unwrap_or_else(|_| {
+        let error = Error::Io(std::io::Error::other("dial thread panicked"));
+        Err((error, None))
+    });
+    (dial.epoch, opened)
 }
 
 /// Signals the end of a dial when dropped: on return and on unwinding alike.

@@ -289,6 +289,29 @@ pub fn read_client_frame(conn: &mut impl Read) -> io::Result<(u8, Vec<u8>)> {
     Ok((h[0], payload))
 }
 
+/// Reads one unmasked server frame: returns (first byte, payload).
+pub fn read_server_frame(sock: &mut impl Read) -> (u8, Vec<u8>) {
+    let mut h = [0u8; 2];
+    sock.read_exact(&mut h).unwrap();
+    assert_eq!(h[1] & 0x80, 0, "server frames are not masked");
+    let len = match h[1] & 0x7F {
+        126 => {
+            let mut b = [0u8; 2];
+            sock.read_exact(&mut b).unwrap();
+            u16::from_be_bytes(b) as usize
+        }
+        127 => {
+            let mut b = [0u8; 8];
+            sock.read_exact(&mut b).unwrap();
+            u64::from_be_bytes(b) as usize
+        }
+        n => n as usize,
+    };
+    let mut payload = vec![0u8; len];
+    sock.read_exact(&mut payload).unwrap();
+    (h[0], payload)
+}
+
 /// `len` bytes of test data, varied by `seed`.
 pub fn payload(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
