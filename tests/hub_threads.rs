@@ -64,6 +64,10 @@ fn one_named_thread_per_connection_and_none_left_after_shutdown() {
     );
     let report = hub.shutdown(Duration::from_secs(5));
     assert_eq!(report.stuck, 0);
-    assert!(hub_threads().is_empty(), "left: {:?}", hub_threads());
+    // Every thread is joined by now; a joined thread's task can still be listed in /proc for a
+    // moment after it has exited, so the listing is read until it is empty (bounded).
+    wait_until("no hub thread listed", Duration::from_secs(2), || {
+        hub_threads().is_empty().then_some(())
+    });
     drop(clients);
 }
