@@ -51,7 +51,7 @@ use crate::codec::Violation;
 use crate::deadline;
 use crate::error::Error;
 use crate::frame::Initiator;
-use crate::frame::{CloseCode, Data, Frame};
+use crate::frame::{CloseCode, Frame};
 use crate::guard::{self, Panicked};
 
 /// How many recent errors are kept for [`Stats`](crate::Stats).
@@ -803,11 +803,7 @@ impl Coordinator {
     }
 
     fn on_reply(&mut self, now: Instant, frame: Frame, out: &mut Vec<Output>) {
-        let data = match &frame {
-            Frame::Text(t) => Data::Text(t),
-            Frame::Binary(b) => Data::Binary(b),
-            _ => return,
-        };
+        let Some(data) = frame.as_data() else { return };
         match self.endpoint.parse_reply(data) {
             Some(Reply::AppPong(seq)) => {
                 if let Some(rtt) = self.liveness.on_app_pong(now, seq) {
@@ -1253,11 +1249,7 @@ impl Coordinator {
     }
 
     fn on_replacement_reply(&mut self, now: Instant, frame: Frame, out: &mut Vec<Output>) {
-        let data = match &frame {
-            Frame::Text(t) => Data::Text(t),
-            Frame::Binary(b) => Data::Binary(b),
-            _ => return,
-        };
+        let Some(data) = frame.as_data() else { return };
         match self.endpoint.parse_reply(data) {
             Some(Reply::Response { id, response }) => {
                 let mut r = Vec::new();

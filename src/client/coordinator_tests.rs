@@ -3,6 +3,7 @@
 use super::*;
 use crate::backoff::Backoff;
 use crate::client::endpoint::NoSession;
+use crate::frame::Data;
 
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 const MS: Duration = Duration::from_millis(1);
