@@ -144,8 +144,20 @@ impl Layers {
         let mut moved = false;
         loop {
             match self.conn.read_tls(&mut under.reader()) {
-                Ok(0) | Err(_) => break,
+                Ok(0) => {
+                    // The tunnel ended cleanly: `conn` has seen its end of stream.
+                    moved = true;
+                    break;
+                }
                 Ok(_) => moved = true,
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    // The tunnel was cut: `conn`'s stream ends there too (a truncation it
+                    // reports itself, as over a single layer).
+                    let _ = self.conn.read_tls(&mut &[][..]);
+                    moved = true;
+                    break;
+                }
+                Err(_) => break, // Nothing more for now (`WouldBlock`), or `conn` is full.
             }
         }
         if !moved {

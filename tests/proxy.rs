@@ -191,19 +191,28 @@ fn refusing_proxies_say_why() {
 
 #[test]
 fn a_stalling_proxy_is_cut_off_by_the_handshake_deadline() {
-    for kind in [ProxyKind::Http, ProxyKind::Socks5] {
-        let stall = start(kind, Mode::Stall);
+    let pki = Pki::new("proxy CA");
+    // A listener that accepts and never answers: an https:// proxy stalling its TLS handshake.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_tls = Proxy::https("localhost", silent.local_addr().unwrap().port());
+    let stalls = [Flavour::Http, Flavour::Socks5, Flavour::Https].map(|kind| {
+        let stall = kind.start(Mode::Stall, &pki);
+        (format!("{kind:?}"), kind.proxy(&stall), Some(stall))
+    });
+    let tls_handshake = ("https, TLS handshake".to_string(), silent_tls, None);
+    for (what, proxy, _running) in stalls.into_iter().chain([tls_handshake]) {
         let started = Instant::now();
         let err = Client::builder("ws://127.0.0.1:9/")
             .handshake_timeout(Duration::from_millis(400))
-            .proxy(proxy_of(kind, &stall))
+            .add_root_certificate(pki.ca_der())
+            .proxy(proxy)
             .connect()
             .unwrap_err();
         let took = started.elapsed();
-        assert!(matches!(err, Error::Timeout(_)), "{kind:?}: {err:?}");
+        assert!(matches!(err, Error::Timeout(_)), "{what}: {err:?}");
         assert!(
             took >= Duration::from_millis(350) && took < Duration::from_secs(3),
-            "{took:?}"
+            "{what}: {took:?}"
         );
     }
 }

@@ -143,11 +143,12 @@ impl Outbound {
     /// writes once the room is released). A full queue first tries to write what waits, so a
     /// reader that keeps up is never called slow.
     pub(crate) fn push(&self, message: &Message) -> Push {
+        let wire = message.wire_for(self.compress);
         let mut s = self.state.lock();
-        let mut push = self.push_locked(&mut s, message, true);
+        let mut push = self.push_locked(&mut s, wire, true);
         if push == Push::Full {
             self.flush_locked(&mut s);
-            push = self.push_locked(&mut s, message, true);
+            push = self.push_locked(&mut s, wire, true);
         }
         self.report(&mut s);
         push
@@ -156,8 +157,9 @@ impl Outbound {
     /// Queues a data frame whatever the bounds (a recovery's replay, which the history already
     /// bounds: cutting it would break the promise of no gap).
     pub(crate) fn push_unbounded(&self, message: &Message) -> Push {
+        let wire = message.wire_for(self.compress);
         let mut s = self.state.lock();
-        let push = self.push_locked(&mut s, message, false);
+        let push = self.push_locked(&mut s, wire, false);
         self.report(&mut s);
         push
     }
@@ -165,11 +167,12 @@ impl Outbound {
     /// Sends a data frame: written at once when nothing waits ahead of it, else queued behind
     /// what waits, then as much as the socket takes is written.
     pub(crate) fn send(&self, message: &Message) -> Push {
+        let wire = message.wire_for(self.compress);
         let mut s = self.state.lock();
-        let mut push = self.push_locked(&mut s, message, true);
+        let mut push = self.push_locked(&mut s, wire, true);
         if push == Push::Full {
             self.flush_locked(&mut s);
-            push = self.push_locked(&mut s, message, true);
+            push = self.push_locked(&mut s, wire, true);
         }
         let push = match push {
             Push::Queued if self.flush_locked(&mut s) => Push::Queued,
@@ -180,11 +183,12 @@ impl Outbound {
         push
     }
 
-    fn push_locked(&self, s: &mut State, message: &Message, bounded: bool) -> Push {
+    /// Queues `wire` (a message's frame in the form this connection takes, chosen before the
+    /// lock: making the compressed form must not hold it).
+    fn push_locked(&self, s: &mut State, wire: &Bytes, bounded: bool) -> Push {
         if s.broken || s.close.is_some() {
             return Push::Closed;
         }
-        let wire = message.wire_for(self.compress);
         let len = wire.len();
         // An empty queue takes any one message: a message larger than the byte bound is not a
         // sign of a slow reader.
