@@ -322,6 +322,13 @@ impl ClientBuilder {
     ///   handshake + ack timeouts) is dropped and reported as
     ///   [`Event::RotationFailed`](crate::Event::RotationFailed); the current connection stays,
     ///   and another rotation is tried after the reconnect strategy's delay.
+    /// - If the current connection ends (the venue cuts it) once the replacement is ready, the
+    ///   replacement takes over at once (`Rotated`, no `Closed`); if it ends earlier, the
+    ///   replacement is dropped and the client reconnects as for any lost connection.
+    /// - The endpoint's [`headers`](crate::Endpoint::headers) and
+    ///   [`on_open`](crate::Endpoint::on_open) run for the replacement too; a subscription its
+    ///   venue refuses is reported with the replacement's epoch when it happens, before the
+    ///   switch. A zero `lifetime` is refused by `connect`.
     ///
     /// ```no_run
     /// use std::time::Duration;
@@ -507,6 +514,10 @@ impl ClientBuilder {
             && (interval.is_zero() || timeout.is_zero())
         {
             let msg = "keepalive interval and timeout must be above zero (use ServerDriven)";
+            return Err(Error::Config(msg.into()));
+        }
+        if self.config.rotate_after.is_some_and(|d| d.is_zero()) {
+            let msg = "rotate_after must be above zero (a zero lifetime would rotate without end)";
             return Err(Error::Config(msg.into()));
         }
         let target = Target::parse(&self.url)?;

@@ -675,6 +675,7 @@ impl Coordinator {
             return;
         }
         self.epoch = epoch;
+        self.rotated_from = None;
         self.rotate_at = self.settings.rotate_after.map(|d| deadline::after(now, d));
         if epoch > 1 {
             self.health.reconnects += 1;
@@ -1052,19 +1053,26 @@ impl Coordinator {
         let Phase::Closing(c) = std::mem::replace(&mut self.phase, Phase::Stopped) else {
             return;
         };
-        if c.retiring
-            && let Some(Rotation {
-                epoch,
-                stage: Stage::Switching { session, opened },
-                ..
-            }) = self.rotation.take()
-        {
-            self.switch(now, epoch, session, opened, out);
+        // Its close for the switch is over, or it ended some other way (the venue cut it)
+        // while the replacement was ready: the replacement takes over.
+        let ready = matches!(
+            self.rotation.as_ref().map(|r| &r.stage),
+            Some(Stage::Overlap { .. } | Stage::Switching { .. })
+        );
+        if ready && let Some(r) = self.rotation.take() {
+            if let Stage::Overlap {
+                session, opened, ..
+            }
+            | Stage::Switching { session, opened } = r.stage
+            {
+                self.switch(now, r.epoch, session, opened, out);
+            }
             return;
         }
-        // The connection being replaced ended first: the replacement goes too, and the
-        // reconnect policy decides, as for any lost connection.
+        // The connection ended before its replacement was ready: the replacement goes too, and
+        // the reconnect policy decides, as for any lost connection.
         self.abandon_rotation(out);
+        self.rotated_from = None;
         out.push(Output::Disconnect);
         self.session.on_close();
         let clean = c.peer_closed && c.initiator != Initiator::Transport;

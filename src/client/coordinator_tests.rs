@@ -1665,3 +1665,75 @@ fn generated_rotation_schedules_keep_the_invariants() {
         "{switched} switches, {dropped} drops"
     );
 }
+
+/// After a rotation 1 -> 2, connection 2 is lost and connection 3 becomes ready; a request a
+/// caller submitted for connection 1 (whose frame was discarded when 2 went down) is refused at
+/// once, as it is without a rotation. (Found by a review: the replaced epoch stayed accepted.)
+#[test]
+fn a_request_for_a_connection_replaced_long_ago_is_refused() {
+    let mut h = rotating(false);
+    h.feed(Input::Rotate);
+    h.feed(Input::Connected { epoch: 2 });
+    reply(&mut h, 2, "ack:t1");
+    assert!(retires(&h.advance(OVERLAP)));
+    on(&mut h, 1, LinkEvent::ReaderEnded(None));
+    h.feed(Input::LinkDown { epoch: 1 });
+    assert_eq!(h.coord.epoch, 2);
+    // Connection 2 is lost; reconnect to 3.
+    let out = on(&mut h, 2, LinkEvent::ReaderEnded(None));
+    h.feed(Input::LinkDown { epoch: 2 });
+    let delay = dial_delay(&out).expect("reconnect planned");
+    let out = h.advance(delay);
+    let epoch = out
+        .iter()
+        .find_map(|o| match o {
+            Output::Dial { epoch, .. } => Some(*epoch),
+            _ => None,
+        })
+        .expect("dial");
+    h.feed(Input::Connected { epoch });
+    reply(&mut h, epoch, "ack:t1");
+    assert_eq!(h.coord.state(), State::Ready);
+    let claim = Arc::new(Claim::default());
+    let sub = Submission {
+        id: 99,
+        fingerprint: 1,
+        mode: ConfirmMode::Confirmed,
+        deadline: h.now + Duration::from_secs(10),
+        epoch: 1,
+        claim: claim.clone(),
+    };
+    let out = h.feed(Input::Submit {
+        waiter: WaiterId(9),
+        sub,
+        reply: None,
+    });
+    assert_eq!(
+        outcomes(&out),
+        [(9, Outcome::NotDelivered(Undelivered::Disconnected))],
+        "accepted for epoch 1 on connection {epoch}: {out:?}"
+    );
+}
+
+/// The venue closes the old connection while the replacement is ready (the overlap): the
+/// replacement takes over at once, no reconnect and no `Closed`. (Found by a review: the ready
+/// replacement was thrown away.)
+#[test]
+fn a_ready_replacement_takes_over_when_the_old_connection_ends_in_the_overlap() {
+    let mut h = rotating(false);
+    h.feed(Input::Rotate);
+    h.feed(Input::Connected { epoch: 2 });
+    reply(&mut h, 2, "ack:t1");
+    // In the overlap now; the venue cuts the old connection (its 24 h limit).
+    on(
+        &mut h,
+        1,
+        LinkEvent::PeerClose(Some((CloseCode::GOING_AWAY, String::new()))),
+    );
+    let out = on(&mut h, 1, LinkEvent::ReaderEnded(None));
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Notify(Notice::Rotated { .. }))),
+        "a ready replacement should take over: {out:?}"
+    );
+}

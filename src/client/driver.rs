@@ -462,7 +462,7 @@ impl<I: Ingress> Driver<I> {
         let (events, counters) = (&self.factory.events, &self.counters);
         let (overflow, abort) = (self.factory.overflow, &self.abort);
         let mut panicked = None;
-        handover.release(ingress, |ingress, frame| {
+        let back = handover.release(ingress, |ingress, frame| {
             let Some(data) = frame.as_data() else {
                 return true;
             };
@@ -477,6 +477,8 @@ impl<I: Ingress> Driver<I> {
             };
             reader::deliver(events, event, overflow, abort, counters)
         });
+        // Stopped part way: the ingress is the client's again (as after a reader's panic).
+        self.ingress = self.ingress.take().or(back);
         let p = panicked?;
         lost(&p.message)
     }

@@ -73,16 +73,23 @@ impl<I> Handover<I> {
 
     /// Coordinator thread, at the switch: passes every held message, in order, to `each` with
     /// the ingress, then leaves the ingress for the reader. `each` returns false to stop (a
-    /// callback panicked, or the client is being torn down): the rest is dropped.
-    pub(crate) fn release(&self, mut ingress: I, mut each: impl FnMut(&mut I, Frame) -> bool) {
+    /// callback panicked, or the client is being torn down): the rest is dropped and the
+    /// ingress comes back instead (the reader goes on holding until its connection ends, so
+    /// nothing after the gap reaches the application).
+    pub(crate) fn release(
+        &self,
+        mut ingress: I,
+        mut each: impl FnMut(&mut I, Frame) -> bool,
+    ) -> Option<I> {
         let mut state = self.state.lock();
         while let Some(frame) = state.held.pop_front() {
             if !each(&mut ingress, frame) {
                 state.held.clear();
-                break;
+                return Some(ingress);
             }
         }
         state.ingress = Some(ingress);
+        None
     }
 
     /// Reader, as it ends: the ingress, if it was released and never taken.
@@ -108,10 +115,11 @@ mod tests {
         assert!(matches!(h.hold(Frame::text("b")), Offer::Kept));
         assert!(matches!(h.hold(Frame::text("c")), Offer::Full));
         assert_eq!(h.len(), 2);
-        h.release(Vec::new(), |seen, f| {
+        let back = h.release(Vec::new(), |seen, f| {
             seen.push(String::from_utf8_lossy(f.payload().unwrap_or_default()).into_owned());
             true
         });
+        assert!(back.is_none(), "left for the reader");
         let Offer::Ingress(seen, frame) = h.hold(Frame::text("d")) else {
             panic!("the released ingress goes to the reader");
         };
@@ -121,16 +129,20 @@ mod tests {
     }
 
     #[test]
-    fn a_stopped_release_drops_the_rest_and_still_leaves_the_ingress() {
+    fn a_stopped_release_drops_the_rest_and_gives_the_ingress_back() {
         let h: Handover<u32> = Handover::new(8);
         for m in ["a", "b", "c"] {
             assert!(matches!(h.hold(Frame::text(m)), Offer::Kept));
         }
-        h.release(0, |n, _| {
+        let back = h.release(0, |n, _| {
             *n += 1;
             *n < 2
         });
-        assert_eq!(h.len(), 0);
-        assert_eq!(h.take_ingress(), Some(2));
+        assert_eq!((h.len(), back), (0, Some(2)));
+        assert!(h.take_ingress().is_none(), "not left for the reader");
+        assert!(
+            matches!(h.hold(Frame::text("d")), Offer::Kept),
+            "it goes on holding"
+        );
     }
 }
