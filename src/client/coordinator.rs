@@ -314,15 +314,14 @@ enum Stage {
     Dialing,
     /// Open (since `opened`); its session is being restored.
     Restoring { session: Session, opened: Instant },
-    /// Its session is ready; the current connection goes on delivering until `until` (the
-    /// overlap), so that what it still has in flight arrives.
-    Overlap {
+    /// Its session is ready. The current connection goes on delivering until `until` (the
+    /// overlap), so that what it still has in flight arrives; then it closes for the switch
+    /// (`Closing::retiring`).
+    Ready {
         session: Session,
         opened: Instant,
         until: Instant,
     },
-    /// Its session is ready; the current connection is closing (`Closing::retiring`).
-    Switching { session: Session, opened: Instant },
 }
 
 /// Health figures the coordinator owns, copied out for `stats()` when `dirty`.
@@ -1057,13 +1056,12 @@ impl Coordinator {
         // while the replacement was ready: the replacement takes over.
         let ready = matches!(
             self.rotation.as_ref().map(|r| &r.stage),
-            Some(Stage::Overlap { .. } | Stage::Switching { .. })
+            Some(Stage::Ready { .. })
         );
         if ready && let Some(r) = self.rotation.take() {
-            if let Stage::Overlap {
+            if let Stage::Ready {
                 session, opened, ..
-            }
-            | Stage::Switching { session, opened } = r.stage
+            } = r.stage
             {
                 self.switch(now, r.epoch, session, opened, out);
             }
@@ -1162,9 +1160,7 @@ impl Coordinator {
     /// The replacement's session, once it is open.
     fn replacement_session(rotation: &mut Option<Rotation>) -> Option<&mut Session> {
         match &mut rotation.as_mut()?.stage {
-            Stage::Restoring { session, .. }
-            | Stage::Overlap { session, .. }
-            | Stage::Switching { session, .. } => Some(session),
+            Stage::Restoring { session, .. } | Stage::Ready { session, .. } => Some(session),
             Stage::Dialing => None,
         }
     }
@@ -1185,8 +1181,7 @@ impl Coordinator {
                     .next_deadline()
                     .map_or(r.deadline, |d| d.min(r.deadline)),
             ),
-            Stage::Overlap { until, .. } => Some(*until),
-            Stage::Switching { .. } => None,
+            Stage::Ready { until, .. } => Some(*until),
         }
     }
 
@@ -1311,9 +1306,8 @@ impl Coordinator {
             return;
         };
         match r.stage {
-            Stage::Switching { .. } => return,
-            Stage::Overlap { until, .. } if now >= until => return self.begin_switch(now, out),
-            Stage::Overlap { .. } => return,
+            Stage::Ready { until, .. } if now >= until => return self.begin_switch(now, out),
+            Stage::Ready { .. } => return,
             Stage::Dialing | Stage::Restoring { .. } => {}
         }
         if now >= r.deadline {
@@ -1337,7 +1331,7 @@ impl Coordinator {
             return;
         };
         let until = deadline::after(now, self.settings.rotation_overlap);
-        r.stage = Stage::Overlap {
+        r.stage = Stage::Ready {
             session,
             opened,
             until,
@@ -1350,19 +1344,16 @@ impl Coordinator {
     /// The overlap is over: the current connection stops taking user data and closes with
     /// 1000; the switch happens when that close is over ([`Self::switch`]).
     fn begin_switch(&mut self, now: Instant, out: &mut Vec<Output>) {
-        let Some(r) = &mut self.rotation else { return };
-        let stage = std::mem::replace(&mut r.stage, Stage::Dialing);
-        let Stage::Overlap {
-            session, opened, ..
-        } = stage
-        else {
-            r.stage = stage;
-            return;
-        };
-        r.stage = Stage::Switching { session, opened };
+        let ready = matches!(
+            self.rotation.as_ref().map(|r| &r.stage),
+            Some(Stage::Ready { .. })
+        );
         let Phase::Open { since, .. } = self.phase else {
-            return; // Not reached: a rotation ends whenever its connection leaves `Open`.
+            return; // Not reached: the overlap is only polled while the connection is open.
         };
+        if !ready {
+            return;
+        }
         out.push(Output::Send(Control::Retire));
         let mut deadline = deadline::after(now, self.settings.close_timeout);
         if let Some(stop) = self.stop_requested {

@@ -824,6 +824,20 @@ fn submit(
     timeout: Duration,
     mode: ConfirmMode,
 ) -> (Vec<Output>, RequestFrame) {
+    let epoch = h.coord.epoch;
+    submit_as(h, epoch, waiter, id, fp, timeout, mode)
+}
+
+/// [`submit`] by a caller that saw connection `epoch` ready (perhaps one since replaced).
+fn submit_as(
+    h: &mut Harness,
+    epoch: u64,
+    waiter: u64,
+    id: u64,
+    fp: u64,
+    timeout: Duration,
+    mode: ConfirmMode,
+) -> (Vec<Output>, RequestFrame) {
     let claim = Arc::new(Claim::default());
     let deadline = h.now + timeout;
     let sub = Submission {
@@ -831,7 +845,7 @@ fn submit(
         fingerprint: fp,
         mode,
         deadline,
-        epoch: h.coord.epoch,
+        epoch,
         claim: claim.clone(),
     };
     let frame = RequestFrame {
@@ -1329,6 +1343,14 @@ fn retires(out: &[Output]) -> bool {
         .any(|o| matches!(o, Output::Send(Control::Retire)))
 }
 
+/// Starts a rotation whose replacement (epoch 2) opens and acknowledges `t1`: its session is
+/// ready, the overlap has begun.
+fn replacement_ready(h: &mut Harness) {
+    h.feed(Input::Rotate);
+    h.feed(Input::Connected { epoch: 2 });
+    reply(h, 2, "ack:t1");
+}
+
 fn rotation_failed(out: &[Output]) -> Option<(u64, Option<Duration>)> {
     out.iter().find_map(|o| match o {
         Output::Notify(Notice::RotationFailed { epoch, retry, .. }) => Some((*epoch, *retry)),
@@ -1449,9 +1471,7 @@ fn losing_the_connection_during_a_rotation_drops_the_replacement() {
     );
     // A close asked for during the switch ends the connection without a reconnect.
     let mut h = rotating(false);
-    h.feed(Input::Rotate);
-    h.feed(Input::Connected { epoch: 2 });
-    reply(&mut h, 2, "ack:t1");
+    replacement_ready(&mut h);
     assert!(retires(&h.advance(OVERLAP)));
     let out = h.feed(Input::Close {
         code: CloseCode::NORMAL,
@@ -1489,20 +1509,7 @@ fn requests_across_a_switch_are_settled_by_where_they_were_written() {
         "only what the old connection wrote is settled"
     );
     // A caller that saw connection 1 ready just before the switch is still taken.
-    let claim = Arc::new(Claim::default());
-    let sub = Submission {
-        id: 14,
-        fingerprint: 1,
-        mode: ConfirmMode::Confirmed,
-        deadline: h.now + s,
-        epoch: 1,
-        claim: claim.clone(),
-    };
-    let out = h.feed(Input::Submit {
-        waiter: WaiterId(4),
-        sub,
-        reply: None,
-    });
+    let (out, _) = submit_as(&mut h, 1, 4, 14, 1, s, ConfirmMode::Confirmed);
     assert!(accepted(&out));
     // The replacement writes the rest; their responses arrive on it.
     for frame in [&queued, &during] {
@@ -1672,9 +1679,7 @@ fn generated_rotation_schedules_keep_the_invariants() {
 #[test]
 fn a_request_for_a_connection_replaced_long_ago_is_refused() {
     let mut h = rotating(false);
-    h.feed(Input::Rotate);
-    h.feed(Input::Connected { epoch: 2 });
-    reply(&mut h, 2, "ack:t1");
+    replacement_ready(&mut h);
     assert!(retires(&h.advance(OVERLAP)));
     on(&mut h, 1, LinkEvent::ReaderEnded(None));
     h.feed(Input::LinkDown { epoch: 1 });
@@ -1694,20 +1699,8 @@ fn a_request_for_a_connection_replaced_long_ago_is_refused() {
     h.feed(Input::Connected { epoch });
     reply(&mut h, epoch, "ack:t1");
     assert_eq!(h.coord.state(), State::Ready);
-    let claim = Arc::new(Claim::default());
-    let sub = Submission {
-        id: 99,
-        fingerprint: 1,
-        mode: ConfirmMode::Confirmed,
-        deadline: h.now + Duration::from_secs(10),
-        epoch: 1,
-        claim: claim.clone(),
-    };
-    let out = h.feed(Input::Submit {
-        waiter: WaiterId(9),
-        sub,
-        reply: None,
-    });
+    let ten = Duration::from_secs(10);
+    let (out, _) = submit_as(&mut h, 1, 9, 99, 1, ten, ConfirmMode::Confirmed);
     assert_eq!(
         outcomes(&out),
         [(9, Outcome::NotDelivered(Undelivered::Disconnected))],
@@ -1721,9 +1714,7 @@ fn a_request_for_a_connection_replaced_long_ago_is_refused() {
 #[test]
 fn a_ready_replacement_takes_over_when_the_old_connection_ends_in_the_overlap() {
     let mut h = rotating(false);
-    h.feed(Input::Rotate);
-    h.feed(Input::Connected { epoch: 2 });
-    reply(&mut h, 2, "ack:t1");
+    replacement_ready(&mut h);
     // In the overlap now; the venue cuts the old connection (its 24 h limit).
     on(
         &mut h,

@@ -17,9 +17,8 @@ use crossbeam_channel::{Receiver, TrySendError, select};
 use crate::client::coordinator::{Control, Input, LinkEvent, Notice, Output, State};
 use crate::client::doorbell::{Doorbell, SeatId};
 use crate::client::event::Event;
-use crate::client::handover::Handover;
+use crate::client::handover::{Handover, decide};
 use crate::client::ingress::Ingress;
-use crate::client::ingress::Verdict;
 use crate::client::lane::Outbound;
 use crate::client::link::{AbortSlot, Feed, Link, LinkFactory, Opened, spawn};
 use crate::client::reader;
@@ -27,7 +26,7 @@ use crate::client::requests::{Outcome, Unknown};
 use crate::client::stats::Counters;
 use crate::client::stepper::{Carried, Core, Deferred, Shared, deliver};
 use crate::error::Error;
-use crate::guard::{self, Panicked};
+use crate::guard::Panicked;
 
 /// A dial running on its own thread.
 struct Dial<I> {
@@ -36,6 +35,25 @@ struct Dial<I> {
     abort: AbortSlot,
     /// Receives (or disconnects) when the dial thread is about to finish.
     done: Receiver<()>,
+}
+
+impl<I> Dial<I> {
+    /// True once the dial thread is finishing (a join will not wait long).
+    fn is_done(dial: &Option<Dial<I>>) -> bool {
+        dial.as_ref().is_some_and(|d| !d.done.is_empty())
+    }
+
+    /// Stops the dial: its socket is shut down (ending the TLS or HTTP handshake at once; a TCP
+    /// connect in progress ends within `connect_timeout`), the thread joined, and a link it
+    /// opened anyway dropped (never announced: it carried no request).
+    fn abort(self) {
+        if let Some(sock) = self.abort.lock().as_ref() {
+            let _ = sock.shutdown(std::net::Shutdown::Both);
+        }
+        if let Ok(Ok((mut link, _))) = self.handle.join() {
+            link.disconnect();
+        }
+    }
 }
 
 pub(crate) struct Driver<I: Ingress> {
@@ -130,14 +148,10 @@ impl<I: Ingress> Driver<I> {
                 }
                 Err(crossbeam_channel::TryRecvError::Empty) => {}
             }
-            if self.dial.as_ref().is_some_and(|d| !d.done.is_empty()) {
+            if Dial::is_done(&self.dial) {
                 return (self.finish_dial().unwrap_or(Input::Tick), false);
             }
-            if self
-                .replacement_dial
-                .as_ref()
-                .is_some_and(|d| !d.done.is_empty())
-            {
+            if Dial::is_done(&self.replacement_dial) {
                 let input = self.finish_replacement_dial().unwrap_or(Input::Tick);
                 return (input, false);
             }
@@ -145,8 +159,9 @@ impl<I: Ingress> Driver<I> {
                 return (Input::Tick, false);
             }
             let has_work = || {
-                let dialed = |d: &Option<Dial<I>>| d.as_ref().is_some_and(|d| !d.done.is_empty());
-                !self.inputs.is_empty() || dialed(&self.dial) || dialed(&self.replacement_dial)
+                !self.inputs.is_empty()
+                    || Dial::is_done(&self.dial)
+                    || Dial::is_done(&self.replacement_dial)
             };
             if !spun {
                 spun = true;
@@ -395,12 +410,7 @@ impl<I: Ingress> Driver<I> {
     /// Stops a replacement's dial or drops its link (joining its threads).
     fn drop_replacement(&mut self) {
         if let Some(dial) = self.replacement_dial.take() {
-            if let Some(sock) = dial.abort.lock().as_ref() {
-                let _ = sock.shutdown(std::net::Shutdown::Both);
-            }
-            if let Ok(Ok((mut link, _))) = dial.handle.join() {
-                link.disconnect();
-            }
+            dial.abort();
         }
         if let Some(mut link) = self.replacement.take() {
             link.disconnect();
@@ -463,19 +473,14 @@ impl<I: Ingress> Driver<I> {
         let (overflow, abort) = (self.factory.overflow, &self.abort);
         let mut panicked = None;
         let back = handover.release(ingress, |ingress, frame| {
-            let Some(data) = frame.as_data() else {
-                return true;
-            };
-            let event = match guard::catch("Ingress::on_message", || ingress.on_message(data)) {
-                Ok(Verdict::Ignore) => return true,
-                Ok(Verdict::Emit(value)) => Event::Data { epoch, value },
-                Ok(Verdict::Forward) => Event::Frame { epoch, frame },
+            match decide(ingress, epoch, frame) {
+                Ok(None) => true,
+                Ok(Some(event)) => reader::deliver(events, event, overflow, abort, counters),
                 Err(p) => {
                     panicked = Some(p);
-                    return false;
+                    false
                 }
-            };
-            reader::deliver(events, event, overflow, abort, counters)
+            }
         });
         // Stopped part way: the ingress is the client's again (as after a reader's panic).
         self.ingress = self.ingress.take().or(back);
@@ -498,15 +503,10 @@ impl<I: Ingress> Driver<I> {
         })
     }
 
-    /// Stops a dial in progress: its socket is shut down (ending the TLS or HTTP handshake at
-    /// once; a TCP connect in progress ends within `connect_timeout`) and the thread joined.
+    /// Stops a dial in progress (see [`Dial::abort`]).
     fn abort_dial(&mut self) {
-        let Some(dial) = self.dial.take() else { return };
-        if let Some(sock) = dial.abort.lock().as_ref() {
-            let _ = sock.shutdown(std::net::Shutdown::Both);
-        }
-        if let Ok(Ok((mut link, _))) = dial.handle.join() {
-            link.disconnect(); // Never announced: it carried no request.
+        if let Some(dial) = self.dial.take() {
+            dial.abort();
         }
     }
 

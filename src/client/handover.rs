@@ -20,7 +20,10 @@ use std::collections::VecDeque;
 
 use parking_lot::Mutex;
 
+use crate::client::event::Event;
+use crate::client::ingress::{Ingress, Verdict};
 use crate::frame::Frame;
+use crate::guard::{self, Panicked};
 
 /// The held messages of a replacement connection and, after the switch, the ingress.
 pub(crate) struct Handover<I> {
@@ -102,6 +105,25 @@ impl<I> Handover<I> {
     pub(crate) fn len(&self) -> usize {
         self.state.lock().held.len()
     }
+}
+
+/// Runs the ingress on a held message (by whichever thread holds the ingress then): the event
+/// it makes for connection `epoch` (`None`: ignored), or its panic.
+pub(crate) fn decide<I: Ingress>(
+    ingress: &mut I,
+    epoch: u64,
+    frame: Frame,
+) -> Result<Option<Event<I::Output>>, Panicked> {
+    let Some(data) = frame.as_data() else {
+        return Ok(None); // Not reached: only data messages are held.
+    };
+    Ok(
+        match guard::catch("Ingress::on_message", || ingress.on_message(data))? {
+            Verdict::Ignore => None,
+            Verdict::Emit(value) => Some(Event::Data { epoch, value }),
+            Verdict::Forward => Some(Event::Frame { epoch, frame }),
+        },
+    )
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use crate::client::coordinator::{Control, Input, LinkEvent};
 use crate::client::doorbell::Lane;
 use crate::client::endpoint::Precheck;
 use crate::client::event::Event;
-use crate::client::handover::{Handover, Offer};
+use crate::client::handover::{Handover, Offer, decide};
 use crate::client::ingress::{Ingress, Verdict};
 use crate::client::stats::Counters;
 use crate::client::stepper::Inbox;
@@ -309,27 +309,16 @@ impl<I: Ingress> Outlets<I> {
             }
             Offer::Ingress(ingress, frame) => (ingress, frame),
         };
-        let verdict = match frame.as_data() {
-            Some(data) => guard::catch("Ingress::on_message", || ingress.on_message(data)),
-            None => Ok(Verdict::Ignore), // Not reached: only data messages are held.
-        };
+        let decided = decide(&mut ingress, self.epoch, frame);
         self.ingress = Some(ingress);
-        let event = match verdict {
-            Ok(Verdict::Ignore) => return true,
-            Ok(Verdict::Emit(value)) => Event::Data {
-                epoch: self.epoch,
-                value,
-            },
-            Ok(Verdict::Forward) => Event::Frame {
-                epoch: self.epoch,
-                frame,
-            },
+        match decided {
+            Ok(None) => true,
+            Ok(Some(event)) => self.queue(event),
             Err(panicked) => {
                 self.report(LinkEvent::CallbackPanicked(panicked));
-                return false;
+                false
             }
-        };
-        self.queue(event)
+        }
     }
 
     /// Adds an event to the batch for the application, handing the batch over when full.
