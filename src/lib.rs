@@ -41,15 +41,16 @@
 //!   close handshake and request deadlines.
 //!
 //! **Actor dispatch is the default** ([`Dispatch::Actor`]): only the coordinator thread steps the
-//! state, every [`Endpoint`] callback but the reader's `precheck` runs there, and only the writer
-//! thread writes the socket. [`Client::send_and_confirm`] puts the request's frame on the data
-//! lane in the caller's order among its `send`s; the writer takes it once the coordinator has
-//! registered the request.
+//! state and every [`Endpoint`] callback but the reader's `precheck` runs there; user threads
+//! never touch the socket. [`Client::send_and_confirm`] puts the request's frame on the data
+//! lane in the caller's order among its `send`s; once the coordinator has registered the
+//! request, it writes the frame itself if it is the only one queued and the writer is idle (a
+//! non-blocking `send`), else the writer takes it.
 //!
 //! **Inline dispatch is the opt-in fast path** ([`Dispatch::Inline`]) for processes whose threads
 //! share cores: a round trip's inputs are stepped on the thread they come from when nothing is
 //! queued ahead of them, and a caller whose request is the only frame queued writes it itself
-//! (non-blocking). One thread hand-off per round trip instead of four; the price is that endpoint
+//! (non-blocking). One thread hand-off per round trip instead of three; the price is that endpoint
 //! callbacks may run on any of the client's or the caller's threads, and a caller may write the
 //! socket.
 //!

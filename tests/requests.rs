@@ -145,6 +145,39 @@ fn sequential_round_trips_take_the_fast_path() {
     client.shutdown(Duration::from_secs(1));
 }
 
+/// Actor dispatch, the default: every input goes through the coordinator thread (nothing is
+/// stepped on the caller's or the reader's thread), and the coordinator writes each request it
+/// registers itself, without waking the writer thread, when nothing is queued ahead of it. Over
+/// TLS too: the echo server decodes and answers every frame written that way.
+#[test]
+fn actor_dispatch_writes_requests_from_the_coordinator_thread() {
+    const ORDERS: u64 = 200;
+    let pki = support::Pki::new("actor path CA");
+    for tls in [false, true] {
+        let server = support::echo_server(tls.then(|| pki.server_config(&["localhost"])));
+        let client = Client::builder(&server.url("/"))
+            .add_root_certificate(pki.ca_der())
+            .endpoint(EchoIds)
+            .connect()
+            .unwrap();
+        for id in 1..=ORDERS {
+            let request = Request::new(id, id, Frame::text(format!("id {id}")));
+            let outcome = client.send_and_confirm(request);
+            assert!(confirmed(&outcome), "tls {tls}, request {id}: {outcome:?}");
+        }
+        let stats = client.stats();
+        assert_eq!(stats.inline_steps, 0, "tls {tls}: nothing stepped inline");
+        // Nothing else is sent, so a request is written directly unless the writer was busy.
+        assert!(
+            stats.direct_writes >= ORDERS / 2,
+            "tls {tls}: {} of {ORDERS} requests written by the coordinator",
+            stats.direct_writes
+        );
+        client.shutdown(Duration::from_secs(1));
+        server.join();
+    }
+}
+
 /// Texts that carry a request id: an echo server's answer to a request is its response.
 struct EchoIds;
 

@@ -171,7 +171,7 @@ impl<T: Send + 'static> Client<T> {
             .first_dial_headers()
             .map_err(|p| Error::Config(format!("{} panicked: {}", p.callback, p.message)))?;
         let inline = config.dispatch == Dispatch::Inline;
-        let shared = Shared::new(Core::new(coordinator, counters.clone(), inline));
+        let shared = Shared::new(Core::new(coordinator, counters.clone()));
         let inbox = Inbox::new(input_tx, shared.clone(), inline);
         let factory = Arc::new(LinkFactory {
             name: config.name.clone(),

@@ -3,9 +3,11 @@
 //! A [`Sink`] holds the write half of the socket and the framing state (masks, the batch buffer,
 //! the close handshake). It sits behind a mutex shared by the writer thread, which holds it for
 //! each batch — from taking the first frame off a lane until the batch is written — and by the
-//! coordinator's [stepper](crate::client::stepper), which may write a request frame *directly*: on the
-//! thread that submitted it, without waking the writer, when the writer is not writing and
-//! nothing is queued ahead of the request. That saves the round trip's hand-off to the writer.
+//! coordinator's [stepper](crate::client::stepper), which may write a request frame *directly*
+//! right after registering it — on the coordinator thread (actor dispatch) or on the thread that
+//! submitted it (inline dispatch) — without waking the writer, when the writer is not writing
+//! and nothing is queued ahead of the request. That saves the round trip's hand-off to the
+//! writer.
 //!
 //! The direct write never blocks: it uses a non-blocking `send(2)`; what the kernel does not
 //! take is kept as *spill* and the writer thread is woken to write it, before anything else.

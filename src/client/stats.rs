@@ -50,8 +50,9 @@ pub struct Stats {
     /// Coordinator inputs handed to the coordinator thread instead: commands, lifecycle
     /// reports, and fast-path inputs that found the coordinator busy.
     pub queued_steps: u64,
-    /// Request frames written by the thread that submitted them, without waking the writer
-    /// thread (it was idle and nothing was queued ahead). Included in `messages_out`.
+    /// Request frames written right after their registration, without waking the writer thread
+    /// (it was idle and nothing was queued ahead): by the coordinator thread under actor
+    /// dispatch, by the submitting thread under inline dispatch. Included in `messages_out`.
     pub direct_writes: u64,
     /// Successful reconnects (connections after the first, rotations not included).
     pub reconnects: u64,

@@ -5,15 +5,19 @@
 //! outcome. Whoever holds the lock steps it.
 //!
 //! **Actor dispatch (the default).** Only the coordinator thread takes the lock: every input
-//! reaches it through the inbox channel, every endpoint callback but the reader's `precheck`
-//! runs on it, and only the writer thread writes the socket. A `send_and_confirm` round trip
-//! crosses four thread hand-offs: caller → coordinator → writer, reader → coordinator → caller.
+//! reaches it through the inbox channel and every endpoint callback but the reader's `precheck`
+//! runs on it. User threads never touch the socket: the writer thread writes everything but a
+//! request the coordinator thread writes itself, right after registering it, when it is the
+//! only frame queued and the writer is idle (the non-blocking direct write of
+//! [`crate::client::sink`]). A `send_and_confirm` round trip crosses three thread hand-offs:
+//! caller → coordinator, reader → coordinator → caller.
 //!
 //! **Inline dispatch (opt-in, [`Dispatch::Inline`](crate::Dispatch::Inline)).** Three inputs
 //! sit on the round trip's path — the caller's `Submit`, the reader's `Reply`, the writer's
 //! `Written` — and the thread they come from steps them *inline* when it can, instead of waking
 //! the coordinator thread; a caller whose request is the only frame queued writes it itself
-//! with a non-blocking `send` (see [`crate::client::sink`]). A round trip then crosses two hand-offs.
+//! with a non-blocking `send` (see [`crate::client::sink`]). A round trip then crosses one hand-off
+//! (reader → caller).
 //! The price: endpoint callbacks (`parse_reply`, `app_ping`, ...) may run on a caller's, the
 //! reader's or the writer's thread, under the lock; a caller may write the socket.
 //!
@@ -68,15 +72,16 @@ use crate::client::ticket::Answer;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Dispatch {
     /// Every input is handled on the coordinator thread, which owns all state; every
-    /// [`Endpoint`](crate::Endpoint) callback but `precheck` runs there; only the writer thread
-    /// writes the socket. A `send_and_confirm` round trip crosses four thread hand-offs. The
-    /// default.
+    /// [`Endpoint`](crate::Endpoint) callback but `precheck` runs there; user threads never
+    /// touch the socket (the writer thread writes, and the coordinator thread writes a request
+    /// it has just registered when nothing is queued ahead of it, without blocking). A
+    /// `send_and_confirm` round trip crosses three thread hand-offs. The default.
     #[default]
     Actor,
     /// The fast path: a request, its response and its write report are handled on the thread
     /// they come from when nothing is queued ahead of them, and a caller whose request is the
-    /// only frame queued writes it itself with a non-blocking `send` (Linux). Two hand-offs per
-    /// round trip instead of four; the order of inputs and the outcomes are the same. Trade-offs:
+    /// only frame queued writes it itself with a non-blocking `send` (Linux). One hand-off per
+    /// round trip instead of three; the order of inputs and the outcomes are the same. Trade-offs:
     /// endpoint callbacks (`parse_reply`, `app_ping`, ...) may run on a caller's, the reader's
     /// or the writer's thread, under the state lock (they must be quick), and a caller may write
     /// the socket. For processes whose threads share cores, where each hand-off costs a context
@@ -117,8 +122,6 @@ pub(crate) struct Core {
     /// the thread holding it, then block on it).
     answers: Vec<(Answer, Outcome)>,
     counters: Arc<Counters>,
-    /// Inline dispatch: the thread an input comes from may step it, and write its own request.
-    pub inline: bool,
     /// Work for the coordinator thread, in order: what inline steps left, and the rest of the
     /// step it is carrying out.
     pub deferred: VecDeque<Deferred>,
@@ -133,7 +136,7 @@ pub(crate) struct Core {
 }
 
 impl Core {
-    pub(crate) fn new(coordinator: Coordinator, counters: Arc<Counters>, inline: bool) -> Self {
+    pub(crate) fn new(coordinator: Coordinator, counters: Arc<Counters>) -> Self {
         Core {
             coordinator,
             lanes: None,
@@ -141,7 +144,6 @@ impl Core {
             waiters: HashMap::new(),
             answers: Vec::new(),
             counters,
-            inline,
             deferred: VecDeque::new(),
             busy: false,
             wakes_at: None,
@@ -197,11 +199,7 @@ impl Core {
                 let Some(lanes) = &self.lanes else {
                     return Carried::Done;
                 };
-                let directly = if self.inline {
-                    lanes.write_direct(origin, &claim, &self.counters)
-                } else {
-                    Directly::Left
-                };
+                let directly = lanes.write_direct(origin, &claim, &self.counters);
                 match directly {
                     Directly::Written(Some(origin)) => {
                         let event = LinkEvent::Written(origin);
@@ -515,7 +513,7 @@ mod tests {
         let inline = dispatch == Dispatch::Inline;
         let coordinator = Coordinator::new(settings, Box::new(Venue), None, Instant::now());
         let counters = Arc::new(Counters::new());
-        let shared = Shared::new(Core::new(coordinator, counters, inline));
+        let shared = Shared::new(Core::new(coordinator, counters));
         let (tx, inputs) = crossbeam_channel::bounded(16);
         let bell = Arc::new(Doorbell::default());
         let (control_tx, control) = crossbeam_channel::bounded(8);
@@ -700,16 +698,21 @@ mod tests {
         );
     }
 
-    /// The default: every input goes to the coordinator thread, and only the writer thread
-    /// writes the socket.
+    /// The default: every input goes to the coordinator thread; the caller writes nothing, the
+    /// coordinator thread writes the request it registered.
     #[test]
-    fn actor_dispatch_steps_nothing_inline_and_writes_nothing_directly() {
+    fn actor_dispatch_steps_nothing_inline_and_only_the_coordinator_writes_directly() {
         let mut rig = rig(Dispatch::Actor);
         let mut ticket = rig.submit(7);
         assert_eq!(rig.inputs.len(), 1, "the registration went to the inbox");
-        rig.drain_inbox();
         assert!(rig.wire_is_quiet(), "the caller wrote nothing");
-        assert_eq!(rig.queued_request(), WaiterId(1), "left for the writer");
+        assert_eq!(rig.data.len(), 1, "the frame waits on the lane");
+        rig.drain_inbox();
+        assert!(
+            rig.data.is_empty(),
+            "the coordinator took the frame off the lane"
+        );
+        assert!(!rig.wire_is_quiet(), "and wrote it");
         rig.respond(7);
         assert_eq!(rig.inputs.len(), 1, "the response went to the inbox");
         assert_eq!(ticket.try_outcome(), None);
@@ -717,7 +720,7 @@ mod tests {
         assert!(confirmed(&mut ticket));
         let core = rig.shared.core.lock();
         assert_eq!(core.counters.inline_steps.load(Ordering::Relaxed), 0);
-        assert_eq!(core.counters.direct_writes.load(Ordering::Relaxed), 0);
+        assert_eq!(core.counters.direct_writes.load(Ordering::Relaxed), 1);
     }
 
     #[test]

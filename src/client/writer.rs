@@ -1,5 +1,6 @@
 //! The writer thread: it writes everything to the socket but the requests written directly by
-//! their caller (see [`sink`](crate::client::sink)); both write under the sink's lock, one at a time.
+//! the thread that registered them (see [`sink`](crate::client::sink)); both write under the
+//! sink's lock, one at a time.
 //!
 //! It parks on the [`Doorbell`](crate::client::doorbell::Doorbell) until a lane or the
 //! [outbox](crate::client::outbox) has something, then builds one batch: the frames senders encoded into
