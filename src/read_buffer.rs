@@ -2,14 +2,20 @@
 //! shared views.
 //!
 //! A forwarded message becomes a [`Bytes`] view of this buffer: no copy, and the application may
-//! keep it as long as it likes. The buffer is one allocation of [`ReadBuffer::new`]'s size (or one
-//! frame, if larger). When it is used up, it is reused in place if nobody holds a view of it any
-//! more; otherwise, for frames larger than half of it, the previous allocation is taken back if
-//! its views are all gone (two buffers in turn, while the application keeps up); else a fresh
-//! one is allocated (an old one is freed by whoever drops its last view). So
-//! steady traffic costs at most one allocation per buffer's worth of bytes, never one per
-//! message, and none at all while the application drops what it receives in time, or takes
-//! nothing (decoded values, ignored messages).
+//! keep it as long as it likes. The buffer is one allocation of [`ReadBuffer::new`]'s size (or
+//! one frame and a read's worth more, if larger). When it is used up, it is reused in place if
+//! nobody holds a view of it any more. Otherwise the reader switches to another allocation and
+//! keeps an empty handle on this one in a small pool of *spares*: an allocation whose views
+//! have all been dropped is taken back from the pool (its bytes are already initialised and its
+//! pages mapped), and a fresh one is made only when every spare is still held. So while the
+//! application drops what it receives within a pool's worth of buffers, steady traffic
+//! allocates nothing at all; past that, one allocation per buffer's worth of bytes, never one
+//! per message.
+//!
+//! The pool is bounded: at most [`SPARE_BUFFERS`] handles holding at most [`SPARE_FACTOR`]
+//! times the configured size in all (4 MiB for the default 64 KiB), the oldest dropped first.
+//! Held by the application, an allocation would exist anyway; what the pool adds is the memory
+//! of the spares nobody holds, at most that budget per connection.
 //!
 //! Layout: `[consumed | unread | free]` within one `BytesMut` whose length covers all three, so
 //! reads go into initialised memory.
@@ -22,6 +28,12 @@ use bytes::{Buf, Bytes, BytesMut};
 /// would cost a syscall for a few bytes).
 const MIN_READ: usize = 4 * 1024;
 
+/// Most allocations kept in the pool of spares.
+pub(crate) const SPARE_BUFFERS: usize = 64;
+
+/// The pool of spares holds at most this many times the configured buffer size, in all.
+pub(crate) const SPARE_FACTOR: usize = 64;
+
 pub(crate) struct ReadBuffer {
     /// Every byte initialised; `len()` is the whole span (consumed, unread and free).
     buf: BytesMut,
@@ -29,9 +41,14 @@ pub(crate) struct ReadBuffer {
     end: usize,
     /// Size of a fresh allocation.
     size: usize,
-    /// An empty handle on the previous allocation, taken back once its views are gone.
-    previous: BytesMut,
-    /// Fresh allocations made because views of the old one were still held.
+    /// Size of `buf`'s allocation.
+    allocated: usize,
+    /// Empty handles on earlier allocations (with their sizes), oldest first, taken back once
+    /// their views are gone.
+    spares: Vec<(BytesMut, usize)>,
+    /// Sum of the spares' sizes.
+    spare_bytes: usize,
+    /// Fresh allocations made because views of the old one and of every spare were still held.
     pub(crate) replaced: u64,
 }
 
@@ -40,14 +57,17 @@ impl ReadBuffer {
     /// response).
     pub(crate) fn new(size: usize, leftover: &[u8]) -> Self {
         let size = size.max(1024);
-        let mut buf = BytesMut::zeroed(size.max(leftover.len()));
+        let allocated = size.max(leftover.len());
+        let mut buf = BytesMut::zeroed(allocated);
         buf[..leftover.len()].copy_from_slice(leftover);
         ReadBuffer {
             buf,
             start: 0,
             end: leftover.len(),
             size,
-            previous: BytesMut::new(),
+            allocated,
+            spares: Vec::new(),
+            spare_bytes: 0,
             replaced: 0,
         }
     }
@@ -123,7 +143,10 @@ impl ReadBuffer {
     fn make_room(&mut self, need: usize) {
         let unread = self.end - self.start;
         let (span, free) = (self.buf.len() - self.start, self.buf.len() - self.end);
-        let want = need.max(self.size).max(unread + self.min_read());
+        // Room for the next frame and a read's worth after it: a buffer that ended exactly at
+        // the frame's end would start the following frame in a fresh buffer before its size is
+        // known, and then copy all of its bytes read so far into a larger one.
+        let want = (need.max(unread) + self.min_read()).max(self.size);
         // Drop the free tail and the consumed head, so that only unread bytes remain.
         self.buf.truncate(self.end);
         self.buf.advance(self.start);
@@ -138,28 +161,40 @@ impl ReadBuffer {
             unsafe { self.buf.set_len(span) };
             return;
         }
-        // Views of this allocation are held. For a frame larger than half the configured size
-        // (a switch per frame or two), switch to the previous allocation if its views are gone
-        // and keep an empty handle on this one for next time; otherwise, or if the previous is
-        // still held, switch to a fresh one. (Rotating for small frames as well measured 7%
-        // slower at 64 B pinned, and saves only one allocation per buffer's worth.)
-        let rotate = need > self.size / 2;
-        let mut next = if rotate {
-            std::mem::take(&mut self.previous)
-        } else {
-            BytesMut::new()
+        // Views of this allocation are held: switch to a spare whose views are all gone, or
+        // to a fresh allocation, and keep a handle on this one as a spare.
+        let next = match self.spares.iter_mut().position(|(b, _)| reclaim(b, want)) {
+            Some(i) => {
+                let (buf, size) = self.spares.remove(i);
+                self.spare_bytes -= size;
+                (buf, size)
+            }
+            None => {
+                self.replaced += 1;
+                (BytesMut::zeroed(want), want)
+            }
         };
-        next.clear();
-        if !reclaim(&mut next, want) {
-            next = BytesMut::zeroed(want);
-            self.replaced += 1;
-        }
+        let (mut next, allocated) = next;
         next[..unread].copy_from_slice(&self.buf);
         self.buf.clear();
         let current = std::mem::replace(&mut self.buf, next);
-        if rotate {
-            self.previous = current;
+        let size = std::mem::replace(&mut self.allocated, allocated);
+        self.keep_spare(current, size);
+    }
+
+    /// Adds an allocation to the pool of spares, dropping the oldest ones past its bounds (a
+    /// dropped handle frees its allocation once the application drops its last view).
+    fn keep_spare(&mut self, spare: BytesMut, size: usize) {
+        let budget = SPARE_FACTOR * self.size;
+        if size > budget {
+            return;
         }
+        while self.spares.len() == SPARE_BUFFERS || self.spare_bytes + size > budget {
+            let (_, dropped) = self.spares.remove(0);
+            self.spare_bytes -= dropped;
+        }
+        self.spares.push((spare, size));
+        self.spare_bytes += size;
     }
 }
 
@@ -208,7 +243,7 @@ mod tests {
         // Use the buffer up: the view holds the allocation, so a fresh one is made.
         let rest = rb.buf.len() - rb.end;
         fill(&mut rb, &vec![7u8; rest]);
-        rb.free(600); // a large frame: buffers rotate
+        rb.free(600); // a large frame
         assert_eq!(rb.replaced, 1);
         assert_eq!(&view[..], b"bc");
         assert_eq!(&rb.unread()[..2], b"ef");
@@ -218,23 +253,85 @@ mod tests {
         drop(view);
         let rest = rb.buf.len() - rb.end;
         let held = read_and_keep_one(&mut rb, rest);
-        rb.free(600); // a large frame: buffers rotate
+        rb.free(600); // a large frame
         assert_eq!(rb.replaced, 1);
         // Nobody holds the current allocation: used up, it is reused in place.
         drop(held);
         let rest = rb.buf.len() - rb.end;
         drop(read_and_keep_one(&mut rb, rest));
-        rb.free(600); // a large frame: buffers rotate
+        rb.free(600); // a large frame
         assert_eq!(rb.replaced, 1);
         // Both held: a fresh one.
         let rest = rb.buf.len() - rb.end;
         let a = read_and_keep_one(&mut rb, rest);
-        rb.free(600); // a large frame: buffers rotate
+        rb.free(600); // a large frame
         let rest = rb.buf.len() - rb.end;
         let b = read_and_keep_one(&mut rb, rest);
-        rb.free(600); // a large frame: buffers rotate
+        rb.free(600); // a large frame
         assert_eq!(rb.replaced, 2);
         assert_eq!((a[0], b[0]), (7, 7));
+    }
+
+    /// Fills the rest of the buffer, keeps a view of it and makes room for the next read: the
+    /// reader switches allocations while the view is held.
+    fn switch_holding(rb: &mut ReadBuffer) -> Bytes {
+        let rest = rb.buf.len() - rb.end;
+        let view = read_and_keep_one(rb, rest);
+        rb.free(0);
+        view
+    }
+
+    #[test]
+    fn held_buffers_come_back_from_the_pool_once_dropped() {
+        let mut rb = ReadBuffer::new(1024, b"");
+        // The application holds a view of each of ten buffers: ten fresh allocations.
+        let held: Vec<Bytes> = (0..10).map(|_| switch_holding(&mut rb)).collect();
+        assert_eq!(rb.replaced, 10);
+        drop(held);
+        // Every view dropped: from now on each switch takes an allocation back from the pool,
+        // however many views the application keeps for a while.
+        for _ in 0..100 {
+            let a = switch_holding(&mut rb);
+            let b = switch_holding(&mut rb);
+            assert_eq!((a[0], b[0]), (7, 7));
+        }
+        assert_eq!(rb.replaced, 10);
+    }
+
+    #[test]
+    fn the_pool_keeps_within_its_bounds() {
+        let mut rb = ReadBuffer::new(1024, b"");
+        // Buffers of 1 KiB: the count binds before the byte budget (64 KiB).
+        let held: Vec<Bytes> = (0..100).map(|_| switch_holding(&mut rb)).collect();
+        assert_eq!(rb.replaced, 100);
+        assert_eq!(rb.spares.len(), SPARE_BUFFERS);
+        assert!(rb.spare_bytes <= SPARE_FACTOR * 1024);
+        drop(held);
+        // Buffers of 3.25 KiB (a frame of 3 KiB and a read's worth): the budget binds.
+        let held: Vec<Bytes> = (0..100)
+            .map(|_| {
+                rb.free(3 * 1024);
+                switch_holding(&mut rb)
+            })
+            .collect();
+        assert!(rb.spares.len() < SPARE_BUFFERS);
+        assert!(rb.spare_bytes <= SPARE_FACTOR * 1024);
+        assert!(
+            rb.spare_bytes + 4 * 1024 > SPARE_FACTOR * 1024,
+            "the budget is used"
+        );
+        drop(held);
+        // A frame too large for the budget gets its own allocation, not kept as a spare.
+        let frame = SPARE_FACTOR * 1024 + 1;
+        assert!(rb.free(frame).len() >= frame);
+        let big = switch_holding(&mut rb);
+        assert!(rb.spare_bytes <= SPARE_FACTOR * 1024);
+        assert!(
+            rb.spares
+                .iter()
+                .all(|(_, size)| *size <= SPARE_FACTOR * 1024)
+        );
+        drop(big);
     }
 
     #[test]

@@ -2,10 +2,12 @@
 //! internally):
 //!
 //! - inbound, up to the ingress: nothing at all;
-//! - inbound, the default `Event::Frame` path: each frame is a view of the read buffer, so the
-//!   only allocations are per buffer, not per frame: when the reader has used up its 64 KiB
-//!   buffer while the application still holds a view of it, a fresh buffer (and, on its first
-//!   view, the shared header `bytes` makes for it) — at most 2 per 32 KiB of input here;
+//! - inbound, the default `Event::Frame` path: nothing either. Each frame is a view of the read
+//!   buffer; when the reader has used up a buffer while the application still holds a view of
+//!   it, it switches to one of the buffers it used before whose views are all gone (its pool of
+//!   spares), which this test's consumer, dropping each frame as it comes, always leaves. A
+//!   consumer lagging by more than the pool (4 MiB by default) would cost a fresh buffer (and
+//!   the shared header `bytes` makes for it) per buffer's worth of input, never per frame;
 //! - outbound, a prepared frame or a shared `Bytes` payload: nothing; an owned `Vec` payload:
 //!   exactly the caller's own allocation of the `Vec`, nothing more.
 //!
@@ -95,9 +97,6 @@ enum Consume {
     /// The default `connect()`: `Event::Frame`s received on this thread.
     Frames,
 }
-
-/// Frame bytes on the wire per 64-byte server frame (2 header bytes, no mask).
-const SERVER_WIRE: u64 = 66;
 
 /// The server streams 64-byte binary frames from one prebuilt buffer, in two phases.
 fn inbound(consume: Consume) -> u64 {
@@ -223,10 +222,6 @@ fn read_request_plain(sock: &mut std::net::TcpStream) -> String {
 /// window opens. One allocation per frame would be 50,000; one per read or write batch, 50+.
 const NOISE: u64 = 16;
 
-/// Allocations the `Event::Frame` path may make while the measured frames flow: two per 32 KiB
-/// of input (a buffer of 64 KiB is replaced once at most every 60 KiB read; see the module docs).
-const FRAME_PATH_BUDGET: u64 = 2 * (MEASURED * SERVER_WIRE).div_ceil(32 * 1024);
-
 #[test]
 fn steady_state_allocates_nothing_per_frame() {
     let ingress = inbound(Consume::Ingress);
@@ -247,8 +242,8 @@ fn steady_state_allocates_nothing_per_frame() {
         "inbound path to the ingress allocated {ingress} times"
     );
     assert!(
-        frames <= FRAME_PATH_BUDGET + NOISE,
-        "inbound Event::Frame path allocated {frames} times (budget {FRAME_PATH_BUDGET})"
+        frames <= NOISE,
+        "inbound Event::Frame path allocated {frames} times"
     );
     assert!(
         prepared <= NOISE,

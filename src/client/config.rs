@@ -57,7 +57,10 @@ pub struct Config {
     pub max_frame_size: usize,
     /// Largest accepted inbound message after reassembly. Default 64 MiB; closes with 1009.
     pub max_message_size: usize,
-    /// Initial read buffer size. Default 64 KiB; grows only for a frame that does not fit.
+    /// Read buffer size. Default 64 KiB; a frame that does not fit gets a buffer of its own
+    /// size. Frames handed to the application are views of these buffers; the reader keeps up
+    /// to 64 buffers it moved on from, at most 64 times this size in all (4 MiB by default), and
+    /// reuses one once the application has dropped every view of it.
     pub read_buffer_size: usize,
     /// Capacity, in frames, of the outbound data lane, shared by `send`s and the frames of
     /// [`Client::send_and_confirm`] (which keep their caller's order among its sends). Default
