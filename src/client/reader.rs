@@ -4,7 +4,9 @@
 //! buffer and sends whatever the ingress emits straight to the application's event channel: the
 //! events decoded from one `read(2)` are handed over together, up to [`EVENT_BATCH`] at a time,
 //! so an application thread that keeps up is woken once per batch rather than once per message
-//! (a batch is always handed over before anything is reported to the coordinator). Only
+//! (a batch is always handed over before anything is reported to the coordinator). While the
+//! channel still holds events the application is awake, so an event then goes straight in
+//! (unless some are held back: order is kept). Only
 //! what the coordinator needs goes to it: pongs, the peer's close frame, protocol violations and
 //! the end of the stream. Pings are answered here, by putting a pong with the same payload on the
 //! writer's control lane, so the answer never waits for the coordinator or for queued data.
@@ -325,6 +327,17 @@ impl<I: Ingress> Outlets<I> {
     /// False when the link was released while waiting for room.
     #[inline(always)]
     fn queue(&mut self, event: Event<I::Output>) -> bool {
+        if self.pending.is_empty() && !self.events.is_empty() {
+            // The application has events to take, so it is not asleep: nothing to save by
+            // holding this one back.
+            return deliver(
+                &self.events,
+                event,
+                self.overflow,
+                &self.stop,
+                &self.counters,
+            );
+        }
         self.pending.push(event);
         self.pending.len() < EVENT_BATCH || self.flush()
     }
