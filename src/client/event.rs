@@ -31,7 +31,10 @@ pub enum Event<T> {
     },
     /// An inbound message the ingress forwarded as is. Its payload is a view of the reader's
     /// buffer (no copy; a message reassembled from fragments is copied once), which you may
-    /// keep: the reader moves on to a fresh buffer while any view of the old one is held.
+    /// keep: the reader moves on to another buffer while any view of the old one is held, and
+    /// reuses the old one once you have dropped every view of it (see
+    /// [`Config::read_buffer_size`](crate::Config::read_buffer_size)). Keeping a small part of
+    /// a message for long keeps its whole buffer: copy it out instead.
     Frame {
         /// The connection epoch the message arrived on.
         epoch: u64,
