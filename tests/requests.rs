@@ -151,31 +151,41 @@ fn sequential_round_trips_take_the_fast_path() {
 /// TLS too: the echo server decodes and answers every frame written that way.
 #[test]
 fn actor_dispatch_writes_requests_from_the_coordinator_thread() {
-    const ORDERS: u64 = 200;
     let pki = support::Pki::new("actor path CA");
     for tls in [false, true] {
-        let server = support::echo_server(tls.then(|| pki.server_config(&["localhost"])));
-        let client = Client::builder(&server.url("/"))
-            .add_root_certificate(pki.ca_der())
-            .endpoint(EchoIds)
-            .connect()
-            .unwrap();
-        for id in 1..=ORDERS {
-            let request = Request::new(id, id, Frame::text(format!("id {id}")));
-            let outcome = client.send_and_confirm(request);
-            assert!(confirmed(&outcome), "tls {tls}, request {id}: {outcome:?}");
-        }
-        let stats = client.stats();
+        let stats = echo_round_trips(&pki, tls, Dispatch::Actor);
         assert_eq!(stats.inline_steps, 0, "tls {tls}: nothing stepped inline");
         // Nothing else is sent, so a request is written directly unless the writer was busy.
         assert!(
-            stats.direct_writes >= ORDERS / 2,
-            "tls {tls}: {} of {ORDERS} requests written by the coordinator",
+            stats.direct_writes >= ECHO_ORDERS / 2,
+            "tls {tls}: {} of {ECHO_ORDERS} requests written by the coordinator",
             stats.direct_writes
         );
-        client.shutdown(Duration::from_secs(1));
-        server.join();
     }
+}
+
+/// Round trips in [`echo_round_trips`].
+const ECHO_ORDERS: u64 = 200;
+
+/// Runs [`ECHO_ORDERS`] confirmed round trips one after another against an echo server (over
+/// TLS if `tls`) and returns the client's statistics.
+fn echo_round_trips(pki: &support::Pki, tls: bool, dispatch: Dispatch) -> syncws::Stats {
+    let server = support::echo_server(tls.then(|| pki.server_config(&["localhost"])));
+    let client = Client::builder(&server.url("/"))
+        .dispatch(dispatch)
+        .add_root_certificate(pki.ca_der())
+        .endpoint(EchoIds)
+        .connect()
+        .unwrap();
+    for id in 1..=ECHO_ORDERS {
+        let request = Request::new(id, id, Frame::text(format!("id {id}")));
+        let outcome = client.send_and_confirm(request);
+        assert!(confirmed(&outcome), "tls {tls}, request {id}: {outcome:?}");
+    }
+    let stats = client.stats();
+    client.shutdown(Duration::from_secs(1));
+    server.join();
+    stats
 }
 
 /// Texts that carry a request id: an echo server's answer to a request is its response.
@@ -206,39 +216,24 @@ impl Endpoint for EchoIds {
 /// on the reader thread, without the coordinator thread.
 #[test]
 fn round_trips_over_tls_take_the_fast_path() {
-    const ORDERS: u64 = 200;
     let pki = support::Pki::new("fast path CA");
-    let server = support::echo_server(Some(pki.server_config(&["localhost"])));
-    let client = Client::builder(&server.url("/"))
-        .dispatch(Dispatch::Inline)
-        .add_root_certificate(pki.ca_der())
-        .endpoint(EchoIds)
-        .connect()
-        .unwrap();
-    for id in 1..=ORDERS {
-        let request = Request::new(id, id, Frame::text(format!("id {id}")));
-        let outcome = client.send_and_confirm(request);
-        assert!(confirmed(&outcome), "request {id}: {outcome:?}");
-    }
-    let stats = client.stats();
+    let stats = echo_round_trips(&pki, true, Dispatch::Inline);
     assert_eq!(
-        stats.messages_in, ORDERS,
+        stats.messages_in, ECHO_ORDERS,
         "one echo per request, each decoded"
     );
     assert!(
-        stats.inline_steps >= ORDERS,
+        stats.inline_steps >= ECHO_ORDERS,
         "{} of {} inputs inline",
         stats.inline_steps,
-        2 * ORDERS
+        2 * ECHO_ORDERS
     );
     // Nothing else is sent, so a request is written directly unless the coordinator was busy.
     assert!(
-        stats.direct_writes >= ORDERS / 2,
-        "{} of {ORDERS} requests written directly",
+        stats.direct_writes >= ECHO_ORDERS / 2,
+        "{} of {ECHO_ORDERS} requests written directly",
         stats.direct_writes
     );
-    client.shutdown(Duration::from_secs(1));
-    server.join();
 }
 
 /// The endpoint is auth-gated: the subscription goes out only once the (delayed) answer to
