@@ -318,6 +318,7 @@ impl<T> Client<T> {
                     self.doorbell.ring();
                     return Ok(());
                 }
+                Encoded::Appended => return Ok(()),
                 Encoded::Full(back) if !matches!(wait, Wait::Never) => (back, true),
                 Encoded::Full(back) | Encoded::Refused(back) => match self.data.try_send(back) {
                     Ok(()) => return Ok(()),
