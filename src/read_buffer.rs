@@ -185,7 +185,7 @@ impl ReadBuffer {
     /// Adds an allocation to the pool of spares, dropping the oldest ones past its bounds (a
     /// dropped handle frees its allocation once the application drops its last view).
     fn keep_spare(&mut self, spare: BytesMut, size: usize) {
-        let budget = SPARE_FACTOR * self.size;
+        let budget = SPARE_FACTOR.saturating_mul(self.size);
         if size > budget {
             return;
         }
