@@ -146,7 +146,10 @@ impl ReadBuffer {
         // Room for the next frame and a read's worth after it: a buffer that ended exactly at
         // the frame's end would start the following frame in a fresh buffer before its size is
         // known, and then copy all of its bytes read so far into a larger one.
-        let want = need.max(unread).saturating_add(self.min_read()).max(self.size);
+        let want = need
+            .max(unread)
+            .saturating_add(self.min_read())
+            .max(self.size);
         // Drop the free tail and the consumed head, so that only unread bytes remain.
         self.buf.truncate(self.end);
         self.buf.advance(self.start);
