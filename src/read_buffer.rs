@@ -166,7 +166,8 @@ impl ReadBuffer {
         }
         // Views of this allocation are held: switch to a spare whose views are all gone, or
         // to a fresh allocation, and keep a handle on this one as a spare.
-        let next = match self.spares.iter_mut().position(|(b, _)| reclaim(b, want)) {
+        let (mut next, allocated) = match self.spares.iter_mut().position(|(b, _)| reclaim(b, want))
+        {
             Some(i) => {
                 let (buf, size) = self.spares.remove(i);
                 self.spare_bytes -= size;
@@ -177,7 +178,6 @@ impl ReadBuffer {
                 (BytesMut::zeroed(want), want)
             }
         };
-        let (mut next, allocated) = next;
         next[..unread].copy_from_slice(&self.buf);
         self.buf.clear();
         let current = std::mem::replace(&mut self.buf, next);

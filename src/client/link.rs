@@ -119,8 +119,9 @@ impl Lanes {
         self.bell.ring();
     }
 
-    /// The direct path (inline dispatch): right after the coordinator accepted the request
-    /// submitted by `origin` (with `claim`), writes its frame on the calling thread if it is the
+    /// The direct path: right after the coordinator accepted the request submitted by `origin`
+    /// (with `claim`), writes its frame on the thread that stepped it (the coordinator thread,
+    /// or under inline dispatch the submitting one) if it is the
     /// only frame queued and the writer thread is not writing (see [`crate::client::sink`]; called under
     /// the coordinator's lock). Returns what became of the frame; when it is left for the writer
     /// thread, the caller wakes it.

@@ -330,34 +330,32 @@ impl<I: Ingress> Outlets<I> {
         if self.pending.is_empty() && !self.events.is_empty() {
             // The application has events to take, so it is not asleep: nothing to save by
             // holding this one back.
-            return deliver(
-                &self.events,
-                event,
-                self.overflow,
-                &self.stop,
-                &self.counters,
-            );
+            return self.send(event);
         }
         self.pending.push(event);
         self.pending.len() < EVENT_BATCH || self.flush()
     }
 
-    /// Hands the batched events to the application, in order, by the overflow policy. False
-    /// when the link was released while waiting for room (the rest is dropped with it).
+    /// Hands the batched events to the application, in order. False when the link was
+    /// released while waiting for room (the rest is dropped with it).
     #[inline(always)]
     fn flush(&mut self) -> bool {
-        let mut events = self.pending.drain(..);
-        let delivered = events.by_ref().all(|event| {
-            deliver(
-                &self.events,
-                event,
-                self.overflow,
-                &self.stop,
-                &self.counters,
-            )
-        });
-        drop(events);
+        let mut pending = std::mem::take(&mut self.pending);
+        let delivered = pending.drain(..).all(|event| self.send(event));
+        self.pending = pending; // Empty, its allocation kept.
         delivered
+    }
+
+    /// Hands one event to the application by the overflow policy (see [`deliver`]).
+    #[inline(always)]
+    fn send(&self, event: Event<I::Output>) -> bool {
+        deliver(
+            &self.events,
+            event,
+            self.overflow,
+            &self.stop,
+            &self.counters,
+        )
     }
 
     /// Tells the coordinator something (after the events decoded before it), unless the link
