@@ -329,6 +329,7 @@ impl<T: Send + 'static> LinkFactory<T> {
                 control_capacity,
                 stop: release_rx.clone(),
                 counters: self.counters.clone(),
+                tally: self.counters.tally(),
                 pending: Vec::with_capacity(EVENT_BATCH),
             },
         };

@@ -26,7 +26,7 @@ use crate::client::endpoint::Precheck;
 use crate::client::event::Event;
 use crate::client::handover::{Handover, Offer, decide};
 use crate::client::ingress::{Ingress, Verdict};
-use crate::client::stats::Counters;
+use crate::client::stats::{Counters, TallyHandle};
 use crate::client::stepper::Inbox;
 use crate::codec::{Decoded, Decoder, Step};
 use crate::frame::{Data, Frame};
@@ -66,6 +66,8 @@ pub(crate) struct Outlets<I: Ingress> {
     /// Disconnected when the link is released.
     pub stop: Receiver<()>,
     pub counters: Arc<Counters>,
+    /// This reader's inbound message and byte counts.
+    pub tally: TallyHandle,
     /// Events decoded from the bytes of one `read(2)`, handed to the application together
     /// (at most [`EVENT_BATCH`]): the consumer is woken once per batch, not once per message.
     /// Always empty before anything is reported to the coordinator, so lifecycle events keep
@@ -243,8 +245,7 @@ impl<I: Ingress> Outlets<I> {
     #[inline(always)]
     fn on_data(&mut self, data: Data<'_>, buf: &ReadBuffer) -> Option<Handled> {
         // Counted first: once a response has resolved a request, it is counted.
-        Counters::bump(&self.counters.messages_in, 1);
-        Counters::bump(&self.counters.bytes_in, data.as_bytes().len() as u64);
+        self.tally.message(data.as_bytes().len());
         let flagged = match &self.precheck {
             Some(p) => guard::catch("Endpoint::precheck", || p(data)),
             None => Ok(false),
