@@ -4,9 +4,9 @@
 //! counting costs an uncontended atomic add. The inbound message and byte counts, bumped once
 //! per message, cost less still: each reader thread keeps its own [`Tally`], which only it
 //! writes (a load and a store, no locked instruction), folded into the client's totals when the
-//! reader ends; a snapshot adds the live tallies to those totals. Figures the coordinator owns (RTT percentiles,
-//! recent errors, reconnects) are copied into a small mutex-protected view when they change.
-//! [`Client::stats`](crate::Client::stats) copies everything.
+//! reader ends; a snapshot adds the live tallies to those totals. Figures the coordinator owns
+//! (RTT percentiles, recent errors, reconnects) are copied into a small mutex-protected view
+//! when they change. [`Client::stats`](crate::Client::stats) copies everything.
 
 use std::cell::Cell;
 use std::marker::PhantomData;
@@ -135,8 +135,10 @@ pub(crate) struct Counters {
 /// One reader thread's inbound counts. Only that thread adds to them, so an add is a plain load
 /// and store (an atomic read-modify-write per message cost the 64 B frame path about a tenth of
 /// its throughput); other threads only read them. Registered with [`Counters::tally`]; the
-/// [`TallyHandle`] folds them into the client's totals when the reader drops it.
+/// [`TallyHandle`] folds them into the client's totals when the reader drops it. Aligned to
+/// its own cache lines, so the reader's stores never contend with data other threads use.
 #[derive(Debug, Default)]
+#[repr(align(128))]
 pub(crate) struct Tally {
     messages: AtomicU64,
     bytes: AtomicU64,
