@@ -358,73 +358,79 @@ fn run(
         let input = lines.as_ref().unwrap_or(&no_input);
         let line = select! {
             recv(input) -> line => line,
-            recv(client.events()) -> event => {
-                let text = match event {
-                    Ok(Event::Frame { frame: Frame::Text(t), .. }) => t.to_string(),
-                    Ok(Event::Frame { frame: Frame::Binary(b), .. }) => {
-                        b.iter().map(|x| format!("{x:02x}")).collect()
-                    }
-                    Ok(Event::Pong { payload, .. }) => {
-                        format!("pong {}", String::from_utf8_lossy(&payload))
-                    }
-                    Ok(Event::Connecting { attempt }) => {
-                        status(format_args!("connecting (attempt {attempt})"));
-                        continue;
-                    }
-                    Ok(Event::Connected { epoch, .. }) => {
-                        open = true;
-                        status(format_args!("connected (epoch {epoch})"));
-                        continue;
-                    }
-                    Ok(Event::SessionReady { epoch }) => {
-                        status(format_args!("session ready (epoch {epoch})"));
-                        continue;
-                    }
-                    Ok(Event::Rotated { from, to }) => {
-                        status(format_args!("rotated (epoch {from} -> {to})"));
-                        continue;
-                    }
-                    Ok(Event::RotationFailed { epoch, cause, retry }) => {
-                        let retry = next_attempt("retrying", retry);
-                        status(format_args!("rotation failed (epoch {epoch}): {cause}{retry}"));
-                        continue;
-                    }
-                    Ok(Event::ConnectFailed { attempt, cause, reconnect }) => {
-                        let cause = match *cause {
-                            Cause::ConnectFailed(e) => e.to_string(),
-                            other => other.to_string(),
-                        };
-                        let retry = next_attempt("retrying", reconnect);
-                        status(format_args!("connect failed (attempt {attempt}): {cause}{retry}"));
-                        if reconnect.is_none() {
-                            return fail(1, format!("giving up after attempt {attempt}: {cause}"));
+            recv(client.events().batches()) -> batch => {
+                // Events come in batches (those decoded from one read): `continue` below
+                // moves on to the batch's next event.
+                let Ok(batch) = batch else {
+                    return fail(1, "connection ended without a Closed event");
+                };
+                for event in batch {
+                    let text = match event {
+                        Event::Frame { frame: Frame::Text(t), .. } => t.to_string(),
+                        Event::Frame { frame: Frame::Binary(b), .. } => {
+                            b.iter().map(|x| format!("{x:02x}")).collect()
                         }
-                        continue;
-                    }
-                    Ok(Event::Closed { epoch, info, reconnect }) => {
-                        open = false;
-                        // After end of input nothing more is wanted, whatever the policy says.
-                        let reconnect = reconnect.filter(|_| lines.is_some());
-                        let again = next_attempt("reconnecting", reconnect);
-                        status(format_args!("closed epoch {epoch}: {}{again}", info.cause));
-                        if reconnect.is_some() {
+                        Event::Pong { payload, .. } => {
+                            format!("pong {}", String::from_utf8_lossy(&payload))
+                        }
+                        Event::Connecting { attempt } => {
+                            status(format_args!("connecting (attempt {attempt})"));
                             continue;
                         }
-                        let line = match info.reason.as_str() {
-                            "" => format!("close {}", info.code.0),
-                            reason => format!("close {} {reason}", info.code.0),
-                        };
-                        let _ = writeln!(stdout, "{line}").and_then(|_| stdout.flush());
-                        return match info.clean {
-                            true => ExitCode::SUCCESS,
-                            false => fail(1, format!("connection failed: {}", info.cause)),
-                        };
+                        Event::Connected { epoch, .. } => {
+                            open = true;
+                            status(format_args!("connected (epoch {epoch})"));
+                            continue;
+                        }
+                        Event::SessionReady { epoch } => {
+                            status(format_args!("session ready (epoch {epoch})"));
+                            continue;
+                        }
+                        Event::Rotated { from, to } => {
+                            status(format_args!("rotated (epoch {from} -> {to})"));
+                            continue;
+                        }
+                        Event::RotationFailed { epoch, cause, retry } => {
+                            let retry = next_attempt("retrying", retry);
+                            status(format_args!("rotation failed (epoch {epoch}): {cause}{retry}"));
+                            continue;
+                        }
+                        Event::ConnectFailed { attempt, cause, reconnect } => {
+                            let cause = match *cause {
+                                Cause::ConnectFailed(e) => e.to_string(),
+                                other => other.to_string(),
+                            };
+                            let retry = next_attempt("retrying", reconnect);
+                            status(format_args!("connect failed (attempt {attempt}): {cause}{retry}"));
+                            if reconnect.is_none() {
+                                return fail(1, format!("giving up after attempt {attempt}: {cause}"));
+                            }
+                            continue;
+                        }
+                        Event::Closed { epoch, info, reconnect } => {
+                            open = false;
+                            // After end of input nothing more is wanted, whatever the policy says.
+                            let reconnect = reconnect.filter(|_| lines.is_some());
+                            let again = next_attempt("reconnecting", reconnect);
+                            status(format_args!("closed epoch {epoch}: {}{again}", info.cause));
+                            if reconnect.is_some() {
+                                continue;
+                            }
+                            let line = match info.reason.as_str() {
+                                "" => format!("close {}", info.code.0),
+                                reason => format!("close {} {reason}", info.code.0),
+                            };
+                            let _ = writeln!(stdout, "{line}").and_then(|_| stdout.flush());
+                            return match info.clean {
+                                true => ExitCode::SUCCESS,
+                                false => fail(1, format!("connection failed: {}", info.cause)),
+                            };
+                        }
+                        _ => continue,
+                    };
+                    if let Err(e) = writeln!(stdout, "{text}").and_then(|_| stdout.flush()) {
+                        return fail(1, format!("stdout: {e}"));
                     }
-                    Ok(_) => continue,
-                    Err(_) => return fail(1, "connection ended without a Closed event"),
-                };
-                if let Err(e) = writeln!(stdout, "{text}").and_then(|_| stdout.flush()) {
-                    return fail(1, format!("stdout: {e}"));
                 }
                 continue;
             },

@@ -33,7 +33,8 @@
 //!
 //! - the **reader** blocks in `read`, decodes frames and runs your [`Ingress`] on each message
 //!   with the payload borrowed from its buffer; decoded values go straight to
-//!   [`Client::events`]. It answers pings itself through the writer's control lane.
+//!   [`Client::events`], the events of one read handed over as one batch ([`Events`]). It
+//!   answers pings itself through the writer's control lane.
 //! - the **writer** drains its small control lane (pong, ping, close) before its bounded data
 //!   lane and writes each batch at once.
 //! - the **coordinator** owns the connection's state: a sans-IO state machine fed with user
@@ -109,6 +110,7 @@ pub use client::affinity::{Affinity, WaitStrategy};
 pub use client::config::{ClientBuilder, Config, Overflow};
 pub use client::endpoint::{Action, Cause, Endpoint, NoSession, Precheck, Reply};
 pub use client::event::{CloseInfo, Event};
+pub use client::events::{Batch, BatchIter, Events};
 pub use client::health::LatencyPolicy;
 pub use client::ingress::{ForwardAll, Ingress, Verdict};
 pub use client::liveness::Keepalive;

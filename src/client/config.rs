@@ -29,10 +29,10 @@ pub enum Overflow {
     /// nothing is lost. Counted in [`Stats::events_blocked`](crate::Stats::events_blocked).
     /// Once room is made, a reader that finds the channel still more than half full yields its
     /// core once, so an application thread sharing that core catches up in one stretch instead
-    /// of being interrupted every few hundred events.
+    /// of being interrupted at every batch it takes.
     #[default]
     Block,
-    /// Drop the new event and keep reading. Counted in
+    /// Drop the new events that do not fit and keep reading. Counted in
     /// [`Stats::events_dropped`](crate::Stats::events_dropped). Lifecycle events are never dropped.
     DropNewest,
 }
@@ -74,7 +74,8 @@ pub struct Config {
     /// Capacity of the outbound control lane (pings, pongs, close). Default 64. Pongs are dropped
     /// (and counted) rather than fill its last slots.
     pub control_queue: usize,
-    /// Capacity of the application's event channel. Default 4096.
+    /// Capacity of the application's event channel, in events (not counting those of the
+    /// batch the application is working through; see [`Events`](crate::Events)). Default 4096.
     pub event_queue: usize,
     /// What the reader does when the event channel is full. Default [`Overflow::Block`].
     pub overflow: Overflow,

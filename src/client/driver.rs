@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use crossbeam_channel::{Receiver, TrySendError, select};
+use crate::client::events::Unsent;
+use crossbeam_channel::Receiver;
 
 use crate::client::coordinator::{Control, Input, LinkEvent, Notice, Output, State};
 use crate::client::doorbell::{Doorbell, SeatId};
@@ -475,7 +476,11 @@ impl<I: Ingress> Driver<I> {
         let back = handover.release(ingress, |ingress, frame| {
             match decide(ingress, epoch, frame) {
                 Ok(None) => true,
-                Ok(Some(event)) => reader::deliver(events, event, overflow, abort, counters),
+                Ok(Some(event)) => {
+                    let mut batch = events.empty_batch();
+                    batch.push(event);
+                    reader::deliver(events, batch, overflow, abort, counters)
+                }
                 Err(p) => {
                     panicked = Some(p);
                     false
@@ -569,17 +574,19 @@ impl<I: Ingress> Driver<I> {
         // Lifecycle events are never dropped: wait for room unless the client aborts (or the
         // client is still being built, with an event channel too small for its first events).
         let events = &self.factory.events;
-        if let Err(TrySendError::Full(event)) = events.try_send(event) {
+        let mut batch = events.empty_batch();
+        batch.push(event);
+        while let Unsent::Full(unsent) = events.try_send(batch) {
             if self.starting {
-                drop(event);
+                events.recycle(unsent);
                 log::warn!("event channel full while connecting; a lifecycle event was dropped");
                 Counters::bump(&self.counters.events_dropped, 1);
                 return;
             }
-            select! {
-                send(events, event) -> _ => {}
-                recv(self.abort) -> _ => {}
+            if !events.wait_for_room(&self.abort) {
+                return;
             }
+            batch = unsent;
         }
     }
 }

@@ -1,8 +1,9 @@
 //! What the application receives from a client.
 //!
-//! Events arrive on one bounded channel ([`Client::events`](crate::Client::events)). Decoded
-//! values ([`Event::Data`]) and forwarded frames ([`Event::Frame`]) are sent by the reader thread
-//! directly; lifecycle events by the coordinator. Every event about a connection carries its
+//! Events arrive on one bounded channel ([`Client::events`](crate::Client::events), an
+//! [`Events`](crate::Events)). Decoded values ([`Event::Data`]) and forwarded frames
+//! ([`Event::Frame`]) are sent by the reader thread directly, those of one read together as a
+//! batch; lifecycle events by the coordinator. Every event about a connection carries its
 //! `epoch` (1 for the first connection, +1 per reconnect), so a consumer can discard state from
 //! before a gap.
 

@@ -22,7 +22,7 @@ use crate::client::connect::Dialer;
 use crate::client::coordinator::Control;
 use crate::client::doorbell::{Doorbell, Lane};
 use crate::client::endpoint::Precheck;
-use crate::client::event::Event;
+use crate::client::events::EventSender;
 use crate::client::handover::Handover;
 use crate::client::ingress::Ingress;
 use crate::client::lane::Outbound;
@@ -237,7 +237,7 @@ pub(crate) struct LinkFactory<T> {
     pub precheck: Option<Precheck>,
     pub affinity: Affinity,
     pub wait: WaitStrategy,
-    pub events: Sender<Event<T>>,
+    pub events: EventSender<T>,
     pub inputs: Inbox,
     pub data: Receiver<Outbound>,
     /// Wakes the writer of the current link.

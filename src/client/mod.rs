@@ -13,6 +13,7 @@ pub(crate) mod doorbell;
 pub(crate) mod driver;
 pub(crate) mod endpoint;
 pub(crate) mod event;
+pub(crate) mod events;
 pub(crate) mod handover;
 pub(crate) mod health;
 pub(crate) mod ingress;
@@ -48,11 +49,12 @@ use crate::client::coordinator::{Control, Coordinator, Input, Settings, State};
 use crate::client::doorbell::{Doorbell, Lane};
 use crate::client::driver::Driver;
 use crate::client::endpoint::Endpoint;
-use crate::client::event::Event;
+use crate::client::events::Events;
 use crate::client::ingress::Ingress;
 use crate::client::lane::Outbound;
 use crate::client::link::{AbortSlot, Feed, LinkFactory, spawn};
 use crate::client::outbox::{Encoded, Outbox};
+use crate::client::reader::EVENT_BATCH;
 use crate::client::requests::{ConfirmMode, Outcome, Request, Submission, Undelivered, WaiterId};
 use crate::client::stats::{Counters, Stats};
 use crate::client::stepper::{Core, Dispatch, Inbox, Shared};
@@ -95,7 +97,7 @@ pub struct Client<T> {
     doorbell: Arc<Doorbell>,
     /// Data frames encoded on the sending thread (see [`crate::client::outbox`]).
     outbox: Arc<Outbox>,
-    events: Receiver<Event<T>>,
+    events: Events<T>,
     counters: Arc<Counters>,
     buffer_while_disconnected: bool,
     /// Dropped to make the coordinator stop waiting on a full event channel.
@@ -144,7 +146,7 @@ impl<T: Send + 'static> Client<T> {
         let (data_tx, data_rx) = bounded(config.data_queue.max(1));
         let doorbell = Arc::new(Doorbell::default());
         let outbox = Arc::new(Outbox::default());
-        let (event_tx, event_rx) = bounded(config.event_queue.max(1));
+        let (event_tx, event_rx) = events::channel(config.event_queue.max(1), EVENT_BATCH);
         let (abort_tx, abort_rx) = bounded::<()>(1);
         let (done_tx, done_rx) = bounded::<()>(1);
         let counters = Arc::new(Counters::new());
@@ -491,7 +493,10 @@ impl<T> Client<T> {
 
     /// The channel of everything that happens on the client. Consume it from one thread;
     /// while it is full the reader waits (or drops, per [`Overflow`](crate::Overflow)).
-    pub fn events(&self) -> &Receiver<Event<T>> {
+    /// Events travel in batches (those decoded from one read); [`Events::recv`] and its
+    /// siblings return them one at a time, and [`Events::batches`] is what to put in
+    /// crossbeam's `select!`.
+    pub fn events(&self) -> &Events<T> {
         &self.events
     }
 
@@ -540,7 +545,7 @@ impl<T> Client<T> {
         };
         // Drop our end of the event channel: a reader or coordinator waiting for room in it is
         // released at once (unless the application holds a clone of the receiver).
-        self.events = crossbeam_channel::never();
+        self.events = Events::closed();
         let deadline = deadline::after(Instant::now(), timeout);
         let sent = self
             .inputs

@@ -2,12 +2,10 @@
 //!
 //! Per complete message it calls the user's [`Ingress`] with the payload borrowed from its read
 //! buffer and sends whatever the ingress emits straight to the application's event channel: the
-//! events decoded from one `read(2)` are handed over together, up to [`EVENT_BATCH`] at a time,
-//! so an application thread that keeps up is woken once per batch rather than once per message
-//! (a batch is always handed over before anything is reported to the coordinator). While the
-//! channel still holds events the application is awake, so an event then goes straight in
-//! (unless some are held back: order is kept). Only
-//! what the coordinator needs goes to it: pongs, the peer's close frame, protocol violations and
+//! events decoded from one `read(2)` are handed over together as one batch, up to
+//! [`EVENT_BATCH`] at a time (see [`crate::client::events`]): one channel slot and at most one
+//! wake-up per batch rather than per message (a batch is always handed over before anything is
+//! reported to the coordinator). Only what the coordinator needs goes to it: pongs, the peer's close frame, protocol violations and
 //! the end of the stream. Pings are answered here, by putting a pong with the same payload on the
 //! writer's control lane, so the answer never waits for the coordinator or for queued data.
 //!
@@ -17,13 +15,14 @@
 
 use std::sync::Arc;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError, select};
+use crossbeam_channel::{Receiver, select};
 
 use crate::client::config::Overflow;
 use crate::client::coordinator::{Control, Input, LinkEvent};
 use crate::client::doorbell::Lane;
 use crate::client::endpoint::Precheck;
 use crate::client::event::Event;
+use crate::client::events::{EventSender, Unsent};
 use crate::client::handover::{Handover, Offer, decide};
 use crate::client::ingress::{Ingress, Verdict};
 use crate::client::stats::{Counters, TallyHandle};
@@ -59,7 +58,7 @@ pub(crate) struct Outlets<I: Ingress> {
     pub overflow: Overflow,
     /// The endpoint's filter for messages the coordinator must see (acknowledgements).
     pub precheck: Option<Precheck>,
-    pub events: Sender<Event<I::Output>>,
+    pub events: EventSender<I::Output>,
     pub coord: Inbox,
     pub control: Lane<Control>,
     pub control_capacity: usize,
@@ -68,8 +67,8 @@ pub(crate) struct Outlets<I: Ingress> {
     pub counters: Arc<Counters>,
     /// This reader's inbound message and byte counts.
     pub tally: TallyHandle,
-    /// Events decoded from the bytes of one `read(2)`, handed to the application together
-    /// (at most [`EVENT_BATCH`]): the consumer is woken once per batch, not once per message.
+    /// Events decoded from the bytes of one `read(2)`, handed to the application as one batch
+    /// (at most [`EVENT_BATCH`]): one channel slot and wake-up per batch, not per message.
     /// Always empty before anything is reported to the coordinator, so lifecycle events keep
     /// their place after the data.
     pub pending: Vec<Event<I::Output>>,
@@ -328,31 +327,22 @@ impl<I: Ingress> Outlets<I> {
     /// False when the link was released while waiting for room.
     #[inline(always)]
     fn queue(&mut self, event: Event<I::Output>) -> bool {
-        if self.pending.is_empty() && !self.events.is_empty() {
-            // The application has events to take, so it is not asleep: nothing to save by
-            // holding this one back.
-            return self.send(event);
-        }
         self.pending.push(event);
         self.pending.len() < EVENT_BATCH || self.flush()
     }
 
-    /// Hands the batched events to the application, in order. False when the link was
-    /// released while waiting for room (the rest is dropped with it).
+    /// Hands the batched events to the application, in order, and starts a new batch in a
+    /// recycled allocation. False when the link was released while waiting for room (the rest
+    /// is dropped with it).
     #[inline(always)]
     fn flush(&mut self) -> bool {
-        let mut pending = std::mem::take(&mut self.pending);
-        let delivered = pending.drain(..).all(|event| self.send(event));
-        self.pending = pending; // Empty, its allocation kept.
-        delivered
-    }
-
-    /// Hands one event to the application by the overflow policy (see [`deliver`]).
-    #[inline(always)]
-    fn send(&self, event: Event<I::Output>) -> bool {
+        if self.pending.is_empty() {
+            return true;
+        }
+        let batch = std::mem::replace(&mut self.pending, self.events.empty_batch());
         deliver(
             &self.events,
-            event,
+            batch,
             self.overflow,
             &self.stop,
             &self.counters,
@@ -371,42 +361,46 @@ impl<I: Ingress> Outlets<I> {
     }
 }
 
-/// Hands an event to the application according to the overflow policy. Returns false when the
-/// link was released while waiting. Under [`Overflow::Block`], after waiting for room the
-/// calling thread yields its core once if the channel is still more than half full.
-#[inline(always)]
+/// Hands a batch of events to the application according to the overflow policy: what fits
+/// goes at once; for the rest, [`Overflow::Block`] waits for room (and, after a wait, yields
+/// the core once if the channel is still more than half full), [`Overflow::DropNewest`] drops
+/// and counts. Returns false when the link was released while waiting.
+#[inline]
 pub(crate) fn deliver<T>(
-    events: &Sender<Event<T>>,
-    event: Event<T>,
+    events: &EventSender<T>,
+    batch: Vec<Event<T>>,
     overflow: Overflow,
     stop: &Receiver<()>,
     counters: &Counters,
 ) -> bool {
-    match events.try_send(event) {
-        Ok(()) | Err(TrySendError::Disconnected(_)) => true,
-        Err(TrySendError::Full(event)) => match overflow {
+    let mut batch = batch;
+    loop {
+        let rest = match events.try_send(batch) {
+            Unsent::Nothing => return true,
+            Unsent::Full(rest) => rest,
+        };
+        match overflow {
             Overflow::DropNewest => {
-                Counters::bump(&counters.events_dropped, 1);
-                true
+                Counters::bump(&counters.events_dropped, rest.len() as u64);
+                events.recycle(rest);
+                return true;
             }
             Overflow::Block => {
                 Counters::bump(&counters.events_blocked, 1);
-                let sent = select! {
-                    send(events, event) -> _ => true,
-                    recv(stop) -> _ => false,
-                };
-                // Woken by the first slot the application freed. If the channel is still more
-                // than half full, let an application thread that shares this core drain more of
-                // it before this thread fills it again: otherwise the two alternate every few
-                // hundred events, each turn a wake-up and two context switches (on one core
-                // this cost the frame path a quarter of its throughput). Where the application
-                // runs on another core, nothing else wants this one and the yield returns at
-                // once.
-                if sent && events.len() > events.capacity().unwrap_or(0) / 2 {
+                if !events.wait_for_room(stop) {
+                    return false;
+                }
+                // Woken by the application taking a batch. If the channel is still more than
+                // half full, let an application thread that shares this core drain more of it
+                // before this thread fills it again: otherwise the two alternate every batch,
+                // each turn a wake-up and two context switches (on one core this cost the
+                // frame path a quarter of its throughput). Where the application runs on
+                // another core, nothing else wants this one and the yield returns at once.
+                if events.over_half() {
                     std::thread::yield_now();
                 }
-                sent
+                batch = rest;
             }
-        },
+        }
     }
 }
