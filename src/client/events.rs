@@ -187,16 +187,22 @@ impl<T> EventSender<T> {
             counted: true,
         };
         match self.tx.try_send(batch) {
-            Ok(()) => {}
-            // Room was claimed, so the slot count cannot be the limit: only a gone consumer.
-            Err(TrySendError::Full(b) | TrySendError::Disconnected(b)) => {
+            Ok(()) => match rest {
+                Some(rest) => Unsent::Full(rest),
+                None => Unsent::Nothing,
+            },
+            // Nobody will take anything any more.
+            Err(TrySendError::Disconnected(b)) => {
                 b.uncount();
-                return Unsent::Nothing;
+                Unsent::Nothing
             }
-        }
-        match rest {
-            Some(rest) => Unsent::Full(rest),
-            None => Unsent::Nothing,
+            // Not reached: each batch holds at least one counted event, so there are never
+            // more batches than the room claimed allows. Handled as full all the same.
+            Err(TrySendError::Full(b)) => {
+                let mut events = b.uncount();
+                events.extend(rest.into_iter().flatten());
+                Unsent::Full(events)
+            }
         }
     }
 
@@ -294,6 +300,14 @@ impl<T> Iterator for BatchIter<T> {
 
     fn size_hint(&self) -> (usize, Option<usize>) {
         (self.events.len(), Some(self.events.len()))
+    }
+}
+
+impl<T> std::fmt::Debug for BatchIter<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchIter")
+            .field("left", &self.events.len())
+            .finish_non_exhaustive()
     }
 }
 
