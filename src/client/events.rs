@@ -461,28 +461,12 @@ impl<T> Events<T> {
     /// Waits for the next event. Fails only once every sender is gone (the client has shut
     /// down) and nothing is left.
     pub fn recv(&self) -> Result<Event<T>, RecvError> {
-        loop {
-            if let Some(event) = self.inner.pop() {
-                return Ok(event);
-            }
-            let batch = self.inner.rx.recv()?;
-            if let Some(event) = self.inner.install(batch) {
-                return Ok(event);
-            }
-        }
+        self.next_or(Receiver::recv)
     }
 
     /// The next event if one is waiting.
     pub fn try_recv(&self) -> Result<Event<T>, TryRecvError> {
-        loop {
-            if let Some(event) = self.inner.pop() {
-                return Ok(event);
-            }
-            let batch = self.inner.rx.try_recv()?;
-            if let Some(event) = self.inner.install(batch) {
-                return Ok(event);
-            }
-        }
+        self.next_or(Receiver::try_recv)
     }
 
     /// Waits at most `timeout` for the next event.
@@ -492,12 +476,20 @@ impl<T> Events<T> {
 
     /// Waits until `deadline` at most for the next event.
     pub fn recv_deadline(&self, deadline: Instant) -> Result<Event<T>, RecvTimeoutError> {
+        self.next_or(|rx| rx.recv_deadline(deadline))
+    }
+
+    /// The next event from the batch in hand, or else from the next batch `take` gets from
+    /// the channel.
+    fn next_or<E>(
+        &self,
+        take: impl Fn(&Receiver<Batch<T>>) -> Result<Batch<T>, E>,
+    ) -> Result<Event<T>, E> {
         loop {
             if let Some(event) = self.inner.pop() {
                 return Ok(event);
             }
-            let batch = self.inner.rx.recv_deadline(deadline)?;
-            if let Some(event) = self.inner.install(batch) {
+            if let Some(event) = self.inner.install(take(&self.inner.rx)?) {
                 return Ok(event);
             }
         }
