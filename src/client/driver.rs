@@ -12,12 +12,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use crate::client::events::Unsent;
 use crossbeam_channel::Receiver;
 
 use crate::client::coordinator::{Control, Input, LinkEvent, Notice, Output, State};
 use crate::client::doorbell::{Doorbell, SeatId};
 use crate::client::event::Event;
+use crate::client::events::Unsent;
 use crate::client::handover::{Handover, decide};
 use crate::client::ingress::Ingress;
 use crate::client::lane::Outbound;
@@ -477,9 +477,7 @@ impl<I: Ingress> Driver<I> {
             match decide(ingress, epoch, frame) {
                 Ok(None) => true,
                 Ok(Some(event)) => {
-                    let mut batch = events.empty_batch();
-                    batch.push(event);
-                    reader::deliver(events, batch, overflow, abort, counters)
+                    reader::deliver(events, events.batch_of(event), overflow, abort, counters)
                 }
                 Err(p) => {
                     panicked = Some(p);
@@ -574,8 +572,7 @@ impl<I: Ingress> Driver<I> {
         // Lifecycle events are never dropped: wait for room unless the client aborts (or the
         // client is still being built, with an event channel too small for its first events).
         let events = &self.factory.events;
-        let mut batch = events.empty_batch();
-        batch.push(event);
+        let mut batch = events.batch_of(event);
         while let Unsent::Full(unsent) = events.try_send(batch) {
             if self.starting {
                 events.recycle(unsent);

@@ -141,6 +141,13 @@ impl<T> EventSender<T> {
             .unwrap_or_else(|_| Vec::with_capacity(self.shared.batch))
     }
 
+    /// A batch of one event (lifecycle events, and a replacement connection's held ones).
+    pub(crate) fn batch_of(&self, event: Event<T>) -> Vec<Event<T>> {
+        let mut batch = self.empty_batch();
+        batch.push(event);
+        batch
+    }
+
     /// Gives back a batch that was not sent (its allocation is reused).
     pub(crate) fn recycle(&self, batch: Vec<Event<T>>) {
         self.shared.recycle(batch);

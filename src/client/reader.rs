@@ -5,8 +5,8 @@
 //! events decoded from one `read(2)` are handed over together as one batch, up to
 //! [`EVENT_BATCH`] at a time (see [`crate::client::events`]): one channel slot and at most one
 //! wake-up per batch rather than per message (a batch is always handed over before anything is
-//! reported to the coordinator). Only what the coordinator needs goes to it: pongs, the peer's close frame, protocol violations and
-//! the end of the stream. Pings are answered here, by putting a pong with the same payload on the
+//! reported to the coordinator). Only what the coordinator needs goes to it: pongs, the peer's
+//! close frame, protocol violations and the end of the stream. Pings are answered here, by putting a pong with the same payload on the
 //! writer's control lane, so the answer never waits for the coordinator or for queued data.
 //!
 //! Read buffer ([`ReadBuffer`]): the configured size, or one frame that does not fit (bounded by
