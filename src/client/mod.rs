@@ -249,7 +249,7 @@ impl<T> Client<T> {
     ///
     /// Text and binary frames are written once the session is ready, in the order they were
     /// sent: while nothing is queued, masked and encoded on the calling thread into the
-    /// writer's next batch (the outbox, at most 128 KiB), otherwise on the bounded data lane;
+    /// writer's next batch (the outbox, at most 256 KiB), otherwise on the bounded data lane;
     /// a full outbox or lane waits for the writer's next batch. Pings and pongs go on the
     /// control lane; a close frame starts the close handshake (like [`close`](Client::close)).
     ///

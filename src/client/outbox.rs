@@ -35,9 +35,14 @@ use crate::codec;
 use crate::deflate::COMPRESS_MIN;
 use crate::sync::{AtomicBool, Mutex, Ordering};
 
-/// Most bytes the outbox holds: two write batches' worth (on a shared core, the more a sender
-/// encodes before it yields to the writer, the fewer hand-offs and `write`s per frame).
-pub(crate) const OUTBOX_BYTES: usize = 2 * crate::client::writer::BATCH_BYTES;
+/// Most bytes the outbox holds: four write batches' worth, so that at least four of the largest
+/// common frames (64 KiB) fit before a sender waits for the writer. On a shared core each wait is
+/// a hand-off to the writer and back; at two batches' worth one 64 KiB frame filled the outbox,
+/// and the sender and writer switched about four times per frame. Eight batches' worth measured
+/// slower again: a write that large outgrows the socket's send buffer on loopback and the writer
+/// stalls in the kernel (BENCHMARKS.md, change 16). The outbox and the writer's batch buffer
+/// each keep up to this much (plus one frame) of capacity for the life of the client.
+pub(crate) const OUTBOX_BYTES: usize = 4 * crate::client::writer::BATCH_BYTES;
 
 /// Frames encoded by senders, shared by the client's senders and the current link's writer.
 #[derive(Default)]
