@@ -194,7 +194,7 @@ fn frames_queued_for_a_lost_connection_are_discarded_not_sent_on_the_next() {
         Event::SessionReady { epoch: 2 } => Some(()),
         _ => None,
     });
-    // The lane held LANE frames; the outbox (128 KiB) held more of these 16 KiB frames.
+    // The lane held LANE frames; the outbox (256 KiB) held more of these 16 KiB frames.
     let discarded = client.stats().discarded_on_disconnect;
     assert!(
         discarded > LANE as u64,
