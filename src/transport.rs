@@ -305,7 +305,8 @@ fn write_counted(mut sock: &TcpStream, mut buf: &[u8], wrote: &mut bool) -> io::
 }
 
 impl WriteHalf {
-    /// Writes all of `plain` to the socket (encrypting it first under TLS).
+    /// Writes all of `plain` to the socket (under TLS, encrypted and written [`TLS_PASS`] bytes
+    /// at a time).
     ///
     /// On failure, `bytes_reached_socket` tells whether any byte of this call was accepted by
     /// the kernel: if not, nothing of `plain` can have reached the peer.

@@ -137,8 +137,9 @@ impl Doorbell {
         self.wait_until(seat, has_work, None);
     }
 
-    /// Like [`Doorbell::wait`], but gives up at `deadline` (a spurious or late return is fine:
-    /// the caller looks again).
+    /// Parks the calling thread (registered at `seat`) unless `has_work` says there is work,
+    /// until it is rung or `deadline` passes (a spurious or late return is fine: the caller
+    /// looks again).
     pub(crate) fn wait_until(
         &self,
         seat: SeatId,

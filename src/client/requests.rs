@@ -1,6 +1,6 @@
 //! The request table behind `send_and_confirm`: sans-IO, owned by the coordinator.
 //!
-//! Every submitted [`Request`](crate::Request) gets exactly one [`Outcome`] per waiter. The
+//! Every submitted [`Request`] gets exactly one [`Outcome`] per waiter. The
 //! table's job is to make that outcome true:
 //!
 //! - **NotDelivered** only when the frame's bytes certainly never reached the socket. The frame

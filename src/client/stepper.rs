@@ -12,7 +12,7 @@
 //! [`crate::client::sink`]). A `send_and_confirm` round trip crosses three thread hand-offs:
 //! caller → coordinator, reader → coordinator → caller.
 //!
-//! **Inline dispatch (opt-in, [`Dispatch::Inline`](crate::Dispatch::Inline)).** Three inputs
+//! **Inline dispatch (opt-in, [`Dispatch::Inline`]).** Three inputs
 //! sit on the round trip's path — the caller's `Submit`, the reader's `Reply`, the writer's
 //! `Written` — and the thread they come from steps them *inline* when it can, instead of waking
 //! the coordinator thread; a caller whose request is the only frame queued writes it itself
@@ -305,7 +305,7 @@ impl Shared {
 pub(crate) struct Inbox {
     tx: Sender<Input>,
     shared: Arc<Shared>,
-    /// Inline dispatch ([`Dispatch::Inline`](crate::Dispatch::Inline)).
+    /// Inline dispatch ([`Dispatch::Inline`]).
     inline: bool,
     /// Wakes the coordinator thread, which parks on it when the inbox is empty.
     pub bell: Arc<Doorbell>,

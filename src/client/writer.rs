@@ -2,7 +2,7 @@
 //! the thread that registered them (see [`sink`](crate::client::sink)); both write under the
 //! sink's lock, one at a time.
 //!
-//! It parks on the [`Doorbell`](crate::client::doorbell::Doorbell) until a lane or the
+//! It parks on the [`Doorbell`] until a lane or the
 //! [outbox](crate::client::outbox) has something, then builds one batch: the frames senders encoded into
 //! the outbox, every queued control frame (pongs, pings, close), then data frames off the lanes
 //! until the batch reaches [`BATCH_BYTES`] (more for a backlog of small frames, see

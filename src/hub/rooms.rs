@@ -2,9 +2,10 @@
 //!
 //! One map from room name to its members, behind one lock that is held only to look up or
 //! change membership, never while writing to a socket. A connection also records its own rooms
-//! ([`Membership`]); the two are changed together, under the connection's membership lock, so
-//! that a join racing the connection's end cannot leave a dead member: once the connection is
-//! marked gone, joins fail, and its departure removes it from every room it recorded.
+//! (`rooms` in [`ConnShared`]); the two are changed together, under the connection's `joining`
+//! lock, so that a join racing the connection's end cannot leave a dead member: once the
+//! connection is marked gone, joins fail, and its departure removes it from every room it
+//! recorded.
 
 use std::collections::HashMap;
 use std::sync::Arc;
