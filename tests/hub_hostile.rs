@@ -722,7 +722,9 @@ fn recoveries_racing_publications_are_exactly_once() {
         ..quiet()
     });
     const TOTAL: u64 = 1500;
-    let first = env.hub.publish("r", "0".to_string()).unwrap();
+    // Every publication's body is its offset (a subscriber that starts from 0 checks the first).
+    let first = env.hub.publish("r", "1".to_string()).unwrap();
+    assert_eq!(first.offset, 1);
     let epoch = first.epoch.clone();
     let top = Arc::new(AtomicU64::new(1));
     let publisher = {
