@@ -284,8 +284,8 @@ pub(crate) enum Direct {
 /// Most plaintext a TLS write encrypts before it writes the records out. A batch can hold
 /// 256 KiB (the outbox's bound); encrypted whole it would pass through three buffers of that
 /// size (the batch, rustls's records and `cipher_out`) before the first byte reached the
-/// kernel. In passes of this size the records go out while the next pass is encrypted and the
-/// working set stays in cache (BENCHMARKS.md, change 17).
+/// kernel. In passes of this size each pass's records reach the kernel before the next pass is
+/// encrypted, and the working set stays in cache (BENCHMARKS.md, change 17).
 const TLS_PASS: usize = 64 * 1024;
 
 /// `write_all` that records whether the kernel accepted any byte.

@@ -1,7 +1,7 @@
 //! The request table behind `send_and_confirm`: sans-IO, owned by the coordinator.
 //!
-//! Every submitted [`Request`] gets exactly one [`Outcome`] per waiter. The
-//! table's job is to make that outcome true:
+//! Every submitted [`Request`] gets exactly one [`Outcome`] per waiter. The table's job is to
+//! make that outcome true:
 //!
 //! - **NotDelivered** only when the frame's bytes certainly never reached the socket. The frame
 //!   rides the user data lane (so it leaves in the caller's order among its `send`s) and shares

@@ -12,12 +12,11 @@
 //! [`crate::client::sink`]). A `send_and_confirm` round trip crosses three thread hand-offs:
 //! caller → coordinator, reader → coordinator → caller.
 //!
-//! **Inline dispatch (opt-in, [`Dispatch::Inline`]).** Three inputs
-//! sit on the round trip's path — the caller's `Submit`, the reader's `Reply`, the writer's
-//! `Written` — and the thread they come from steps them *inline* when it can, instead of waking
-//! the coordinator thread; a caller whose request is the only frame queued writes it itself
-//! with a non-blocking `send` (see [`crate::client::sink`]). A round trip then crosses one hand-off
-//! (reader → caller).
+//! **Inline dispatch (opt-in, [`Dispatch::Inline`]).** Three inputs sit on the round trip's
+//! path — the caller's `Submit`, the reader's `Reply`, the writer's `Written` — and the thread
+//! they come from steps them *inline* when it can, instead of waking the coordinator thread; a
+//! caller whose request is the only frame queued writes it itself with a non-blocking `send`
+//! (see [`crate::client::sink`]). A round trip then crosses one hand-off (reader → caller).
 //! The price: endpoint callbacks (`parse_reply`, `app_ping`, ...) may run on a caller's, the
 //! reader's or the writer's thread, under the lock; a caller may write the socket.
 //!

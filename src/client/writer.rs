@@ -2,13 +2,13 @@
 //! the thread that registered them (see [`sink`](crate::client::sink)); both write under the
 //! sink's lock, one at a time.
 //!
-//! It parks on the [`Doorbell`] until a lane or the
-//! [outbox](crate::client::outbox) has something, then builds one batch: the frames senders encoded into
-//! the outbox, every queued control frame (pongs, pings, close), then data frames off the lanes
-//! until the batch reaches [`BATCH_BYTES`] (more for a backlog of small frames, see
-//! `LANE_DRAIN_BYTES`) or the lanes are empty, checking the control lane again before each data
-//! frame. The batch is written with one `write_all` (one TLS encryption pass, one syscall
-//! for small frames). So a pong never waits behind more than one batch of data, and many small
+//! It parks on the [`Doorbell`] until a lane or the [outbox](crate::client::outbox) has
+//! something, then builds one batch: the frames senders encoded into the outbox, every queued
+//! control frame (pongs, pings, close), then data frames off the lanes until the batch reaches
+//! [`BATCH_BYTES`] (more for a backlog of small frames, see `LANE_DRAIN_BYTES`) or the lanes are
+//! empty, checking the control lane again before each data frame. The batch is written with one
+//! `write_all` (one syscall for small frames; under TLS, encrypted and written in passes of up
+//! to 64 KiB). So a pong never waits behind more than one batch of data, and many small
 //! frames cost one syscall.
 //!
 //! A close frame waits for the data frames that were queued before it arrived (so `send` then

@@ -3,9 +3,9 @@
 //! The thread blocks in `read(2)` with a timeout that wakes it for keepalive (a ping after
 //! [`ping_interval`](super::HubConfig::ping_interval) of silence, a close when the pong is late)
 //! and the idle timeout. It decodes the client's frames in place, answers pings and closes
-//! through the connection's [`Outbound`] (control frames jump the data
-//! queue), runs [`Handler::on_message`](super::Handler::on_message) on each whole message, and
-//! applies the rate limit. Any violation (1002, 1007, 1009) is answered with a close frame.
+//! through the connection's [`Outbound`] (control frames jump the data queue), runs
+//! [`Handler::on_message`](super::Handler::on_message) on each whole message, and applies the
+//! rate limit. Any violation (1002, 1007, 1009) is answered with a close frame.
 //!
 //! However the connection ends, the end runs once, in this order: the connection leaves every
 //! room and the hub's maps, its queue is dropped, its socket shut, and then
