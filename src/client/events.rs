@@ -182,11 +182,15 @@ impl<T> EventSender<T> {
                 Err(now) => queued = now,
             }
         };
-        let rest = if fits < n {
-            let rest = events.split_off(fits);
-            Some(rest)
+        // What fits goes in a recycled batch and the rest stays in `events`, whose allocation
+        // is a full batch's: splitting the rest off instead would allocate a short vector (too
+        // small to recycle) each time the channel fills up.
+        let (events, rest) = if fits < n {
+            let mut head = self.empty_batch();
+            head.extend(events.drain(..fits));
+            (head, Some(events))
         } else {
-            None
+            (events, None)
         };
         let batch = Batch {
             events,
